@@ -1,0 +1,1 @@
+//! The quick, machine-readable comparison behind `natgrad bench ... --quick --json`.

@@ -1,0 +1,2 @@
+//! MNIST-style IDX data: reader and the embedded default dataset.
+//! (Being written.)

@@ -1,0 +1,14 @@
+//! # natgrad
+//!
+//! The exact natural gradient of deep linear networks and the online natural
+//! gradient for nonlinear networks (Bernacchia, Lengyel & Hennequin, NeurIPS
+//! 2018), on the hand-tuned CPU kernels of `natgrad-kernels`.
+
+pub mod bench;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod linear;
+
+pub use error::Error;
+pub use natgrad_kernels as kernels;
