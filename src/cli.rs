@@ -15,6 +15,9 @@ USAGE:
 /// Runs the command line on `args` (without the program name).
 pub fn run(args: &[String]) -> Result<(), Error> {
     match args.first().map(String::as_str) {
+        None => crate::race::cli_main(&[]),
+        Some("race") => crate::race::cli_main(&args[1..]),
+        Some(a) if a.starts_with("--") => crate::race::cli_main(args),
         Some("linear") => crate::linear::cli_main(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");

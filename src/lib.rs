@@ -9,6 +9,11 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod linear;
+pub mod mlp;
+pub mod optim;
+pub mod plot;
+pub mod race;
+pub mod workspace;
 
 pub use error::Error;
 pub use natgrad_kernels as kernels;

@@ -1,0 +1,548 @@
+//! The multilayer perceptron: layer sizes, activations, biases, an output
+//! likelihood, and the forward and backward passes on a [`Workspace`].
+//!
+//! Layer `i` (1-based, as in PAPER.md) computes `s_i = W_i a_{i-1} + b_i`,
+//! `a_i = phi_i(s_i)`. Its parameters are stored as one column-major
+//! `n_i x (n_{i-1} + 1)` matrix `Wbar_i = [W_i | b_i]`: the bias is the last
+//! column, so that the forward factor `A_i = E[abar abar^T]` of the natural
+//! gradient (with `abar = [a; 1]`) and the weight gradient
+//! `(1/b) E_i Abar_{i-1}^T` cover the bias with no special case.
+//!
+//! The output layer's activation is part of the likelihood: for
+//! [`Likelihood::Bernoulli`] and [`Likelihood::Categorical`] the last layer is
+//! linear and produces logits, and the loss is computed from the logits
+//! (stable for any magnitude).
+
+use crate::workspace::{view, view_mut, Workspace};
+use crate::Error;
+use natgrad_kernels::gemm::{gemm_fused, Epilogue};
+use natgrad_kernels::rng::Rng;
+use natgrad_kernels::{Activation, MatRef, MemStack};
+
+/// The model's predictive distribution `p(y | x)`, which defines the loss
+/// (its negative log-likelihood, averaged over the minibatch) and the
+/// distribution natural-gradient targets are sampled from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Likelihood {
+    /// `y ~ N(f(x), I)`: loss `1/2 ||y - f(x)||^2`, identity output.
+    Gaussian,
+    /// `y_k ~ Bernoulli(sigmoid(s_k))` per output: binary cross-entropy from
+    /// the logits `s`, summed over outputs. Targets may be any value in [0, 1].
+    Bernoulli,
+    /// `y ~ Categorical(softmax(s))`: cross-entropy from the logits; targets
+    /// are probability vectors (one-hot for labels).
+    Categorical,
+}
+
+/// Weight initialisation schemes (biases always start at zero).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Glorot & Bengio (2010): `U(-r, r)`, `r = sqrt(6 / (n_in + n_out))`,
+    /// which keeps forward and backward variances near one for tanh-like units.
+    /// The default.
+    GlorotUniform,
+    /// `N(0, gain^2 / n_in)` (He init for relu is `gain = sqrt(2)`, LeCun is `gain = 1`).
+    ScaledGaussian {
+        /// Standard-deviation multiplier.
+        gain: f32,
+    },
+}
+
+/// One layer: `n_out x (n_in + 1)` parameters `[W | b]`, column-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// Input width `n_{i-1}`.
+    pub n_in: usize,
+    /// Output width `n_i`.
+    pub n_out: usize,
+    /// The elementwise nonlinearity.
+    pub activation: Activation,
+    /// `[W | b]`, column-major, `n_out x (n_in + 1)`.
+    pub params: Vec<f32>,
+}
+
+impl Layer {
+    /// `[W | b]` as a matrix view.
+    pub fn params_mat(&self) -> MatRef<'_, f32> {
+        MatRef::from_column_major_slice(&self.params, self.n_out, self.n_in + 1)
+    }
+    /// `W` alone.
+    pub fn weights(&self) -> MatRef<'_, f32> {
+        self.params_mat().subcols(0, self.n_in)
+    }
+    /// `b` alone.
+    pub fn bias(&self) -> &[f32] {
+        &self.params[self.n_in * self.n_out..]
+    }
+}
+
+/// A multilayer perceptron with an output likelihood.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mlp {
+    layers: Vec<Layer>,
+    likelihood: Likelihood,
+}
+
+impl Mlp {
+    /// Builds a network from its widths `[n_0, n_1, .., n_L]` and one activation
+    /// per layer (`L` of them). For Bernoulli and Categorical likelihoods the
+    /// last activation must be `Identity` (the likelihood applies the link).
+    pub fn new(
+        sizes: &[usize],
+        activations: &[Activation],
+        likelihood: Likelihood,
+        init: Init,
+        seed: u64,
+    ) -> Result<Mlp, Error> {
+        if sizes.len() < 2 {
+            return Err(Error::InvalidConfig(format!(
+                "a network needs at least an input and an output width, got {sizes:?}"
+            )));
+        }
+        if let Some(pos) = sizes.iter().position(|&n| n == 0) {
+            return Err(Error::InvalidConfig(format!(
+                "layer widths must be positive, width {pos} of {sizes:?} is 0"
+            )));
+        }
+        if activations.len() != sizes.len() - 1 {
+            return Err(Error::InvalidConfig(format!(
+                "{} layers need {} activations, got {}",
+                sizes.len() - 1,
+                sizes.len() - 1,
+                activations.len()
+            )));
+        }
+        if likelihood != Likelihood::Gaussian && activations.last() != Some(&Activation::Identity) {
+            return Err(Error::InvalidConfig(format!(
+                "{likelihood:?} output: the last layer must be Identity (it produces logits)"
+            )));
+        }
+        if let Init::ScaledGaussian { gain } = init {
+            if !gain.is_finite() || gain < 0.0 {
+                return Err(Error::InvalidConfig(format!(
+                    "init gain must be finite and >= 0, got {gain}"
+                )));
+            }
+        }
+        let mut rng = Rng::new(seed);
+        let layers = sizes
+            .windows(2)
+            .zip(activations)
+            .map(|(w, &activation)| {
+                let (n_in, n_out) = (w[0], w[1]);
+                let mut params = vec![0.0f32; n_out * (n_in + 1)];
+                let weights = &mut params[..n_out * n_in];
+                match init {
+                    Init::GlorotUniform => {
+                        let r = (6.0 / (n_in + n_out) as f32).sqrt();
+                        weights
+                            .iter_mut()
+                            .for_each(|v| *v = r * (2.0 * rng.uniform_f32() - 1.0));
+                    }
+                    Init::ScaledGaussian { gain } => {
+                        rng.fill_normal(weights);
+                        let s = gain / (n_in as f32).sqrt();
+                        weights.iter_mut().for_each(|v| *v *= s);
+                    }
+                }
+                Layer {
+                    n_in,
+                    n_out,
+                    activation,
+                    params,
+                }
+            })
+            .collect();
+        Ok(Mlp { layers, likelihood })
+    }
+
+    /// The `paper` preset (PAPER.md section 2): 784-400-200-100-50-100-200-400-784,
+    /// tanh on every hidden layer, linear output, Gaussian likelihood (squared loss).
+    pub fn paper(seed: u64) -> Mlp {
+        let sizes = [784, 400, 200, 100, 50, 100, 200, 400, 784];
+        let mut acts = vec![Activation::Tanh; 8];
+        acts[7] = Activation::Identity;
+        Mlp::new(
+            &sizes,
+            &acts,
+            Likelihood::Gaussian,
+            Init::GlorotUniform,
+            seed,
+        )
+        .expect("the paper preset is a valid network")
+    }
+
+    /// The `deep` preset (Hinton & Salakhutdinov 2006, the K-FAC MNIST benchmark):
+    /// 784-1000-500-250-30-250-500-1000-784, logistic sigmoid units except the
+    /// linear 30-unit code layer, Bernoulli output (binary cross-entropy).
+    pub fn deep(seed: u64) -> Mlp {
+        let sizes = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
+        let mut acts = vec![Activation::Sigmoid; 8];
+        acts[3] = Activation::Identity;
+        acts[7] = Activation::Identity;
+        Mlp::new(
+            &sizes,
+            &acts,
+            Likelihood::Bernoulli,
+            Init::GlorotUniform,
+            seed,
+        )
+        .expect("the deep preset is a valid network")
+    }
+
+    /// A preset by name (`"paper"` or `"deep"`).
+    pub fn preset(name: &str, seed: u64) -> Result<Mlp, Error> {
+        match name {
+            "paper" => Ok(Mlp::paper(seed)),
+            "deep" => Ok(Mlp::deep(seed)),
+            _ => Err(Error::InvalidConfig(format!(
+                "unknown preset {name:?}; expected \"paper\" or \"deep\""
+            ))),
+        }
+    }
+
+    /// The layers, input side first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+    /// Mutable access to the layers' parameters (shapes cannot change).
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        self.layers.iter_mut().map(|l| l.params.as_mut_slice())
+    }
+    /// Number of layers `L`.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+    /// Widths `[n_0, .., n_L]`.
+    pub fn sizes(&self) -> Vec<usize> {
+        std::iter::once(self.layers[0].n_in)
+            .chain(self.layers.iter().map(|l| l.n_out))
+            .collect()
+    }
+    /// Input width `n_0`.
+    pub fn input_size(&self) -> usize {
+        self.layers[0].n_in
+    }
+    /// Output width `n_L`.
+    pub fn output_size(&self) -> usize {
+        self.layers[self.layers.len() - 1].n_out
+    }
+    /// The output likelihood.
+    pub fn likelihood(&self) -> Likelihood {
+        self.likelihood
+    }
+    /// Total number of parameters (weights and biases).
+    pub fn num_params(&self) -> usize {
+        self.layers.iter().map(|l| l.params.len()).sum()
+    }
+    /// Whether every parameter is finite.
+    pub fn is_finite(&self) -> bool {
+        self.layers
+            .iter()
+            .all(|l| l.params.iter().all(|v| v.is_finite()))
+    }
+
+    /// Forward pass of the minibatch `x` (`n_0 x b`, one sample per column) into
+    /// the workspace's activations. Errors on shape mismatch, a batch larger than
+    /// the workspace's, or non-finite input.
+    pub fn forward(&self, ws: &mut Workspace, x: MatRef<'_, f32>) -> Result<(), Error> {
+        ws.check_compatible(self)?;
+        let b = x.ncols();
+        if x.nrows() != self.input_size() {
+            return Err(Error::Shape(format!(
+                "input has {} rows, the network takes {}",
+                x.nrows(),
+                self.input_size()
+            )));
+        }
+        ws.set_batch(b)?;
+        check_finite_mat(x, "input minibatch")?;
+        let n0 = self.input_size();
+        let a0 = &mut ws.acts[0];
+        for j in 0..b {
+            let col = &mut a0[j * (n0 + 1)..(j + 1) * (n0 + 1)];
+            for (i, v) in col[..n0].iter_mut().enumerate() {
+                *v = x[(i, j)];
+            }
+            col[n0] = 1.0;
+        }
+        self.forward_from_input(ws)
+    }
+
+    /// Forward pass from the input already in `ws.acts[0]` (with its row of ones).
+    pub(crate) fn forward_from_input(&self, ws: &mut Workspace) -> Result<(), Error> {
+        let b = ws.batch;
+        let par = ws.par;
+        let mut stack = MemStack::new(&mut ws.scratch);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (before, after) = ws.acts.split_at_mut(i + 1);
+            let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
+            let out_buf = &mut after[0];
+            let ld = layer.n_out + 1;
+            for j in 0..b {
+                out_buf[j * ld + layer.n_out] = 1.0;
+            }
+            let out = view_mut(out_buf, layer.n_out, b, ld);
+            gemm_fused(
+                out,
+                0.0,
+                layer.weights(),
+                input,
+                1.0,
+                Epilogue::BiasActivation {
+                    bias: Some(layer.bias()),
+                    activation: layer.activation,
+                },
+                par,
+                &mut stack,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The network's outputs for the last forward pass (`n_L x b`): the mean for
+    /// Gaussian, the logits for Bernoulli and Categorical.
+    pub fn output<'a>(&self, ws: &'a Workspace) -> MatRef<'a, f32> {
+        let n = self.output_size();
+        view(&ws.acts[self.layers.len()], n, ws.batch, n + 1)
+    }
+
+    /// Loss of the last forward pass against targets `y` (`n_L x b`): the
+    /// negative log-likelihood per example (constants dropped), averaged over the
+    /// minibatch. Also writes the output error `e_L = d(-log p)/d s_L` (per
+    /// example, not divided by `b`) into the workspace when `write_error`.
+    pub fn loss(
+        &self,
+        ws: &mut Workspace,
+        y: MatRef<'_, f32>,
+        write_error: bool,
+    ) -> Result<f64, Error> {
+        let n = self.output_size();
+        let b = ws.batch;
+        if y.nrows() != n || y.ncols() != b {
+            return Err(Error::Shape(format!(
+                "targets are {}x{}, the network's output is {n}x{b}",
+                y.nrows(),
+                y.ncols()
+            )));
+        }
+        check_finite_mat(y, "target minibatch")?;
+        let l = self.layers.len();
+        let (acts, errs) = (&ws.acts[l], &mut ws.errs[l - 1]);
+        let mut total = 0.0f64;
+        for j in 0..b {
+            let s = &acts[j * (n + 1)..j * (n + 1) + n];
+            let e = &mut errs[j * n..(j + 1) * n];
+            match self.likelihood {
+                Likelihood::Gaussian => {
+                    for i in 0..n {
+                        let d = s[i] - y[(i, j)];
+                        total += 0.5 * (d as f64) * (d as f64);
+                        if write_error {
+                            e[i] = d;
+                        }
+                    }
+                }
+                Likelihood::Bernoulli => {
+                    for i in 0..n {
+                        let (si, yi) = (s[i], y[(i, j)]);
+                        // softplus(s) - y s, computed without overflow.
+                        let sp = si.max(0.0) + (-si.abs()).exp().ln_1p();
+                        total += (sp - yi * si) as f64;
+                        if write_error {
+                            e[i] = Activation::Sigmoid.apply(si) - yi;
+                        }
+                    }
+                }
+                Likelihood::Categorical => {
+                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
+                    let lse = m + z.ln();
+                    let ysum: f32 = (0..n).map(|i| y[(i, j)]).sum();
+                    for i in 0..n {
+                        total += (y[(i, j)] * (lse - s[i])) as f64;
+                        if write_error {
+                            e[i] = (s[i] - lse).exp() * ysum - y[(i, j)];
+                        }
+                    }
+                }
+            }
+        }
+        let loss = total / b.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the loss is {loss}: the weights have diverged"
+            )));
+        }
+        Ok(loss)
+    }
+
+    /// Writes into `errs_out` (the output-layer slot of an error set) the output
+    /// error for targets sampled from the model's own predictive distribution,
+    /// `e_L = d(-log p(y~ | x))/d s_L` with `y~ ~ p(. | x)`:
+    /// Gaussian `e = f(x) - y~ = -noise` (a standard normal vector),
+    /// Bernoulli `e = sigmoid(s) - y~`, Categorical `e = softmax(s) - onehot(y~)`.
+    pub fn sample_output_error(&self, ws: &Workspace, errs_out: &mut [f32], rng: &mut Rng) {
+        let n = self.output_size();
+        let b = ws.batch;
+        let acts = &ws.acts[self.layers.len()];
+        let errs_out = &mut errs_out[..n * b];
+        match self.likelihood {
+            Likelihood::Gaussian => rng.fill_normal(errs_out),
+            Likelihood::Bernoulli => {
+                for j in 0..b {
+                    for i in 0..n {
+                        let p = Activation::Sigmoid.apply(acts[j * (n + 1) + i]);
+                        let y = if rng.uniform_f32() < p { 1.0 } else { 0.0 };
+                        errs_out[j * n + i] = p - y;
+                    }
+                }
+            }
+            Likelihood::Categorical => {
+                for j in 0..b {
+                    let s = &acts[j * (n + 1)..j * (n + 1) + n];
+                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
+                    let u = rng.uniform_f32() * z;
+                    let mut acc = 0.0;
+                    let mut pick = n - 1;
+                    for (i, &v) in s.iter().enumerate() {
+                        acc += (v - m).exp();
+                        if u < acc {
+                            pick = i;
+                            break;
+                        }
+                    }
+                    for i in 0..n {
+                        errs_out[j * n + i] =
+                            (s[i] - m).exp() / z - if i == pick { 1.0 } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Back-propagates the output error in `errs[L-1]` down to layer 1:
+    /// `e_{i-1} = (W_i^T e_i) .* phi'_{i-1}(a_{i-1})`, using the activations of the
+    /// last forward pass. `errs` is either the workspace's own error set or an
+    /// optimizer's (for sampled targets). When `grads` is given, also writes each
+    /// layer's gradient `(1/b) E_i Abar_{i-1}^T` (bias column included).
+    pub(crate) fn backward(
+        &self,
+        acts: &[Vec<f32>],
+        errs: &mut [Vec<f32>],
+        mut grads: Option<&mut [Vec<f32>]>,
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let l = self.layers.len();
+        for i in (0..l).rev() {
+            let layer = &self.layers[i];
+            if let Some(grads) = grads.as_deref_mut() {
+                let e = view(&errs[i], layer.n_out, b, layer.n_out);
+                let a = view(&acts[i], layer.n_in + 1, b, layer.n_in + 1);
+                let g = view_mut(&mut grads[i], layer.n_out, layer.n_in + 1, layer.n_out);
+                natgrad_kernels::gemm::gemm(
+                    g,
+                    0.0,
+                    e,
+                    a.transpose(),
+                    1.0 / b.max(1) as f32,
+                    par,
+                    stack,
+                )?;
+            }
+            if i > 0 {
+                let prev = &self.layers[i - 1];
+                let (lo, hi) = errs.split_at_mut(i);
+                let e = view(&hi[0], layer.n_out, b, layer.n_out);
+                let out = view_mut(&mut lo[i - 1], layer.n_in, b, layer.n_in);
+                let a_prev = view(&acts[i], layer.n_in, b, layer.n_in + 1);
+                gemm_fused(
+                    out,
+                    0.0,
+                    layer.weights().transpose(),
+                    e,
+                    1.0,
+                    Epilogue::ActivationDerivative {
+                        activation: prev.activation,
+                        output: a_prev,
+                    },
+                    par,
+                    stack,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward pass, loss and gradient of the minibatch `(x, y)`; the gradient
+    /// (bias column last, per layer) lands in `ws.grads()`. Returns the loss.
+    pub fn loss_and_gradient(
+        &self,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+    ) -> Result<f64, Error> {
+        self.forward(ws, x)?;
+        let loss = self.loss(ws, y, true)?;
+        let (b, par) = (ws.batch, ws.par);
+        let mut stack = MemStack::new(&mut ws.scratch);
+        self.backward(
+            &ws.acts,
+            &mut ws.errs,
+            Some(&mut ws.grads),
+            b,
+            par,
+            &mut stack,
+        )?;
+        Ok(loss)
+    }
+
+    /// Mean loss over a whole dataset `x`, `y` (columns are examples), evaluated
+    /// in chunks of the workspace's maximum batch. Does not touch gradients.
+    pub fn evaluate(
+        &self,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+    ) -> Result<f64, Error> {
+        let n = x.ncols();
+        if y.ncols() != n {
+            return Err(Error::Shape(format!(
+                "{} inputs but {} targets",
+                n,
+                y.ncols()
+            )));
+        }
+        if n == 0 {
+            return Err(Error::Shape("cannot evaluate on an empty dataset".into()));
+        }
+        let chunk = ws.max_batch();
+        let mut total = 0.0;
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            self.forward(ws, x.subcols(start, len))?;
+            total += self.loss(ws, y.subcols(start, len), false)? * len as f64;
+            start += len;
+        }
+        Ok(total / n as f64)
+    }
+}
+
+/// `Err(NonFinite)` naming `what` if any entry of `m` is NaN or infinite.
+pub(crate) fn check_finite_mat(m: MatRef<'_, f32>, what: &str) -> Result<(), Error> {
+    for j in 0..m.ncols() {
+        for i in 0..m.nrows() {
+            let v = m[(i, j)];
+            if !v.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "{what} has {v} at row {i}, column {j}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

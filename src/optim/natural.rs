@@ -1,0 +1,680 @@
+//! The online natural gradient (PAPER.md sections 2 and 3).
+//!
+//! For every layer `i`, with `abar = [a_{i-1}; 1]` and `e_i` the error of the
+//! layer back-propagated from targets sampled from the model itself,
+//!
+//! ```text
+//! A_i = E[abar abar^T]      (forward factor, (n_{i-1}+1) x (n_{i-1}+1))
+//! G_i = E[e_i e_i^T]        (backward factor, n_i x n_i)
+//! dW_i = -(eta / L) (G_i + sqrt(g) I)^{-1} grad_i (A_i + sqrt(g) I)^{-1}
+//! ```
+//!
+//! Both factors are accumulated by SYRK into exponential moving averages (or
+//! recomputed from each minibatch, the paper's setting, when the decay is 0),
+//! factorised by Cholesky every `refresh_interval` steps (or kept current by
+//! rank-b updates), and the update is formed either from the low-rank form of the
+//! minibatch gradient `grad_i = (1/b) E_i Abar^T` (two solves with `b`
+//! right-hand sides and one GEMM) or from the full gradient (two solves with
+//! `n` right-hand sides), whichever needs fewer flops.
+
+use super::{check_grads_finite, check_net_shapes, check_range, Optimizer, StepStats};
+use crate::mlp::Mlp;
+use crate::workspace::{view, view_mut, Workspace};
+use crate::Error;
+use faer::reborrow::{Reborrow, ReborrowMut};
+use natgrad_kernels::cholesky::{
+    cholesky_in_place, cholesky_rank_update, cholesky_scratch, cholesky_update_scratch,
+};
+use natgrad_kernels::gemm::{gemm, gemm_scratch};
+use natgrad_kernels::rng::Rng;
+use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
+use natgrad_kernels::trsm::{solve_llt_left_in_place, solve_llt_right_in_place, solve_scratch};
+use natgrad_kernels::{MatRef, MemBuffer, MemStack, Par, StackReq};
+use rayon::prelude::*;
+
+/// How the damping `g` changes during training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DampingAdaptation {
+    /// `g` stays at its initial value.
+    Fixed,
+    /// The paper's Levenberg-Marquardt rule, applied every `interval` steps:
+    /// after the step, the reduction ratio `rho = (actual loss change on the
+    /// minibatch) / (change predicted by the local quadratic model)` sets
+    /// `g *= 3/2` when `rho < 1/4` and `g *= 2/3` when `rho > 3/4`. Each check
+    /// costs one extra forward pass on the minibatch.
+    LevenbergMarquardt {
+        /// Steps between two checks (1 = every step, as in the paper).
+        interval: usize,
+    },
+}
+
+/// How the Cholesky factors follow the curvature factors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FactorUpdate {
+    /// Refactorise `A + sqrt(g) I` and `G + sqrt(g) I` from scratch every
+    /// `refresh_interval` steps (and whenever the damping changes).
+    Refactor,
+    /// Between refreshes, keep the Cholesky factors current with rank-b updates
+    /// (`L L^T <- rho L L^T + (1 - rho)/b X X^T`): O(b n^2) instead of O(n^3/3).
+    /// The damping inside the factor then decays by `rho` per step until the next
+    /// refresh restores it, so use it with a short refresh interval.
+    RankUpdate,
+}
+
+/// Which form of the preconditioned update to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preconditioning {
+    /// Per layer, whichever of the two forms below needs fewer flops. Default.
+    Auto,
+    /// Solve on the `b`-column error and activation matrices, then one GEMM.
+    LowRank,
+    /// Solve on the full `n_i x (n_{i-1}+1)` gradient from both sides.
+    Full,
+}
+
+/// Settings of [`NaturalGradient`]. The defaults reproduce the paper's
+/// configuration (PAPER.md section 2) except where noted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NaturalGradientConfig {
+    /// Step size `eta`. Default 1.0 (the paper's value: with exact curvature a
+    /// unit natural-gradient step is the Newton-like step).
+    pub learning_rate: f32,
+    /// Divide the step by the number of layers `L` (the exact deep-linear
+    /// result, PAPER.md section 1). Default true.
+    pub scale_by_depth: bool,
+    /// Decay `rho` of the running averages of the factors, in [0, 1). 0 means the
+    /// factors come from the current minibatch alone (the paper's setting).
+    /// Default 0. Early steps use `min(rho, 1 - 1/k)` so the average is unbiased.
+    pub factor_decay: f32,
+    /// Initial damping `g` (> 0); each factor gets `sqrt(g) I`. Default 1.0 (the paper's).
+    pub damping: f32,
+    /// Lower and upper bounds for the adapted damping. Default (1e-6, 1e6).
+    pub damping_bounds: (f32, f32),
+    /// Damping adaptation. Default Levenberg-Marquardt every step (the paper's).
+    pub adaptation: DampingAdaptation,
+    /// Steps between Cholesky refreshes (>= 1). Default 1: with per-minibatch
+    /// factors every step has new factors anyway.
+    pub refresh_interval: usize,
+    /// How factors are kept between refreshes. Default `Refactor`.
+    pub factor_update: FactorUpdate,
+    /// Targets sampled per example for the backward factor (>= 1). Default 1
+    /// (the paper's; more samples reduce the variance of `G` at one extra
+    /// backward pass each).
+    pub samples: usize,
+    /// Which form of the update to compute. Default `Auto`.
+    pub preconditioning: Preconditioning,
+    /// Seed of the sampler. Default 0.
+    pub seed: u64,
+}
+
+impl Default for NaturalGradientConfig {
+    fn default() -> Self {
+        NaturalGradientConfig {
+            learning_rate: 1.0,
+            scale_by_depth: true,
+            factor_decay: 0.0,
+            damping: 1.0,
+            damping_bounds: (1e-6, 1e6),
+            adaptation: DampingAdaptation::LevenbergMarquardt { interval: 1 },
+            refresh_interval: 1,
+            factor_update: FactorUpdate::Refactor,
+            samples: 1,
+            preconditioning: Preconditioning::Auto,
+            seed: 0,
+        }
+    }
+}
+
+/// Attempts at factorising with damping multiplied by 10 each time before a
+/// step gives up with an error.
+const MAX_DAMPING_RETRIES: usize = 6;
+
+/// Per-layer state: factors, their Cholesky factors, the update, and scratch.
+struct LayerState {
+    n_in1: usize,
+    n_out: usize,
+    a_factor: Vec<f32>,
+    g_factor: Vec<f32>,
+    a_chol: Vec<f32>,
+    g_chol: Vec<f32>,
+    delta: Vec<f32>,
+    /// Copy of the columns fed to a rank update (the update clobbers them).
+    update_cols: Vec<f32>,
+    update_alpha: Vec<f32>,
+    scratch: MemBuffer,
+}
+
+/// The online natural-gradient optimizer.
+///
+/// ```
+/// use natgrad::mlp::{Init, Likelihood, Mlp};
+/// use natgrad::optim::{NaturalGradient, NaturalGradientConfig, Optimizer};
+/// use natgrad::workspace::Workspace;
+/// use natgrad::kernels::{Activation, MatRef, Par};
+///
+/// // A small autoencoder on random data.
+/// let mut net = Mlp::new(&[8, 4, 8], &[Activation::Tanh, Activation::Identity],
+///                        Likelihood::Gaussian, Init::GlorotUniform, 1).unwrap();
+/// let mut ws = Workspace::new(&net, 32, Par::Seq).unwrap();
+/// let mut opt = NaturalGradient::new(&net, 32, NaturalGradientConfig::default()).unwrap();
+/// let data: Vec<f32> = (0..8 * 32).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+/// let x = MatRef::from_column_major_slice(&data, 8, 32);
+/// let first = opt.step(&mut net, &mut ws, x, x).unwrap().loss;
+/// let mut last = first;
+/// for _ in 0..20 {
+///     last = opt.step(&mut net, &mut ws, x, x).unwrap().loss;
+/// }
+/// assert!(last < first);
+/// ```
+pub struct NaturalGradient {
+    config: NaturalGradientConfig,
+    sizes: Vec<usize>,
+    max_batch: usize,
+    layers: Vec<LayerState>,
+    /// Errors back-propagated from sampled targets, one per layer (`n_i x b`).
+    sampled_errs: Vec<Vec<f32>>,
+    /// Scratch for the sampled backward pass.
+    scratch: MemBuffer,
+    rng: Rng,
+    damping: f32,
+    steps: u64,
+    /// Whether the Cholesky factors are stale (damping changed, or never built).
+    stale: bool,
+}
+
+impl NaturalGradient {
+    /// An optimizer for `net` at minibatches of up to `max_batch` columns.
+    /// Allocates every buffer a step will need.
+    pub fn new(
+        net: &Mlp,
+        max_batch: usize,
+        config: NaturalGradientConfig,
+    ) -> Result<NaturalGradient, Error> {
+        check_range("learning_rate", config.learning_rate, 0.0, f32::MAX, true)?;
+        check_range("factor_decay", config.factor_decay, 0.0, 0.999_999, false)?;
+        let (lo, hi) = config.damping_bounds;
+        check_range("damping_bounds.0", lo, 0.0, f32::MAX, true)?;
+        check_range("damping_bounds.1", hi, lo, f32::MAX, false)?;
+        check_range("damping", config.damping, lo, hi, false)?;
+        if config.refresh_interval == 0 {
+            return Err(Error::InvalidConfig(
+                "refresh_interval must be at least 1".into(),
+            ));
+        }
+        if config.samples == 0 {
+            return Err(Error::InvalidConfig("samples must be at least 1".into()));
+        }
+        if let DampingAdaptation::LevenbergMarquardt { interval: 0 } = config.adaptation {
+            return Err(Error::InvalidConfig(
+                "the Levenberg-Marquardt interval must be at least 1".into(),
+            ));
+        }
+        if max_batch == 0 {
+            return Err(Error::InvalidConfig(
+                "the maximum minibatch size must be at least 1".into(),
+            ));
+        }
+        // Scratch sized for the most demanding parallelism the kernels may run at.
+        let par_sizing = Par::rayon(0);
+        let layers = net
+            .layers()
+            .iter()
+            .map(|l| {
+                let (n_in1, n_out) = (l.n_in + 1, l.n_out);
+                let nmax = n_in1.max(n_out);
+                let req = StackReq::any_of(&[
+                    syrk_scratch(nmax, max_batch, par_sizing),
+                    cholesky_scratch(nmax, par_sizing),
+                    cholesky_update_scratch(nmax, max_batch, par_sizing),
+                    solve_scratch(nmax, max_batch.max(nmax), par_sizing),
+                    gemm_scratch(n_out, n_in1, max_batch, par_sizing),
+                ]);
+                let rank = config.factor_update == FactorUpdate::RankUpdate;
+                LayerState {
+                    n_in1,
+                    n_out,
+                    a_factor: vec![0.0; n_in1 * n_in1],
+                    g_factor: vec![0.0; n_out * n_out],
+                    a_chol: vec![0.0; n_in1 * n_in1],
+                    g_chol: vec![0.0; n_out * n_out],
+                    delta: vec![0.0; n_out * n_in1],
+                    update_cols: if rank {
+                        vec![0.0; nmax * max_batch]
+                    } else {
+                        Vec::new()
+                    },
+                    update_alpha: if rank {
+                        vec![0.0; max_batch]
+                    } else {
+                        Vec::new()
+                    },
+                    scratch: MemBuffer::new(req),
+                }
+            })
+            .collect();
+        let sampled_errs = net
+            .layers()
+            .iter()
+            .map(|l| vec![0.0; l.n_out * max_batch])
+            .collect();
+        let scratch = MemBuffer::new(StackReq::any_of(
+            &net.layers()
+                .iter()
+                .map(|l| gemm_scratch(l.n_in, max_batch, l.n_out, par_sizing))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(NaturalGradient {
+            config,
+            sizes: net.sizes(),
+            max_batch,
+            layers,
+            sampled_errs,
+            scratch,
+            rng: Rng::new(config.seed),
+            damping: config.damping,
+            steps: 0,
+            stale: true,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NaturalGradientConfig {
+        &self.config
+    }
+    /// The current damping `g`.
+    pub fn damping(&self) -> f32 {
+        self.damping
+    }
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+    /// The largest minibatch this optimizer takes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+    /// The forward factor `A_i` of layer `i` (0-based), `(n_{i-1}+1)^2`,
+    /// column-major; only its lower triangle is meaningful.
+    pub fn forward_factor(&self, i: usize) -> MatRef<'_, f32> {
+        let s = &self.layers[i];
+        MatRef::from_column_major_slice(&s.a_factor, s.n_in1, s.n_in1)
+    }
+    /// The backward factor `G_i` of layer `i` (0-based), lower triangle meaningful.
+    pub fn backward_factor(&self, i: usize) -> MatRef<'_, f32> {
+        let s = &self.layers[i];
+        MatRef::from_column_major_slice(&s.g_factor, s.n_out, s.n_out)
+    }
+    /// The last update `dW_i` of layer `i` (0-based), `n_i x (n_{i-1}+1)`.
+    pub fn last_update(&self, i: usize) -> MatRef<'_, f32> {
+        let s = &self.layers[i];
+        MatRef::from_column_major_slice(&s.delta, s.n_out, s.n_in1)
+    }
+
+    /// Every piece of state a checkpoint must keep, as flat f32 buffers in a fixed
+    /// order (per layer: A, G, chol A, chol G), plus the scalars.
+    pub fn state_buffers(&self) -> impl Iterator<Item = &[f32]> {
+        self.layers.iter().flat_map(|s| {
+            [
+                &s.a_factor[..],
+                &s.g_factor[..],
+                &s.a_chol[..],
+                &s.g_chol[..],
+            ]
+        })
+    }
+    /// Mutable counterpart of [`NaturalGradient::state_buffers`], same order.
+    pub fn state_buffers_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        self.layers.iter_mut().flat_map(|s| {
+            [
+                &mut s.a_factor[..],
+                &mut s.g_factor[..],
+                &mut s.a_chol[..],
+                &mut s.g_chol[..],
+            ]
+        })
+    }
+    /// `(rng state, damping, steps, stale)`.
+    pub fn scalar_state(&self) -> ([u64; 4], f32, u64, bool) {
+        (self.rng.state(), self.damping, self.steps, self.stale)
+    }
+    /// Restores what [`NaturalGradient::scalar_state`] returned.
+    pub fn set_scalar_state(
+        &mut self,
+        rng: [u64; 4],
+        damping: f32,
+        steps: u64,
+        stale: bool,
+    ) -> Result<(), Error> {
+        let (lo, hi) = self.config.damping_bounds;
+        check_range("damping", damping, lo, hi, false)?;
+        self.rng = Rng::from_state(rng);
+        self.damping = damping;
+        self.steps = steps;
+        self.stale = stale;
+        Ok(())
+    }
+
+    fn step_scale(&self, num_layers: usize) -> f32 {
+        if self.config.scale_by_depth {
+            self.config.learning_rate / num_layers as f32
+        } else {
+            self.config.learning_rate
+        }
+    }
+}
+
+/// Whether the low-rank form is cheaper for a layer (flop counts of PAPER.md
+/// section 3: two solves with `b` right-hand sides plus one GEMM, against two
+/// solves with the full gradient).
+fn low_rank_is_cheaper(n_out: usize, n_in1: usize, b: usize) -> bool {
+    let (o, i, b) = (n_out as f64, n_in1 as f64, b as f64);
+    let low = 2.0 * b * (o * o + i * i) + 2.0 * b * o * i;
+    let full = 2.0 * o * i * (o + i);
+    low < full
+}
+
+/// Copies the lower triangle of `src` (`n x n`) to `dst` (the whole columns, so
+/// the copy is one contiguous pass per column).
+fn copy_lower(dst: &mut [f32], src: &[f32], n: usize) {
+    for j in 0..n {
+        dst[j * n + j..(j + 1) * n].copy_from_slice(&src[j * n + j..(j + 1) * n]);
+    }
+}
+
+impl LayerState {
+    /// Cholesky of both damped factors; `Err` carries the kernel error.
+    fn factorise(&mut self, shift: f32, par: Par) -> Result<(), natgrad_kernels::Error> {
+        let mut stack = MemStack::new(&mut self.scratch);
+        copy_lower(&mut self.a_chol, &self.a_factor, self.n_in1);
+        let a = natgrad_kernels::MatMut::from_column_major_slice_mut(
+            &mut self.a_chol,
+            self.n_in1,
+            self.n_in1,
+        );
+        cholesky_in_place(a, shift, par, &mut stack)?;
+        copy_lower(&mut self.g_chol, &self.g_factor, self.n_out);
+        let g = natgrad_kernels::MatMut::from_column_major_slice_mut(
+            &mut self.g_chol,
+            self.n_out,
+            self.n_out,
+        );
+        cholesky_in_place(g, shift, par, &mut stack)
+    }
+
+    /// `L L^T <- rho L L^T + alpha X X^T` for one factor, via scaling and a rank update.
+    fn rank_update(
+        chol: &mut [f32],
+        n: usize,
+        x: MatRef<'_, f32>,
+        rho: f32,
+        alpha: f32,
+        cols: &mut [f32],
+        alphas: &mut [f32],
+        par: Par,
+        stack: &mut MemStack,
+    ) -> Result<(), natgrad_kernels::Error> {
+        let b = x.ncols();
+        let s = rho.sqrt();
+        for j in 0..n {
+            chol[j * n + j..(j + 1) * n]
+                .iter_mut()
+                .for_each(|v| *v *= s);
+        }
+        let mut w = view_mut(cols, n, b, n);
+        for j in 0..b {
+            for i in 0..n {
+                w[(i, j)] = x[(i, j)];
+            }
+        }
+        alphas[..b].iter_mut().for_each(|a| *a = alpha);
+        let l = natgrad_kernels::MatMut::from_column_major_slice_mut(chol, n, n);
+        cholesky_rank_update(l, w, &alphas[..b], par, stack)
+    }
+}
+
+impl Optimizer for NaturalGradient {
+    fn name(&self) -> &'static str {
+        "ng"
+    }
+
+    fn step(
+        &mut self,
+        net: &mut Mlp,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+    ) -> Result<StepStats, Error> {
+        check_net_shapes(net, &self.sizes)?;
+        if x.ncols() > self.max_batch {
+            return Err(Error::Shape(format!(
+                "minibatch of {} columns exceeds the optimizer's maximum of {}",
+                x.ncols(),
+                self.max_batch
+            )));
+        }
+        // 1. Loss and gradient on the data targets. Everything that can fail on
+        //    the caller's input fails here, before any state changes.
+        let loss = net.loss_and_gradient(ws, x, y)?;
+        check_grads_finite(&ws.grads)?;
+        let (b, par) = (ws.batch, ws.par);
+        let num_layers = net.num_layers();
+        let k = self.steps + 1;
+        let rho = if k == 1 {
+            0.0
+        } else {
+            self.config.factor_decay.min(1.0 - 1.0 / k as f32)
+        };
+        let refresh = self.stale || (k - 1) % self.config.refresh_interval as u64 == 0;
+        let rank_update = !refresh && self.config.factor_update == FactorUpdate::RankUpdate;
+
+        // 2. Backward factors from errors of targets sampled from the model.
+        let samples = self.config.samples;
+        for s in 0..samples {
+            {
+                let last = net.num_layers() - 1;
+                let rng = &mut self.rng;
+                net.sample_output_error(ws, &mut self.sampled_errs[last], rng);
+                let mut stack = MemStack::new(&mut self.scratch);
+                net.backward(&ws.acts, &mut self.sampled_errs, None, b, par, &mut stack)?;
+            }
+            let beta = if s == 0 { rho } else { 1.0 };
+            let alpha = (1.0 - rho) / (b * samples) as f32;
+            self.layers
+                .par_iter_mut()
+                .zip(self.sampled_errs.par_iter())
+                .try_for_each(|(st, e)| -> Result<(), Error> {
+                    let mut stack = MemStack::new(&mut st.scratch);
+                    let e = view(e, st.n_out, b, st.n_out);
+                    if rank_update {
+                        let (cols, alphas) = (&mut st.update_cols, &mut st.update_alpha);
+                        let b_rho = if s == 0 { rho } else { 1.0 };
+                        LayerState::rank_update(
+                            &mut st.g_chol,
+                            st.n_out,
+                            e,
+                            b_rho,
+                            alpha,
+                            cols,
+                            alphas,
+                            par,
+                            &mut stack,
+                        )?;
+                    }
+                    let g = natgrad_kernels::MatMut::from_column_major_slice_mut(
+                        &mut st.g_factor,
+                        st.n_out,
+                        st.n_out,
+                    );
+                    syrk_lower(g, beta, e, alpha, par, &mut stack)?;
+                    Ok(())
+                })?;
+        }
+
+        // 3. Forward factors, factorisation, preconditioned update, per layer in parallel.
+        let eta = self.step_scale(num_layers);
+        let preconditioning = self.config.preconditioning;
+        let alpha_a = (1.0 - rho) / b as f32;
+        let mut damping = self.damping;
+        let mut first = true;
+        let (lo, hi) = self.config.damping_bounds;
+        for attempt in 0..=MAX_DAMPING_RETRIES {
+            let shift = damping.sqrt();
+            let result = self
+                .layers
+                .par_iter_mut()
+                .zip(ws.acts[..num_layers].par_iter())
+                .try_for_each(|(st, a)| -> Result<(), natgrad_kernels::Error> {
+                    if first {
+                        let stack = MemStack::new(&mut st.scratch);
+                        let abar = view(a, st.n_in1, b, st.n_in1);
+                        if rank_update {
+                            let (cols, alphas) = (&mut st.update_cols, &mut st.update_alpha);
+                            LayerState::rank_update(
+                                &mut st.a_chol,
+                                st.n_in1,
+                                abar,
+                                rho,
+                                alpha_a,
+                                cols,
+                                alphas,
+                                par,
+                                stack,
+                            )?;
+                        }
+                        let f = natgrad_kernels::MatMut::from_column_major_slice_mut(
+                            &mut st.a_factor,
+                            st.n_in1,
+                            st.n_in1,
+                        );
+                        syrk_lower(f, rho, abar, alpha_a, par, stack)?;
+                    }
+                    if refresh || attempt > 0 {
+                        st.factorise(shift, par)?;
+                    }
+                    Ok(())
+                });
+            first = false;
+            match result {
+                Ok(()) => break,
+                Err(natgrad_kernels::Error::NotPositiveDefinite { .. })
+                    if attempt < MAX_DAMPING_RETRIES && damping < hi =>
+                {
+                    damping = (damping * 10.0).min(hi);
+                    self.stale = true;
+                }
+                Err(e @ natgrad_kernels::Error::NotPositiveDefinite { .. }) => {
+                    self.damping = damping;
+                    return Err(Error::NotPositiveDefinite(format!(
+                        "a curvature factor would not factorise even at damping {damping:e} ({e}); \
+                         the step was not taken"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.damping = damping.clamp(lo, hi);
+        self.stale = false;
+
+        // 4. Preconditioned update dW_i into each layer's `delta`.
+        let acts = &mut ws.acts[..num_layers];
+        let grad_dot_delta = self
+            .layers
+            .par_iter_mut()
+            .zip(acts.par_iter_mut())
+            .zip(ws.errs.par_iter_mut())
+            .zip(ws.grads.par_iter())
+            .map(|(((st, a), e), g)| -> Result<f64, natgrad_kernels::Error> {
+                let mut stack = MemStack::new(&mut st.scratch);
+                let (n_out, n_in1) = (st.n_out, st.n_in1);
+                let lg = MatRef::from_column_major_slice(&st.g_chol, n_out, n_out);
+                let la = MatRef::from_column_major_slice(&st.a_chol, n_in1, n_in1);
+                let use_low_rank = match preconditioning {
+                    Preconditioning::Auto => low_rank_is_cheaper(n_out, n_in1, b),
+                    Preconditioning::LowRank => true,
+                    Preconditioning::Full => false,
+                };
+                let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
+                if use_low_rank {
+                    // (G + dI)^-1 E and (A + dI)^-1 Abar, in place: neither is needed again.
+                    let mut ev = view_mut(e, n_out, b, n_out);
+                    solve_llt_left_in_place(lg, ev.rb_mut(), par, &mut stack)?;
+                    let mut av = view_mut(a, n_in1, b, n_in1);
+                    solve_llt_left_in_place(la, av.rb_mut(), par, &mut stack)?;
+                    gemm(
+                        delta.rb_mut(),
+                        0.0,
+                        ev.rb(),
+                        av.rb().transpose(),
+                        -eta / b as f32,
+                        par,
+                        &mut stack,
+                    )?;
+                } else {
+                    st.delta.copy_from_slice(g);
+                    let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
+                    solve_llt_left_in_place(lg, delta.rb_mut(), par, &mut stack)?;
+                    solve_llt_right_in_place(la, delta.rb_mut(), par, &mut stack)?;
+                    st.delta.iter_mut().for_each(|v| *v *= -eta);
+                }
+                Ok(st
+                    .delta
+                    .iter()
+                    .zip(g)
+                    .map(|(&d, &g)| d as f64 * g as f64)
+                    .sum())
+            })
+            .try_reduce(|| 0.0, |p, q| Ok(p + q))?;
+        if !grad_dot_delta.is_finite()
+            || self
+                .layers
+                .iter()
+                .any(|st| st.delta.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::NonFinite(
+                "the natural-gradient update is not finite (curvature too ill-conditioned for the damping); \
+                 the step was not taken"
+                    .into(),
+            ));
+        }
+
+        // 5. Apply.
+        for (w, st) in net.params_mut().zip(&self.layers) {
+            w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w += d);
+        }
+        self.steps = k;
+
+        // 6. Levenberg-Marquardt adaptation of the damping.
+        if let DampingAdaptation::LevenbergMarquardt { interval } = self.config.adaptation {
+            if k % interval as u64 == 0 {
+                // The local model M(d) = g.d + 1/2 d^T (F + dI) d, with d = -eta P g and
+                // P = (F + dI)^{-1} the damped Kronecker preconditioner, is
+                // M = g.d (1 - eta / 2): no extra curvature product is needed.
+                let predicted = grad_dot_delta * (1.0 - eta as f64 / 2.0);
+                let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
+                let old = self.damping;
+                match after {
+                    Ok(new_loss) if predicted < 0.0 => {
+                        let ratio = (new_loss - loss) / predicted;
+                        if ratio < 0.25 {
+                            self.damping = (self.damping * 1.5).min(hi);
+                        } else if ratio > 0.75 {
+                            self.damping = (self.damping * (2.0 / 3.0)).max(lo);
+                        }
+                    }
+                    Ok(_) => self.damping = (self.damping * 1.5).min(hi),
+                    Err(_) => {
+                        // The step made the loss non-finite: take it back and damp harder.
+                        for (w, st) in net.params_mut().zip(&self.layers) {
+                            w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w -= d);
+                        }
+                        self.damping = (self.damping * 10.0).min(hi);
+                    }
+                }
+                if self.damping != old {
+                    self.stale = true;
+                }
+            }
+        }
+        Ok(StepStats { loss })
+    }
+}

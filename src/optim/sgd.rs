@@ -1,0 +1,112 @@
+use super::{check_grads_finite, check_net_shapes, check_range, Optimizer, StepStats};
+use crate::mlp::Mlp;
+use crate::workspace::Workspace;
+use crate::Error;
+use natgrad_kernels::MatRef;
+
+/// Settings of [`Sgd`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Step size. Default 0.01: a safe start for standardised inputs; tune it.
+    pub learning_rate: f32,
+    /// Heavy-ball momentum in [0, 1). Default 0 (plain SGD, as in the paper).
+    pub momentum: f32,
+    /// Nesterov's variant of momentum. Default false.
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient (`g + wd w`, biases included). Default 0.
+    pub weight_decay: f32,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            learning_rate: 0.01,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// Stochastic gradient descent with optional (Nesterov) momentum and weight decay:
+/// `v <- mu v + g`, `w <- w - eta (nesterov ? g + mu v : v)`.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    config: SgdConfig,
+    sizes: Vec<usize>,
+    velocity: Vec<Vec<f32>>,
+}
+
+impl Sgd {
+    /// An optimizer for `net`. Errors on a configuration out of its domain.
+    pub fn new(net: &Mlp, config: SgdConfig) -> Result<Sgd, Error> {
+        check_range("learning_rate", config.learning_rate, 0.0, f32::MAX, true)?;
+        check_range("momentum", config.momentum, 0.0, 0.999_999, false)?;
+        check_range("weight_decay", config.weight_decay, 0.0, f32::MAX, false)?;
+        let velocity = if config.momentum > 0.0 {
+            net.layers()
+                .iter()
+                .map(|l| vec![0.0; l.params.len()])
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Sgd {
+            config,
+            sizes: net.sizes(),
+            velocity,
+        })
+    }
+    /// The settings.
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+    /// The momentum buffers (empty without momentum), for checkpoints.
+    pub fn velocity(&self) -> &[Vec<f32>] {
+        &self.velocity
+    }
+    /// Mutable momentum buffers, for restoring a checkpoint.
+    pub fn velocity_mut(&mut self) -> &mut [Vec<f32>] {
+        &mut self.velocity
+    }
+}
+
+impl Optimizer for Sgd {
+    fn name(&self) -> &'static str {
+        "sgd"
+    }
+
+    fn step(
+        &mut self,
+        net: &mut Mlp,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+    ) -> Result<StepStats, Error> {
+        check_net_shapes(net, &self.sizes)?;
+        let loss = net.loss_and_gradient(ws, x, y)?;
+        check_grads_finite(&ws.grads)?;
+        let SgdConfig {
+            learning_rate: lr,
+            momentum: mu,
+            nesterov,
+            weight_decay: wd,
+        } = self.config;
+        for (i, w) in net.params_mut().enumerate() {
+            let g = &ws.grads[i];
+            if mu > 0.0 {
+                let v = &mut self.velocity[i];
+                for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+                    let g = g + wd * *w;
+                    *v = mu * *v + g;
+                    *w -= lr * if nesterov { g + mu * *v } else { *v };
+                }
+            } else {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w -= lr * (g + wd * *w);
+                }
+            }
+        }
+        Ok(StepStats { loss })
+    }
+}

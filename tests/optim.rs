@@ -1,0 +1,431 @@
+//! Checks of the network and the optimizers that can fail: finite-difference
+//! gradients for every activation and likelihood, descent on a small problem,
+//! and refusal of bad minibatches without touching any state.
+
+use natgrad::kernels::rng::Rng;
+use natgrad::kernels::{Activation, MatRef, Par};
+use natgrad::mlp::{Init, Likelihood, Mlp};
+use natgrad::optim::{
+    Adam, AdamConfig, NaturalGradient, NaturalGradientConfig, Optimizer, Sgd, SgdConfig,
+};
+use natgrad::workspace::Workspace;
+use natgrad::Error;
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    let mut v = vec![0.0; n];
+    r.fill_normal(&mut v);
+    v.iter_mut().for_each(|x| *x *= scale);
+    v
+}
+
+/// Targets valid for the likelihood: any real (Gaussian), [0,1] (Bernoulli),
+/// probability vectors (Categorical).
+fn targets(lik: Likelihood, n: usize, b: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    match lik {
+        Likelihood::Gaussian => random(n * b, seed, 1.0),
+        Likelihood::Bernoulli => (0..n * b).map(|_| r.uniform_f32()).collect(),
+        Likelihood::Categorical => {
+            let mut y = vec![0.0; n * b];
+            for j in 0..b {
+                y[j * n + r.below(n)] = 1.0;
+            }
+            y
+        }
+    }
+}
+
+/// Central differences in f64 would need an f64 network; in f32 the truncation
+/// error is O(h^2 f''') and the rounding error O(u |L| / h). With h = 1e-2 and
+/// losses of order 1-10 both are ~1e-4 relative; we require the directional
+/// derivative along a random direction to agree to 2% of its scale, which a
+/// wrong factor, sign or missing term (all O(1) relative) cannot meet.
+#[test]
+fn gradient_matches_finite_differences_for_every_activation_and_likelihood() {
+    let acts = [
+        Activation::Identity,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Relu,
+    ];
+    let liks = [
+        Likelihood::Gaussian,
+        Likelihood::Bernoulli,
+        Likelihood::Categorical,
+    ];
+    let (sizes, b) = ([5usize, 7, 6, 4], 9usize);
+    for (ai, &act) in acts.iter().enumerate() {
+        for (li, &lik) in liks.iter().enumerate() {
+            let seed = (ai * 10 + li) as u64;
+            let mut net = Mlp::new(
+                &sizes,
+                &[act, act, Activation::Identity],
+                lik,
+                Init::ScaledGaussian { gain: 1.0 },
+                seed,
+            )
+            .unwrap();
+            // Non-zero biases so relu kinks and bias gradients are exercised.
+            for p in net.params_mut() {
+                let r = random(p.len(), seed + 100, 0.3);
+                p.iter_mut().zip(r).for_each(|(w, r)| *w += r);
+            }
+            let x = random(sizes[0] * b, seed + 1, 1.0);
+            let y = targets(lik, sizes[3], b, seed + 2);
+            let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
+            let ym = MatRef::from_column_major_slice(&y, sizes[3], b);
+            let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+            net.loss_and_gradient(&mut ws, xm, ym).unwrap();
+            let grads: Vec<Vec<f32>> = ws.grads().to_vec();
+            let dirs: Vec<Vec<f32>> = grads
+                .iter()
+                .enumerate()
+                .map(|(i, g)| random(g.len(), seed + 50 + i as u64, 1.0))
+                .collect();
+            let analytic: f64 = grads
+                .iter()
+                .zip(&dirs)
+                .map(|(g, d)| {
+                    g.iter()
+                        .zip(d)
+                        .map(|(&g, &d)| g as f64 * d as f64)
+                        .sum::<f64>()
+                })
+                .sum();
+            let h = 1e-2f32;
+            // Loss of the network moved by s*h along the direction, and the
+            // pattern of zero activations (the relu kinks it sits on).
+            let shifted = |sign: f32, h: f32| {
+                let mut n2 = net.clone();
+                for (p, d) in n2.params_mut().zip(&dirs) {
+                    p.iter_mut().zip(d).for_each(|(w, &d)| *w += sign * h * d);
+                }
+                let mut ws2 = Workspace::new(&n2, b, Par::Seq).unwrap();
+                n2.forward(&mut ws2, xm).unwrap();
+                let zeros: Vec<bool> = (1..sizes.len() - 1)
+                    .flat_map(|i| {
+                        let a = ws2.activations(i);
+                        (0..b)
+                            .flat_map(move |j| (0..a.nrows()).map(move |r| a[(r, j)] == 0.0))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                (n2.loss(&mut ws2, ym, false).unwrap(), zeros)
+            };
+            // relu is only piecewise smooth: the difference quotient is valid only
+            // if no unit crosses its kink between the two evaluations, so shrink h
+            // until the zero patterns agree (rounding error grows as u |L| / h,
+            // still < 1% at h = 1e-5 for these losses).
+            let mut h = h;
+            let (lp, lm) = loop {
+                let ((lp, zp), (lm, zm)) = (shifted(1.0, h), shifted(-1.0, h));
+                if zp == zm || h < 1e-5 {
+                    break (lp, lm);
+                }
+                h /= 4.0;
+            };
+            let numeric = (lp - lm) / (2.0 * h as f64);
+            let scale = analytic.abs().max(numeric.abs()).max(1e-3);
+            assert!(
+                (analytic - numeric).abs() <= 0.02 * scale,
+                "{act:?}/{lik:?}: analytic {analytic}, numeric {numeric}"
+            );
+        }
+    }
+}
+
+fn toy_problem() -> (Mlp, Vec<f32>, usize) {
+    let net = Mlp::new(
+        &[12, 8, 3, 8, 12],
+        &[
+            Activation::Tanh,
+            Activation::Identity,
+            Activation::Tanh,
+            Activation::Identity,
+        ],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        3,
+    )
+    .unwrap();
+    // Data on a 3-dimensional subspace: an autoencoder with a 3-unit code can fit it.
+    let b = 64;
+    let z = random(3 * b, 7, 1.0);
+    let mix = random(12 * 3, 8, 0.6);
+    let mut x = vec![0.0; 12 * b];
+    for j in 0..b {
+        for i in 0..12 {
+            x[j * 12 + i] = (0..3).map(|k| mix[k * 12 + i] * z[j * 3 + k]).sum();
+        }
+    }
+    (net, x, b)
+}
+
+fn train(opt: &mut dyn Optimizer, steps: usize) -> (f64, f64) {
+    let (mut net, x, b) = toy_problem();
+    let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+    let xm = MatRef::from_column_major_slice(&x, 12, b);
+    let first = opt.step(&mut net, &mut ws, xm, xm).unwrap().loss;
+    let mut last = first;
+    for _ in 0..steps {
+        last = opt.step(&mut net, &mut ws, xm, xm).unwrap().loss;
+    }
+    (first, last)
+}
+
+#[test]
+fn every_optimizer_reduces_the_loss_on_a_small_autoencoder() {
+    let (net, _, b) = toy_problem();
+    let mut sgd = Sgd::new(
+        &net,
+        SgdConfig {
+            learning_rate: 0.05,
+            momentum: 0.9,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut adam = Adam::new(
+        &net,
+        AdamConfig {
+            learning_rate: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut ng = NaturalGradient::new(&net, b, NaturalGradientConfig::default()).unwrap();
+    for (opt, want) in [
+        (&mut sgd as &mut dyn Optimizer, 0.5),
+        (&mut adam, 0.5),
+        (&mut ng, 0.5),
+    ] {
+        let name = opt.name();
+        let (first, last) = train(opt, 200);
+        assert!(last < want * first, "{name}: loss {first} -> {last}");
+    }
+}
+
+#[test]
+fn natural_gradient_options_all_descend() {
+    use natgrad::optim::{DampingAdaptation, FactorUpdate, Preconditioning};
+    let (net, _, b) = toy_problem();
+    let variants = [
+        NaturalGradientConfig {
+            factor_decay: 0.95,
+            refresh_interval: 5,
+            ..Default::default()
+        },
+        NaturalGradientConfig {
+            factor_decay: 0.95,
+            refresh_interval: 5,
+            factor_update: FactorUpdate::RankUpdate,
+            ..Default::default()
+        },
+        NaturalGradientConfig {
+            preconditioning: Preconditioning::Full,
+            ..Default::default()
+        },
+        NaturalGradientConfig {
+            preconditioning: Preconditioning::LowRank,
+            samples: 3,
+            ..Default::default()
+        },
+        NaturalGradientConfig {
+            adaptation: DampingAdaptation::Fixed,
+            damping: 0.1,
+            ..Default::default()
+        },
+    ];
+    for cfg in variants {
+        let mut ng = NaturalGradient::new(&net, b, cfg).unwrap();
+        let (first, last) = train(&mut ng, 150);
+        assert!(last < 0.5 * first, "{cfg:?}: loss {first} -> {last}");
+    }
+}
+
+#[test]
+fn low_rank_and_full_preconditioning_agree() {
+    use natgrad::optim::Preconditioning;
+    let (mut net, x, b) = toy_problem();
+    let xm = MatRef::from_column_major_slice(&x, 12, b);
+    let mut deltas = Vec::new();
+    for mode in [Preconditioning::LowRank, Preconditioning::Full] {
+        let mut n2 = net.clone();
+        let mut ws = Workspace::new(&n2, b, Par::Seq).unwrap();
+        let cfg = NaturalGradientConfig {
+            preconditioning: mode,
+            adaptation: natgrad::optim::DampingAdaptation::Fixed,
+            ..Default::default()
+        };
+        let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
+        ng.step(&mut n2, &mut ws, xm, xm).unwrap();
+        deltas.push(
+            (0..n2.num_layers())
+                .map(|i| {
+                    let d = ng.last_update(i);
+                    (0..d.ncols())
+                        .flat_map(|j| (0..d.nrows()).map(move |r| d[(r, j)]))
+                        .collect::<Vec<f32>>()
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (l, (a, b)) in deltas[0].iter().zip(&deltas[1]).enumerate() {
+        let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        for (p, q) in a.iter().zip(b) {
+            // Both are two f32 solves with condition <= (1 + max eig) / sqrt(g) ~ 1e2 here.
+            assert!((p - q).abs() <= 1e-3 * scale, "layer {l}: {p} vs {q}");
+        }
+    }
+    let _ = &mut net;
+}
+
+#[test]
+fn bad_minibatches_are_refused_and_leave_everything_untouched() {
+    let (net0, x, b) = toy_problem();
+    let mut bad = x.clone();
+    bad[17] = f32::NAN;
+    let mut inf = x.clone();
+    inf[3] = f32::INFINITY;
+    let opts: Vec<Box<dyn Optimizer>> = vec![
+        Box::new(
+            Sgd::new(
+                &net0,
+                SgdConfig {
+                    momentum: 0.9,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        ),
+        Box::new(Adam::new(&net0, AdamConfig::default()).unwrap()),
+        Box::new(NaturalGradient::new(&net0, b, NaturalGradientConfig::default()).unwrap()),
+    ];
+    for mut opt in opts {
+        let mut net = net0.clone();
+        let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+        let xm = MatRef::from_column_major_slice(&x, 12, b);
+        opt.step(&mut net, &mut ws, xm, xm).unwrap();
+        let before = net.clone();
+        for data in [&bad, &inf] {
+            let bm = MatRef::from_column_major_slice(data, 12, b);
+            let err = opt.step(&mut net, &mut ws, bm, xm).unwrap_err();
+            assert!(matches!(err, Error::NonFinite(_)), "{}: {err}", opt.name());
+            let err = opt.step(&mut net, &mut ws, xm, bm).unwrap_err();
+            assert!(matches!(err, Error::NonFinite(_)), "{}: {err}", opt.name());
+            assert_eq!(net, before, "{}: weights changed", opt.name());
+        }
+        // Wrong shapes and empty batches.
+        let short = MatRef::from_column_major_slice(&x[..11 * b], 11, b);
+        assert!(matches!(
+            opt.step(&mut net, &mut ws, short, xm),
+            Err(Error::Shape(_))
+        ));
+        let empty = MatRef::from_column_major_slice(&x[..0], 12, 0);
+        assert!(matches!(
+            opt.step(&mut net, &mut ws, empty, empty),
+            Err(Error::Shape(_))
+        ));
+        assert_eq!(net, before, "{}: weights changed", opt.name());
+        // The optimizer continues exactly as if the bad steps never happened:
+        // compare with a twin that never saw them.
+        let mut twin_net = net0.clone();
+        let mut twin: Box<dyn Optimizer> = match opt.name() {
+            "sgd" => Box::new(
+                Sgd::new(
+                    &net0,
+                    SgdConfig {
+                        momentum: 0.9,
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            ),
+            "adam" => Box::new(Adam::new(&net0, AdamConfig::default()).unwrap()),
+            _ => {
+                Box::new(NaturalGradient::new(&net0, b, NaturalGradientConfig::default()).unwrap())
+            }
+        };
+        let mut ws2 = Workspace::new(&twin_net, b, Par::Seq).unwrap();
+        twin.step(&mut twin_net, &mut ws2, xm, xm).unwrap();
+        twin.step(&mut twin_net, &mut ws2, xm, xm).unwrap();
+        opt.step(&mut net, &mut ws, xm, xm).unwrap();
+        assert_eq!(
+            net,
+            twin_net,
+            "{}: state was disturbed by refused steps",
+            opt.name()
+        );
+    }
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let (net, _, b) = toy_problem();
+    for lr in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            Sgd::new(
+                &net,
+                SgdConfig {
+                    learning_rate: lr,
+                    ..Default::default()
+                }
+            ),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Adam::new(
+                &net,
+                AdamConfig {
+                    learning_rate: lr,
+                    ..Default::default()
+                }
+            ),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            NaturalGradient::new(
+                &net,
+                b,
+                NaturalGradientConfig {
+                    learning_rate: lr,
+                    ..Default::default()
+                }
+            ),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+    for g in [0.0, -1.0, f32::NAN] {
+        assert!(matches!(
+            NaturalGradient::new(
+                &net,
+                b,
+                NaturalGradientConfig {
+                    damping: g,
+                    ..Default::default()
+                }
+            ),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+    assert!(matches!(
+        NaturalGradient::new(
+            &net,
+            b,
+            NaturalGradientConfig {
+                factor_decay: 1.0,
+                ..Default::default()
+            }
+        ),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        NaturalGradient::new(&net, 0, NaturalGradientConfig::default()),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        Workspace::new(&net, 0, Par::Seq),
+        Err(Error::InvalidConfig(_))
+    ));
+}
