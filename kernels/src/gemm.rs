@@ -1,10 +1,136 @@
 //! General matrix multiply with fused epilogues.
 //!
-//! PLACEHOLDER IMPLEMENTATION (plain loops): the contract below is final, the
-//! cache-blocked SIMD implementation replaces the body.
+//! The BLIS/Goto structure: `C` is cut into column blocks of at most [`NC`]
+//! (packed `B` block `KC x NC` lives in L3), the inner dimension into blocks of
+//! at most [`KC`], and each thread's rows into blocks of at most [`MC`] (packed
+//! `A` block `MC x KC` lives in L2). The microkernel multiplies an `MR x KC`
+//! panel of `A` by a `KC x NR` panel of `B` (the `B` panel stays in L1) with the
+//! `MR x NR` result in registers: 32 x 12 with AVX-512, 16 x 6 with AVX2+FMA,
+//! 4 x 4 scalar. On the last `KC` block the epilogue (bias + activation, or
+//! activation derivative) is applied to the registers before the one store of
+//! the tile, so a fused forward pass costs no extra pass over memory.
+//!
+//! Threads (`Par::Rayon(t)`) split `C` into a `tm x tn` grid of tile-aligned
+//! rectangles; the packed `B` block is packed cooperatively and shared, each
+//! thread packs its own `A` blocks into its part of the scratch.
+
+mod microkernel;
+mod pack;
+mod vmath;
+
+pub use vmath::activate_slice_with_isa;
 
 use crate::error::check_shape;
 use crate::{Activation, Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
+use microkernel::{BlockJob, RawEpilogue, RawMatMut};
+use pack::RawMat;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Upper bound on the inner-dimension block (packed panels of `KC` steps).
+pub const KC: usize = 384;
+/// Upper bound on the rows of a packed `A` block (a multiple of every `MR`).
+pub const MC: usize = 480;
+/// Upper bound on the columns of a packed `B` block (a multiple of every `NR`).
+pub const NC: usize = 3072;
+/// Largest `MR` and `NR` over all instruction sets (scratch is sized with them).
+const MR_MAX: usize = 32;
+const NR_MAX: usize = 12;
+/// Alignment of packed buffers, in bytes (one cache line, one zmm register).
+const ALIGN: usize = 64;
+/// Below this many multiply-adds a call runs on one thread.
+const MIN_PARALLEL_MACS: usize = 1 << 18;
+
+/// The register tile `(MR, NR)` used at instruction set `isa`.
+pub fn register_tile(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Avx512 => (32, 12),
+        Isa::Avx2 => (16, 6),
+        Isa::Scalar => (4, 4),
+    }
+}
+
+/// Runs `op` with the SIMD token of `isa`.
+pub(crate) fn dispatch<Op: pulp::WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Error> {
+    use pulp::Simd;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => pulp::x86::V4::try_new()
+            .map(|s| Simd::vectorize(s, op))
+            .ok_or(Error::IsaUnavailable(isa)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => pulp::x86::V3::try_new()
+            .map(|s| Simd::vectorize(s, op))
+            .ok_or(Error::IsaUnavailable(isa)),
+        Isa::Scalar => Ok(Simd::vectorize(pulp::Scalar, op)),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => Err(Error::IsaUnavailable(isa)),
+    }
+}
+
+fn div_ceil(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+fn round_up(a: usize, b: usize) -> usize {
+    a.div_ceil(b) * b
+}
+
+/// The inner-dimension block actually used for inner dimension `k`: `k` split
+/// into equal blocks of at most [`KC`].
+fn kc_for(k: usize) -> usize {
+    if k == 0 {
+        0
+    } else {
+        div_ceil(k, div_ceil(k, KC))
+    }
+}
+
+/// Floats of scratch for one thread's packed `A` block (rounded to [`ALIGN`]).
+fn a_block_len(m: usize, k: usize) -> usize {
+    round_up(MC.min(round_up(m, MR_MAX)) * kc_for(k), ALIGN / 4)
+}
+
+/// Floats of scratch for the shared packed `B` block.
+fn b_block_len(n: usize, k: usize) -> usize {
+    round_up(round_up(n.min(NC), NR_MAX) * kc_for(k), ALIGN / 4)
+}
+
+/// The number of threads a call uses.
+fn threads_for(par: Par, m: usize, n: usize, k: usize) -> usize {
+    let t = par.degree().max(1);
+    if t == 1 || m.saturating_mul(n).saturating_mul(k.max(1)) < MIN_PARALLEL_MACS {
+        1
+    } else {
+        t
+    }
+}
+
+/// Splits `t` threads into a `tm x tn` grid over the tiles of `C`, minimising
+/// the largest per-thread area; ties go to more row groups (which share `B`).
+fn thread_grid(t: usize, m: usize, n: usize, mr: usize, nr: usize) -> (usize, usize) {
+    let tiles_m = div_ceil(m, mr);
+    let tiles_n = div_ceil(n, nr);
+    let mut best = (1, t);
+    let mut best_cost = usize::MAX;
+    for tm in 1..=t {
+        if t % tm != 0 {
+            continue;
+        }
+        let tn = t / tm;
+        let cost = div_ceil(tiles_m, tm) * mr * div_ceil(tiles_n, tn) * nr;
+        if cost <= best_cost {
+            best_cost = cost;
+            best = (tm, tn);
+        }
+    }
+    best
+}
+
+/// The `part`-th of `parts` near-equal shares of `units` units, as a range.
+fn share(units: usize, parts: usize, part: usize) -> (usize, usize) {
+    (units * part / parts, units * (part + 1) / parts)
+}
 
 /// What is applied to each element of `C` while it is still in registers,
 /// after `T = alpha op(A) op(B) + beta C` has been formed.
@@ -31,10 +157,10 @@ pub enum Epilogue<'a> {
 }
 
 /// Scratch needed by [`gemm`] / [`gemm_fused`] for `C` of shape `m x n` and inner
-/// dimension `k`.
+/// dimension `k` under parallelism `par` (at any instruction set).
 pub fn gemm_scratch(m: usize, n: usize, k: usize, par: Par) -> StackReq {
-    let _ = (m, n, k, par);
-    StackReq::EMPTY
+    let t = threads_for(par, m, n, k);
+    StackReq::new_aligned::<f32>(t * a_block_len(m, k) + b_block_len(n, k), ALIGN)
 }
 
 /// `C = alpha op(A) op(B) + beta C`. See [`gemm_fused`].
@@ -78,7 +204,7 @@ pub fn gemm_fused(
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_fused_with_isa(
     isa: Isa,
-    mut c: MatMut<'_, f32>,
+    c: MatMut<'_, f32>,
     beta: f32,
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
@@ -87,52 +213,241 @@ pub fn gemm_fused_with_isa(
     par: Par,
     stack: &mut MemStack,
 ) -> Result<(), Error> {
-    let _ = (par, stack);
     if !isa.is_available() {
         return Err(Error::IsaUnavailable(isa));
     }
     let (m, n, k) = (c.nrows(), c.ncols(), a.ncols());
-    check_shape(a.nrows() == m && b.nrows() == k && b.ncols() == n, "gemm", || {
-        format!(
-            "C is {m}x{n}, A is {}x{}, B is {}x{}",
-            a.nrows(),
-            a.ncols(),
-            b.nrows(),
-            b.ncols()
-        )
-    })?;
-    match epilogue {
-        Epilogue::BiasActivation { bias: Some(bias), .. } => {
-            check_shape(bias.len() == m, "gemm", || format!("bias has {} entries, C has {m} rows", bias.len()))?
+    check_shape(
+        a.nrows() == m && b.nrows() == k && b.ncols() == n,
+        "gemm",
+        || {
+            format!(
+                "C is {m}x{n}, A is {}x{}, B is {}x{}",
+                a.nrows(),
+                a.ncols(),
+                b.nrows(),
+                b.ncols()
+            )
+        },
+    )?;
+    let raw_epilogue = match epilogue {
+        Epilogue::None => RawEpilogue::None,
+        Epilogue::BiasActivation { bias, activation } => {
+            if let Some(bias) = bias {
+                check_shape(bias.len() == m, "gemm", || {
+                    format!("bias has {} entries, C has {m} rows", bias.len())
+                })?;
+            }
+            RawEpilogue::BiasActivation {
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                activation,
+            }
         }
-        Epilogue::ActivationDerivative { output, .. } => {
+        Epilogue::ActivationDerivative { activation, output } => {
             check_shape(output.nrows() == m && output.ncols() == n, "gemm", || {
-                format!("epilogue output is {}x{}, C is {m}x{n}", output.nrows(), output.ncols())
-            })?
+                format!(
+                    "epilogue output is {}x{}, C is {m}x{n}",
+                    output.nrows(),
+                    output.ncols()
+                )
+            })?;
+            RawEpilogue::ActivationDerivative {
+                activation,
+                output: RawMat {
+                    ptr: output.as_ptr(),
+                    rs: output.row_stride(),
+                    cs: output.col_stride(),
+                },
+            }
         }
-        _ => {}
+    };
+    if m == 0 || n == 0 {
+        return Ok(());
     }
-    for j in 0..n {
-        for i in 0..m {
-            let mut acc = 0.0f32;
-            for p in 0..k {
-                acc += a[(i, p)] * b[(p, j)];
-            }
-            let mut t = alpha * acc;
-            if beta != 0.0 {
-                t += beta * c[(i, j)];
-            }
-            t = match epilogue {
-                Epilogue::None => t,
-                Epilogue::BiasActivation { bias, activation } => {
-                    activation.apply(t + bias.map_or(0.0, |b| b[i]))
+    let req = gemm_scratch(m, n, k, par);
+    if !stack.can_hold(req) {
+        return Err(Error::InvalidArgument {
+            op: "gemm",
+            detail: format!(
+                "scratch holds {} bytes, gemm_scratch({m}, {n}, {k}, ..) asks for {} bytes",
+                stack.len_bytes(),
+                req.unaligned_bytes_required()
+            ),
+        });
+    }
+    // With alpha == 0 or k == 0 the product is not formed (A and B are not
+    // read, so Inf/NaN there does not leak into C); the blocks then run with
+    // kc = 0 and only scale C and apply the epilogue.
+    let k_eff = if alpha == 0.0 { 0 } else { k };
+    let alpha = if k_eff == 0 { 0.0 } else { alpha };
+    let threads = threads_for(par, m, n, k);
+    let (mr, nr) = register_tile(isa);
+    let (tm, tn) = thread_grid(threads, m, n, mr, nr);
+    let kc = kc_for(k_eff);
+    let a_len = a_block_len(m, k);
+    let (scratch, _) = stack.make_aligned_uninit::<f32>(threads * a_len + b_block_len(n, k), ALIGN);
+    let (a_scratch, b_scratch) = scratch.split_at_mut(threads * a_len);
+
+    let a = RawMat {
+        ptr: a.as_ptr(),
+        rs: a.row_stride(),
+        cs: a.col_stride(),
+    };
+    let b = RawMat {
+        ptr: b.as_ptr(),
+        rs: b.row_stride(),
+        cs: b.col_stride(),
+    };
+    let c = RawMatMut {
+        ptr: c.as_ptr_mut(),
+        rs: c.row_stride(),
+        cs: c.col_stride(),
+    };
+    let tiles_m = div_ceil(m, mr);
+
+    let mut j0 = 0;
+    while j0 < n {
+        let nc = NC.min(n - j0);
+        let panels_n = div_ceil(nc, nr);
+        let mut p0 = 0;
+        loop {
+            let kcb = kc.min(k_eff - p0);
+            let first = p0 == 0;
+            let last = p0 + kcb == k_eff;
+            // Pack B[p0.., j0..] into the shared buffer, panels split over threads.
+            let panel_len = nr * kcb;
+            if kcb > 0 {
+                let b_packed = &mut b_scratch[..panels_n * panel_len];
+                let pack_panels = |q0: usize, chunk: &mut [MaybeUninit<f32>]| {
+                    let cols = (chunk.len() / panel_len * nr).min(nc - q0 * nr);
+                    // SAFETY: the block B[p0 .. p0+kcb, j0+q0*nr .. +cols] lies
+                    // inside B (p0 + kcb <= k, j0 + q0 nr + cols <= n), and `chunk`
+                    // holds ceil(cols / nr) panels of nr * kcb floats.
+                    unsafe {
+                        pack::pack_b(
+                            chunk.as_mut_ptr() as *mut f32,
+                            b,
+                            p0,
+                            kcb,
+                            j0 + q0 * nr,
+                            cols,
+                            nr,
+                        )
+                    };
+                };
+                if threads > 1 && panels_n >= threads {
+                    let per = div_ceil(panels_n, threads);
+                    b_packed
+                        .par_chunks_mut(per * panel_len)
+                        .enumerate()
+                        .for_each(|(q, chunk)| pack_panels(q * per, chunk));
+                } else {
+                    pack_panels(0, b_packed);
                 }
-                Epilogue::ActivationDerivative { activation, output } => {
-                    t * activation.derivative_from_output(output[(i, j)])
+            }
+            let b_packed: &[MaybeUninit<f32>] = &b_scratch[..panels_n * panel_len];
+            let b_ptr = SendPtr(b_packed.as_ptr() as *const f32);
+            let work = |tid: usize, a_buf: &mut [MaybeUninit<f32>]| {
+                let (ti, tj) = (tid / tn, tid % tn);
+                let (tile0, tile1) = share(tiles_m, tm, ti);
+                let (panel0, panel1) = share(panels_n, tn, tj);
+                if tile0 == tile1 || panel0 == panel1 {
+                    return;
+                }
+                let row_begin = tile0 * mr;
+                let row_end = (tile1 * mr).min(m);
+                let col_begin = panel0 * nr;
+                let col_end = (panel1 * nr).min(nc);
+                let rows = row_end - row_begin;
+                let blocks = div_ceil(rows, MC);
+                let mc_max = round_up(div_ceil(rows, blocks), mr);
+                let mut i0 = row_begin;
+                while i0 < row_end {
+                    let mc = mc_max.min(row_end - i0);
+                    if kcb > 0 {
+                        // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
+                        // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
+                        // (mc <= MC, mc <= round_up(m, MR_MAX), kcb <= kc_for(k)).
+                        unsafe {
+                            pack::pack_a(a_buf.as_mut_ptr() as *mut f32, a, i0, mc, p0, kcb, mr)
+                        };
+                    }
+                    let job = BlockJob {
+                        a: a_buf.as_ptr() as *const f32,
+                        // SAFETY: panel `panel0` of the packed B block exists.
+                        b: unsafe { b_ptr.get().add(panel0 * panel_len) },
+                        kc: kcb,
+                        mr,
+                        nr,
+                        i0,
+                        mc,
+                        j0: j0 + col_begin,
+                        nc: col_end - col_begin,
+                        c,
+                        alpha,
+                        beta: if first { beta } else { 1.0 },
+                        read_c: !first || beta != 0.0,
+                        epilogue: if last {
+                            raw_epilogue
+                        } else {
+                            RawEpilogue::None
+                        },
+                    };
+                    // The ISA was checked available above, so dispatch cannot fail.
+                    let _ = dispatch(isa, BlockOp { job: &job });
+                    i0 += mc;
                 }
             };
-            c[(i, j)] = t;
+            if threads > 1 {
+                a_scratch
+                    .par_chunks_mut(a_len)
+                    .enumerate()
+                    .for_each(|(tid, a_buf)| work(tid, a_buf));
+            } else {
+                work(0, a_scratch);
+            }
+            p0 += kcb;
+            if p0 >= k_eff {
+                break;
+            }
         }
+        j0 += nc;
     }
     Ok(())
+}
+
+/// A raw pointer to the packed `B` block, shared read-only by the threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*const f32);
+// SAFETY: the packed B block is written before the parallel region starts and
+// only read inside it.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+/// Runs one [`BlockJob`] with the tile shape of the SIMD width.
+struct BlockOp<'a> {
+    job: &'a BlockJob,
+}
+
+impl pulp::WithSimd for BlockOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        // SAFETY: the driver built `job` from packed buffers of the stated sizes
+        // and a block of C owned by this thread, with mr/nr from
+        // `register_tile`, which matches the arms below.
+        unsafe {
+            match S::F32_LANES {
+                16 => microkernel::compute_block::<S, 2, 12>(s, self.job),
+                8 => microkernel::compute_block::<S, 2, 6>(s, self.job),
+                _ => microkernel::compute_block::<S, 4, 4>(s, self.job),
+            }
+        }
+    }
 }

@@ -1,0 +1,265 @@
+//! The register-blocked microkernel and the fused write-back of a `C` tile,
+//! generic over pulp's [`Simd`]: one tile shape per vector width.
+//!
+//! A tile is `MV` vectors tall (`MR = MV * lanes` rows) and `NR` columns wide;
+//! its `MV * NR` accumulators stay in registers for the whole `kc` loop (AVX-512:
+//! 2 x 12 = 24 of the 32 zmm registers; AVX2: 2 x 6 = 12 of the 16 ymm). The
+//! epilogue (alpha, beta C, bias, activation or activation derivative) is applied
+//! to the accumulators before the single store of the tile.
+
+use super::pack::RawMat;
+use super::vmath;
+use crate::Activation;
+use pulp::Simd;
+
+/// A writable strided f32 matrix described by raw parts, shared by the worker
+/// threads, each of which writes a disjoint set of tiles.
+#[derive(Clone, Copy)]
+pub(crate) struct RawMatMut {
+    pub ptr: *mut f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: created from the `MatMut` of one GEMM call, which outlives the call's
+// worker threads; the driver hands each thread a disjoint set of tiles, so no
+// element is written by two threads or read while another writes it.
+unsafe impl Send for RawMatMut {}
+// SAFETY: as above.
+unsafe impl Sync for RawMatMut {}
+
+impl RawMatMut {
+    /// # Safety
+    /// `(i, j)` must lie inside the matrix.
+    #[inline(always)]
+    unsafe fn at(self, i: usize, j: usize) -> *mut f32 {
+        // SAFETY: caller guarantees (i, j) is in bounds.
+        unsafe { self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
+    }
+}
+
+/// The epilogue in raw form.
+#[derive(Clone, Copy)]
+pub(crate) enum RawEpilogue {
+    /// Store `alpha acc + beta C`.
+    None,
+    /// Add `bias[i]` (if `bias` is non-null) then apply `activation`.
+    BiasActivation {
+        bias: *const f32,
+        activation: Activation,
+    },
+    /// Multiply by `act'(output[i, j])`.
+    ActivationDerivative {
+        activation: Activation,
+        output: RawMat,
+    },
+}
+
+// SAFETY: the bias pointer and output view are read-only borrows of the GEMM
+// call's arguments, which outlive the worker threads.
+unsafe impl Send for RawEpilogue {}
+// SAFETY: as above.
+unsafe impl Sync for RawEpilogue {}
+
+/// One thread's share of one `(jc, pc, ic)` step: a packed `A` block times the
+/// packed `B` panels of the thread's columns, written into `C`.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockJob {
+    /// Packed `A` block: `ceil(mc / mr)` panels of `mr x kc`.
+    pub a: *const f32,
+    /// Packed `B` panels: `ceil(nc / nr)` panels of `kc x nr`.
+    pub b: *const f32,
+    pub kc: usize,
+    pub mr: usize,
+    pub nr: usize,
+    /// First row (in `C`) and number of rows of the block.
+    pub i0: usize,
+    pub mc: usize,
+    /// First column (in `C`) and number of columns of the block.
+    pub j0: usize,
+    pub nc: usize,
+    pub c: RawMatMut,
+    pub alpha: f32,
+    /// Multiplies the old `C`; only used when `read_c`.
+    pub beta: f32,
+    pub read_c: bool,
+    pub epilogue: RawEpilogue,
+}
+
+/// `acc = A_panel * B_panel` over `kc`.
+///
+/// # Safety
+/// `a` must be valid for `kc * MV * lanes` reads, `b` for `kc * NR` reads.
+#[inline(always)]
+unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+) -> [[S::f32s; MV]; NR] {
+    let lanes = S::F32_LANES;
+    let mut acc = [[s.splat_f32s(0.0); MV]; NR];
+    let mut a = a;
+    let mut b = b;
+    for _ in 0..kc {
+        // SAFETY: within the first `kc * MV * lanes` floats of the A panel and
+        // the first `kc * NR` of the B panel (caller contract).
+        unsafe {
+            let av: [S::f32s; MV] =
+                core::array::from_fn(|v| (a.add(v * lanes) as *const S::f32s).read_unaligned());
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let bj = s.splat_f32s(*b.add(j));
+                for v in 0..MV {
+                    acc_j[v] = s.mul_add_e_f32s(av[v], bj, acc_j[v]);
+                }
+            }
+            a = a.add(MV * lanes);
+            b = b.add(NR);
+        }
+    }
+    acc
+}
+
+/// Loads `count <= lanes` floats starting at `ptr` with stride `rs`, zero-filling
+/// the rest of the vector.
+///
+/// # Safety
+/// `ptr + r * rs` must be readable for `r < count`.
+#[inline(always)]
+unsafe fn load<S: Simd>(s: S, ptr: *const f32, rs: isize, count: usize) -> S::f32s {
+    let lanes = S::F32_LANES;
+    if rs == 1 {
+        if count == lanes {
+            // SAFETY: `lanes` contiguous floats are readable (caller contract).
+            unsafe { (ptr as *const S::f32s).read_unaligned() }
+        } else {
+            // SAFETY: the mask covers exactly the first `count` lanes, which are
+            // readable; masked-off lanes are not accessed.
+            unsafe { s.mask_load_ptr_f32s(s.mask_between_m32s(0, count as u32), ptr) }
+        }
+    } else {
+        let mut tmp = [0.0f32; 16];
+        for (r, t) in tmp.iter_mut().enumerate().take(count) {
+            // SAFETY: r < count, so `ptr + r * rs` is readable.
+            *t = unsafe { *ptr.offset(r as isize * rs) };
+        }
+        // SAFETY: `tmp` holds 16 >= lanes floats.
+        unsafe { (tmp.as_ptr() as *const S::f32s).read_unaligned() }
+    }
+}
+
+/// Stores the first `count <= lanes` lanes of `v` at `ptr` with stride `rs`.
+///
+/// # Safety
+/// `ptr + r * rs` must be writable for `r < count`.
+#[inline(always)]
+unsafe fn store<S: Simd>(s: S, ptr: *mut f32, rs: isize, count: usize, v: S::f32s) {
+    let lanes = S::F32_LANES;
+    if rs == 1 {
+        if count == lanes {
+            // SAFETY: `lanes` contiguous floats are writable.
+            unsafe { (ptr as *mut S::f32s).write_unaligned(v) }
+        } else {
+            // SAFETY: only the first `count` lanes, which are writable, are stored.
+            unsafe { s.mask_store_ptr_f32s(s.mask_between_m32s(0, count as u32), ptr, v) }
+        }
+    } else {
+        let mut tmp = [0.0f32; 16];
+        // SAFETY: `tmp` has room for 16 >= lanes floats.
+        unsafe { (tmp.as_mut_ptr() as *mut S::f32s).write_unaligned(v) };
+        for (r, t) in tmp.iter().enumerate().take(count) {
+            // SAFETY: r < count, so `ptr + r * rs` is writable.
+            unsafe { *ptr.offset(r as isize * rs) = *t };
+        }
+    }
+}
+
+/// Writes one tile: `C[i.., j..] = epilogue(alpha acc + beta C)` for the valid
+/// `rows x cols` corner of the tile.
+///
+/// # Safety
+/// The `rows x cols` block at `(i, j)` must lie inside `C` (and inside the
+/// epilogue's operands), and belong to the calling thread.
+#[inline(always)]
+unsafe fn write_tile<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    acc: &[[S::f32s; MV]; NR],
+    job: &BlockJob,
+    i: usize,
+    j: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let lanes = S::F32_LANES;
+    let alpha = s.splat_f32s(job.alpha);
+    let beta = s.splat_f32s(job.beta);
+    for (jj, acc_j) in acc.iter().enumerate() {
+        if jj >= cols {
+            break;
+        }
+        for (v, &acc_v) in acc_j.iter().enumerate() {
+            let r0 = v * lanes;
+            if r0 >= rows {
+                break;
+            }
+            let count = lanes.min(rows - r0);
+            // SAFETY: (i + r0 .. i + r0 + count, j + jj) is inside C and owned
+            // by this thread (caller contract).
+            unsafe {
+                let ptr = job.c.at(i + r0, j + jj);
+                let mut t = s.mul_f32s(alpha, acc_v);
+                if job.read_c {
+                    t = s.mul_add_e_f32s(beta, load(s, ptr, job.c.rs, count), t);
+                }
+                match job.epilogue {
+                    RawEpilogue::None => {}
+                    RawEpilogue::BiasActivation { bias, activation } => {
+                        if !bias.is_null() {
+                            t = s.add_f32s(t, load(s, bias.add(i + r0), 1, count));
+                        }
+                        t = vmath::activate(s, activation, t);
+                    }
+                    RawEpilogue::ActivationDerivative { activation, output } => {
+                        let o = load(s, output.at(i + r0, j + jj), output.rs, count);
+                        t = s.mul_f32s(t, vmath::derivative_from_output(s, activation, o));
+                    }
+                }
+                store(s, ptr, job.c.rs, count, t);
+            }
+        }
+    }
+}
+
+/// Runs the microkernel over every tile of `job` and writes the results.
+///
+/// # Safety
+/// `job` must describe packed buffers of the stated sizes and a block of `C`
+/// (and of the epilogue operands) that lies inside those matrices and belongs to
+/// the calling thread; `job.mr == MV * lanes`, `job.nr == NR`.
+#[inline(always)]
+pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    job: &BlockJob,
+) {
+    let mr = MV * S::F32_LANES;
+    debug_assert!(job.mr == mr && job.nr == NR);
+    let mut jp = 0;
+    while jp < job.nc {
+        let cols = NR.min(job.nc - jp);
+        // SAFETY: panel jp / NR of the packed B block.
+        let b = unsafe { job.b.add((jp / NR) * NR * job.kc) };
+        let mut ip = 0;
+        while ip < job.mc {
+            let rows = mr.min(job.mc - ip);
+            // SAFETY: panel ip / mr of the packed A block; the tile lies inside
+            // the job's block of C (caller contract).
+            unsafe {
+                let a = job.a.add((ip / mr) * mr * job.kc);
+                let acc = microkernel::<S, MV, NR>(s, job.kc, a, b);
+                write_tile::<S, MV, NR>(s, &acc, job, job.i0 + ip, job.j0 + jp, rows, cols);
+            }
+            ip += mr;
+        }
+        jp += NR;
+    }
+}

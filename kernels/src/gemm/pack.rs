@@ -1,0 +1,145 @@
+//! Packing of `A` and `B` blocks into the contiguous, zero-padded micro-panel
+//! layout the microkernel streams through.
+//!
+//! * `A` block (`mc x kc`) -> panels of `mr` rows: panel `q` holds, for each
+//!   `p` in `0..kc`, the `mr` values `A[q mr .. q mr + mr, p]` contiguously.
+//! * `B` block (`kc x nc`) -> panels of `nr` columns: panel `q` holds, for each
+//!   `p`, the `nr` values `B[p, q nr .. q nr + nr]` contiguously.
+//!
+//! Rows/columns past the edge of the matrix are written as zeros, so the
+//! microkernel always runs on full tiles; only the write-back handles edges.
+
+/// A read-only strided f32 matrix described by raw parts (so that it can be
+/// shared with worker threads).
+#[derive(Clone, Copy)]
+pub(crate) struct RawMat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: `RawMat` is only created from a `MatRef` that outlives the GEMM call
+// and is only read through; reading shared f32 data from several threads is fine.
+unsafe impl Send for RawMat {}
+// SAFETY: as above, read-only access.
+unsafe impl Sync for RawMat {}
+
+impl RawMat {
+    /// Pointer to element `(i, j)`.
+    ///
+    /// # Safety
+    /// `(i, j)` must lie inside the matrix this view was made from.
+    #[inline(always)]
+    pub unsafe fn at(self, i: usize, j: usize) -> *const f32 {
+        // SAFETY: caller guarantees (i, j) is in bounds, so the offset stays
+        // inside the matrix's allocation.
+        unsafe { self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
+    }
+}
+
+/// Packs `A[i0 .. i0 + mc, p0 .. p0 + kc]` into `dst` (`ceil(mc / mr) * mr * kc`
+/// floats).
+///
+/// # Safety
+/// The block must lie inside `a`; `dst` must be valid for writes of
+/// `ceil(mc / mr) * mr * kc` floats.
+pub(crate) unsafe fn pack_a(
+    dst: *mut f32,
+    a: RawMat,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    mr: usize,
+) {
+    let mut d = dst;
+    let mut i = 0;
+    while i < mc {
+        let rows = mr.min(mc - i);
+        if a.rs == 1 {
+            for p in 0..kc {
+                // SAFETY: rows i0+i .. i0+i+rows and column p0+p are inside `a`
+                // (caller contract); `d` advances by exactly mr per p within the
+                // panel, inside `dst`'s extent.
+                unsafe {
+                    let src = a.at(i0 + i, p0 + p);
+                    std::ptr::copy_nonoverlapping(src, d, rows);
+                    for r in rows..mr {
+                        *d.add(r) = 0.0;
+                    }
+                    d = d.add(mr);
+                }
+            }
+        } else {
+            for r in 0..mr {
+                if r < rows {
+                    for p in 0..kc {
+                        // SAFETY: (i0+i+r, p0+p) is inside `a`; the write is inside
+                        // the current panel of `dst`.
+                        unsafe { *d.add(p * mr + r) = *a.at(i0 + i + r, p0 + p) };
+                    }
+                } else {
+                    for p in 0..kc {
+                        // SAFETY: inside the current panel of `dst`.
+                        unsafe { *d.add(p * mr + r) = 0.0 };
+                    }
+                }
+            }
+            // SAFETY: one full panel (mr * kc floats) was just written.
+            d = unsafe { d.add(mr * kc) };
+        }
+        i += mr;
+    }
+}
+
+/// Packs `B[p0 .. p0 + kc, j0 .. j0 + nc]` into `dst` (`ceil(nc / nr) * nr * kc`
+/// floats).
+///
+/// # Safety
+/// The block must lie inside `b`; `dst` must be valid for writes of
+/// `ceil(nc / nr) * nr * kc` floats.
+pub(crate) unsafe fn pack_b(
+    dst: *mut f32,
+    b: RawMat,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    nr: usize,
+) {
+    let mut d = dst;
+    let mut j = 0;
+    while j < nc {
+        let cols = nr.min(nc - j);
+        if b.cs == 1 {
+            for p in 0..kc {
+                // SAFETY: columns j0+j .. j0+j+cols of row p0+p are inside `b`
+                // and contiguous (cs == 1); the write stays in this panel.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(b.at(p0 + p, j0 + j), d.add(p * nr), cols);
+                    for c in cols..nr {
+                        *d.add(p * nr + c) = 0.0;
+                    }
+                }
+            }
+        } else {
+            for c in 0..nr {
+                if c < cols {
+                    for p in 0..kc {
+                        // SAFETY: (p0+p, j0+j+c) is inside `b`; the write is in
+                        // this panel.
+                        unsafe { *d.add(p * nr + c) = *b.at(p0 + p, j0 + j + c) };
+                    }
+                } else {
+                    for p in 0..kc {
+                        // SAFETY: inside this panel.
+                        unsafe { *d.add(p * nr + c) = 0.0 };
+                    }
+                }
+            }
+        }
+        // SAFETY: one full panel (nr * kc floats) was just written.
+        d = unsafe { d.add(nr * kc) };
+        j += nr;
+    }
+}

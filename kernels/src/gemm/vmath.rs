@@ -1,0 +1,144 @@
+//! Vectorised elementary functions for the fused epilogues, generic over
+//! pulp's [`Simd`] so the same code runs at every dispatch level.
+//!
+//! Accuracy (checked against f64 on a dense sweep by the crate's tests):
+//! * `exp` (Cephes `expf` scheme: Cody-Waite reduction by ln 2, degree-7
+//!   polynomial, exponent built from bits) has a relative error below 3u,
+//!   u = 2^-24, for arguments in [-87, 88]; arguments are clamped to that range.
+//! * `tanh`, `sigmoid` have a relative error below 6u (analysis in each
+//!   function), and an absolute error below 6u since |tanh|, |sigmoid| <= 1.
+
+use crate::Activation;
+use pulp::Simd;
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split so that n * LN2_HI is exact for |n| <= 2^15 (LN2_HI has 9 bits).
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+// 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer that
+// then sits in the low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// e^x, lane-wise. See the module documentation for the error bound.
+#[inline(always)]
+pub(crate) fn exp<S: Simd>(s: S, x: S::f32s) -> S::f32s {
+    let x = s.min_f32s(s.max_f32s(x, s.splat_f32s(-87.0)), s.splat_f32s(88.0));
+    // t = M + n with n = round(x log2 e); its bits hold n in the low mantissa bits.
+    let t = s.mul_add_e_f32s(x, s.splat_f32s(LOG2E), s.splat_f32s(ROUND_MAGIC));
+    let n = s.sub_f32s(t, s.splat_f32s(ROUND_MAGIC));
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-LN2_HI), x);
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-LN2_LO), r);
+    let mut p = s.splat_f32s(1.987_569_2e-4);
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.398_2e-3));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(8.333_452e-3));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(4.166_579_6e-2));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.666_666_5e-1));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(5.000_000_1e-1));
+    let r2 = s.mul_f32s(r, r);
+    let e_r = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
+    // 2^n: (bits(t) << 23) leaves exactly n << 23 (the magic's bits shift out),
+    // adding the bits of 1.0 biases the exponent. n is in [-126, 127] after the clamp.
+    let bits = s.transmute_u32s_f32s(t);
+    let shifted = s.wrapping_dyn_shl_u32s(bits, s.splat_u32s(23));
+    let pow2 = s.transmute_f32s_u32s(s.add_u32s(shifted, s.splat_u32s(0x3f80_0000)));
+    s.mul_f32s(e_r, pow2)
+}
+
+/// Logistic sigmoid 1 / (1 + e^-x), lane-wise.
+///
+/// Error: e = exp(-x) carries at most 3u, 1 + e and the division one rounding
+/// each, so the relative error is at most 3u e/(1+e) + 2u + O(u^2) < 6u.
+#[inline(always)]
+pub(crate) fn sigmoid<S: Simd>(s: S, x: S::f32s) -> S::f32s {
+    let e = exp(s, s.neg_f32s(x));
+    s.div_f32s(s.splat_f32s(1.0), s.add_f32s(s.splat_f32s(1.0), e))
+}
+
+/// tanh, lane-wise.
+///
+/// |x| < 0.625: odd polynomial (Cephes `tanhf`), relative error about 2u plus
+/// the evaluation's roundings. |x| >= 0.625: 1 - 2 / (e^{2|x|} + 1) with the
+/// argument capped at 9 (tanh(9) rounds to 1); q = 2/(e+1) <= 0.45 carries
+/// at most 5u relative, 1 - q >= 0.55 so the result's relative error is at most
+/// (5u * 0.45 + u * 0.55) / 0.55 < 6u. The sign is copied from x.
+#[inline(always)]
+pub(crate) fn tanh<S: Simd>(s: S, x: S::f32s) -> S::f32s {
+    let ax = s.abs_f32s(x);
+    // Large branch.
+    let e = exp(
+        s,
+        s.mul_f32s(s.splat_f32s(2.0), s.min_f32s(ax, s.splat_f32s(9.0))),
+    );
+    let q = s.div_f32s(s.splat_f32s(2.0), s.add_f32s(e, s.splat_f32s(1.0)));
+    let large = s.sub_f32s(s.splat_f32s(1.0), q);
+    // Small branch.
+    let z = s.mul_f32s(ax, ax);
+    let mut p = s.splat_f32s(-5.704_988_7e-3);
+    p = s.mul_add_e_f32s(p, z, s.splat_f32s(2.063_908_9e-2));
+    p = s.mul_add_e_f32s(p, z, s.splat_f32s(-5.373_971_6e-2));
+    p = s.mul_add_e_f32s(p, z, s.splat_f32s(1.333_144_2e-1));
+    p = s.mul_add_e_f32s(p, z, s.splat_f32s(-3.333_328_2e-1));
+    let small = s.mul_add_e_f32s(s.mul_f32s(p, z), ax, ax);
+    let y = s.select_f32s(s.less_than_f32s(ax, s.splat_f32s(0.625)), small, large);
+    // Copy the sign of x onto y (y >= 0 here).
+    let sign = s.and_u32s(s.transmute_u32s_f32s(x), s.splat_u32s(0x8000_0000));
+    s.transmute_f32s_u32s(s.or_u32s(s.transmute_u32s_f32s(y), sign))
+}
+
+/// `act(x)` lane-wise.
+#[inline(always)]
+pub(crate) fn activate<S: Simd>(s: S, act: Activation, x: S::f32s) -> S::f32s {
+    match act {
+        Activation::Identity => x,
+        Activation::Tanh => tanh(s, x),
+        Activation::Sigmoid => sigmoid(s, x),
+        Activation::Relu => s.max_f32s(x, s.splat_f32s(0.0)),
+    }
+}
+
+/// `act'` written through the forward output `a = act(s)`, lane-wise; the same
+/// functions as [`Activation::derivative_from_output`], evaluated without
+/// cancellation: tanh' = (1 - a)(1 + a), whose factors are exact or carry one
+/// rounding, so the result has relative error <= gamma_3 (1 - a*a would lose
+/// all digits for |a| near 1); sigmoid' = a (1 - a) with 1 - a exact for
+/// a >= 1/2, relative error <= gamma_2.
+#[inline(always)]
+pub(crate) fn derivative_from_output<S: Simd>(s: S, act: Activation, a: S::f32s) -> S::f32s {
+    let one = s.splat_f32s(1.0);
+    match act {
+        Activation::Identity => one,
+        Activation::Tanh => s.mul_f32s(s.sub_f32s(one, a), s.add_f32s(one, a)),
+        Activation::Sigmoid => s.mul_f32s(a, s.sub_f32s(one, a)),
+        Activation::Relu => s.select_f32s(
+            s.greater_than_f32s(a, s.splat_f32s(0.0)),
+            one,
+            s.splat_f32s(0.0),
+        ),
+    }
+}
+
+/// Applies the fused epilogue's vectorised `act` to a slice at instruction
+/// set `isa`, so tests can hold it against an f64 reference.
+pub fn activate_slice_with_isa(
+    isa: crate::Isa,
+    act: Activation,
+    values: &mut [f32],
+) -> Result<(), crate::Error> {
+    struct Op<'a> {
+        act: Activation,
+        values: &'a mut [f32],
+    }
+    impl pulp::WithSimd for Op<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, s: S) {
+            let (head, tail) = S::as_mut_simd_f32s(self.values);
+            for v in head {
+                *v = activate(s, self.act, *v);
+            }
+            let t = activate(s, self.act, s.partial_load_f32s(tail));
+            s.partial_store_f32s(tail, t);
+        }
+    }
+    super::dispatch(isa, Op { act, values })
+}
