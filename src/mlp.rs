@@ -219,6 +219,12 @@ impl Mlp {
             .chain(self.layers.iter().map(|l| l.n_out))
             .collect()
     }
+    /// Whether the widths are exactly `sizes` (compares without allocating).
+    pub fn has_sizes(&self, sizes: &[usize]) -> bool {
+        sizes.len() == self.layers.len() + 1
+            && sizes[0] == self.layers[0].n_in
+            && self.layers.iter().zip(&sizes[1..]).all(|(l, &n)| l.n_out == n)
+    }
     /// Input width `n_0`.
     pub fn input_size(&self) -> usize {
         self.layers[0].n_in

@@ -101,7 +101,7 @@ impl Workspace {
     }
 
     pub(crate) fn check_compatible(&self, net: &Mlp) -> Result<(), Error> {
-        if net.sizes() != self.sizes {
+        if !net.has_sizes(&self.sizes) {
             return Err(Error::Shape(format!(
                 "the workspace was built for widths {:?}, the network has {:?}",
                 self.sizes,

@@ -76,7 +76,7 @@ pub(crate) fn check_grads_finite(grads: &[Vec<f32>]) -> Result<(), Error> {
 
 /// Checks that `net` has the parameter shapes `shapes` the optimizer was built for.
 pub(crate) fn check_net_shapes(net: &Mlp, sizes: &[usize]) -> Result<(), Error> {
-    if net.sizes() != sizes {
+    if !net.has_sizes(sizes) {
         return Err(Error::Shape(format!(
             "the optimizer was built for widths {sizes:?}, the network has {:?}",
             net.sizes()
