@@ -156,6 +156,49 @@ impl Mlp {
         Ok(Mlp { layers, likelihood })
     }
 
+    /// Rebuilds a network from its layers (as read from a checkpoint). Errors if
+    /// consecutive widths disagree, a parameter vector has the wrong length or a
+    /// value is not finite.
+    pub fn from_layers(layers: Vec<Layer>, likelihood: Likelihood) -> Result<Mlp, Error> {
+        if layers.is_empty() {
+            return Err(Error::Shape("a network needs at least one layer".into()));
+        }
+        for (i, l) in layers.iter().enumerate() {
+            if l.n_in == 0 || l.n_out == 0 || l.params.len() != l.n_out * (l.n_in + 1) {
+                return Err(Error::Shape(format!(
+                    "layer {} is {}x{} but has {} parameters",
+                    i + 1,
+                    l.n_out,
+                    l.n_in,
+                    l.params.len()
+                )));
+            }
+            if i > 0 && layers[i - 1].n_out != l.n_in {
+                return Err(Error::Shape(format!(
+                    "layer {} outputs {} values but layer {} takes {}",
+                    i,
+                    layers[i - 1].n_out,
+                    i + 1,
+                    l.n_in
+                )));
+            }
+        }
+        if likelihood != Likelihood::Gaussian
+            && layers.last().map(|l| l.activation) != Some(Activation::Identity)
+        {
+            return Err(Error::Shape(format!(
+                "{likelihood:?} output needs an Identity last layer"
+            )));
+        }
+        let net = Mlp { layers, likelihood };
+        if !net.is_finite() {
+            return Err(Error::NonFinite(
+                "the network's parameters contain NaN or infinity".into(),
+            ));
+        }
+        Ok(net)
+    }
+
     /// The `paper` preset (PAPER.md section 2): 784-400-200-100-50-100-200-400-784,
     /// tanh on every hidden layer, linear output, Gaussian likelihood (squared loss).
     pub fn paper(seed: u64) -> Mlp {
@@ -223,7 +266,11 @@ impl Mlp {
     pub fn has_sizes(&self, sizes: &[usize]) -> bool {
         sizes.len() == self.layers.len() + 1
             && sizes[0] == self.layers[0].n_in
-            && self.layers.iter().zip(&sizes[1..]).all(|(l, &n)| l.n_out == n)
+            && self
+                .layers
+                .iter()
+                .zip(&sizes[1..])
+                .all(|(l, &n)| l.n_out == n)
     }
     /// Input width `n_0`.
     pub fn input_size(&self) -> usize {

@@ -1,4 +1,6 @@
-use super::{check_grads_finite, check_net_shapes, check_range, Optimizer, StepStats};
+use super::{
+    check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
+};
 use crate::mlp::Mlp;
 use crate::workspace::Workspace;
 use crate::Error;
@@ -83,6 +85,24 @@ impl Adam {
 impl Optimizer for Adam {
     fn name(&self) -> &'static str {
         "adam"
+    }
+
+    fn save_state(&self) -> OptimizerState {
+        let buffers = self.m.iter().chain(&self.v).cloned().collect();
+        OptimizerState {
+            name: "adam".into(),
+            buffers,
+            scalars: vec![self.t],
+        }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+        state.check_against(&self.save_state())?;
+        let l = self.m.len();
+        self.m.clone_from_slice(&state.buffers[..l]);
+        self.v.clone_from_slice(&state.buffers[l..]);
+        self.t = state.scalars[0];
+        Ok(())
     }
 
     fn step(

@@ -28,10 +28,53 @@ pub struct StepStats {
     pub loss: f64,
 }
 
+/// Everything an optimizer must keep to continue bit for bit after a restart:
+/// float buffers (moments, factors, Cholesky factors) and integer scalars
+/// (step counters, RNG state, flags); floats that are scalars (damping) travel
+/// as their bit patterns in `scalars`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// The optimizer's [`Optimizer::name`].
+    pub name: String,
+    /// Float buffers, in an order fixed by the optimizer.
+    pub buffers: Vec<Vec<f32>>,
+    /// Integer scalars, in an order fixed by the optimizer.
+    pub scalars: Vec<u64>,
+}
+
+impl OptimizerState {
+    /// Checks that a state read back has the name and buffer lengths expected.
+    pub(crate) fn check_against(&self, expected: &OptimizerState) -> Result<(), Error> {
+        if self.name != expected.name {
+            return Err(Error::Shape(format!(
+                "the saved optimizer state is for {:?}, this optimizer is {:?}",
+                self.name, expected.name
+            )));
+        }
+        let lens = |s: &OptimizerState| s.buffers.iter().map(Vec::len).collect::<Vec<_>>();
+        if lens(self) != lens(expected) || self.scalars.len() != expected.scalars.len() {
+            return Err(Error::Shape(format!(
+                "the saved {} state has buffers {:?} and {} scalars, this optimizer needs {:?} and {}",
+                self.name,
+                lens(self),
+                self.scalars.len(),
+                lens(expected),
+                expected.scalars.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A first- or second-order optimizer of an [`Mlp`].
 pub trait Optimizer: Send {
     /// A short name (`"sgd"`, `"adam"`, `"ng"`).
     fn name(&self) -> &'static str;
+    /// A copy of the state a checkpoint needs (allocates; not for the hot path).
+    fn save_state(&self) -> OptimizerState;
+    /// Restores a state saved by [`Optimizer::save_state`] of an optimizer built
+    /// with the same network shapes and settings. On error nothing changes.
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error>;
     /// One update on the minibatch `x` (`n_0 x b`) with targets `y` (`n_L x b`).
     fn step(
         &mut self,

@@ -17,7 +17,9 @@
 //! right-hand sides and one GEMM) or from the full gradient (two solves with
 //! `n` right-hand sides), whichever needs fewer flops.
 
-use super::{check_grads_finite, check_net_shapes, check_range, Optimizer, StepStats};
+use super::{
+    check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
+};
 use crate::mlp::Mlp;
 use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
@@ -435,6 +437,41 @@ impl LayerState {
 impl Optimizer for NaturalGradient {
     fn name(&self) -> &'static str {
         "ng"
+    }
+
+    fn save_state(&self) -> OptimizerState {
+        let buffers = self.state_buffers().map(<[f32]>::to_vec).collect();
+        let rng = self.rng.state();
+        let scalars = vec![
+            rng[0],
+            rng[1],
+            rng[2],
+            rng[3],
+            self.damping.to_bits() as u64,
+            self.steps,
+            self.stale as u64,
+        ];
+        OptimizerState {
+            name: "ng".into(),
+            buffers,
+            scalars,
+        }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+        state.check_against(&self.save_state())?;
+        let s = &state.scalars;
+        let damping = f32::from_bits(s[4] as u32);
+        if s[4] > u32::MAX as u64 || s[6] > 1 {
+            return Err(Error::Shape(
+                "the saved natural-gradient scalars are out of range".into(),
+            ));
+        }
+        self.set_scalar_state([s[0], s[1], s[2], s[3]], damping, s[5], s[6] == 1)?;
+        for (dst, src) in self.state_buffers_mut().zip(&state.buffers) {
+            dst.copy_from_slice(src);
+        }
+        Ok(())
     }
 
     fn step(

@@ -1,4 +1,6 @@
-use super::{check_grads_finite, check_net_shapes, check_range, Optimizer, StepStats};
+use super::{
+    check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
+};
 use crate::mlp::Mlp;
 use crate::workspace::Workspace;
 use crate::Error;
@@ -74,6 +76,20 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn name(&self) -> &'static str {
         "sgd"
+    }
+
+    fn save_state(&self) -> OptimizerState {
+        OptimizerState {
+            name: "sgd".into(),
+            buffers: self.velocity.clone(),
+            scalars: Vec::new(),
+        }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+        state.check_against(&self.save_state())?;
+        self.velocity.clone_from(&state.buffers);
+        Ok(())
     }
 
     fn step(
