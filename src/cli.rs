@@ -19,10 +19,65 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         Some("race") => crate::race::cli_main(&args[1..]),
         Some(a) if a.starts_with("--") => crate::race::cli_main(args),
         Some("linear") => crate::linear::cli_main(&args[1..]),
+        Some("bench") => bench_main(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())
         }
         _ => Err(Error::Usage(format!("not implemented yet\n{USAGE}"))),
+    }
+}
+
+const BENCH_USAGE: &str = "natgrad bench kernels|step --quick --json [--threads 1,2]
+
+Measures ours against the baselines (kernels: faer, matrixmultiply; steps: SGD)
+in one process, interleaved, median of several repetitions, and prints one JSON
+object per line.";
+
+fn bench_main(args: &[String]) -> Result<(), Error> {
+    let what = args.first().map(String::as_str);
+    let mut threads = vec![1, 2];
+    let (mut quick, mut json) = (false, false);
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--threads" => {
+                let v = it.next().ok_or_else(|| {
+                    Error::Usage(format!("--threads needs a value\n{BENCH_USAGE}"))
+                })?;
+                threads = v
+                    .split(',')
+                    .map(|t| t.parse::<usize>().ok().filter(|&t| t > 0))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        Error::Usage(format!("--threads takes a list like 1,2, got {v:?}"))
+                    })?;
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "unknown argument {a:?}\n{BENCH_USAGE}"
+                )))
+            }
+        }
+    }
+    if !quick || !json {
+        return Err(Error::Usage(format!(
+            "only the quick JSON mode is built in; for full reports run `cargo bench`\n{BENCH_USAGE}"
+        )));
+    }
+    let mut emit = |line: String| println!("{line}");
+    match what {
+        Some("kernels") => {
+            crate::bench::gemm::quick_lines(&threads, &mut emit);
+            crate::bench::factor::quick_lines(&threads, &mut emit);
+            Ok(())
+        }
+        Some("step") => {
+            let t = if threads == [1, 2] { vec![2] } else { threads };
+            crate::bench::step::quick_lines(&t, &mut emit)
+        }
+        _ => Err(Error::Usage(BENCH_USAGE.into())),
     }
 }

@@ -2,43 +2,26 @@
 //! allocator watches ten steps of every optimizer, sequential and parallel.
 //! (One test function only, so no other test allocates while we count.)
 
+use natgrad::kernels::alloc_counter::{allocations, CountingAllocator};
 use natgrad::kernels::rng::Rng;
 use natgrad::kernels::{Activation, MatRef, Par};
 use natgrad::mlp::{Init, Likelihood, Mlp};
 use natgrad::optim::{
-    Adam, AdamConfig, FactorUpdate, NaturalGradient, NaturalGradientConfig, Optimizer, Preconditioning, Sgd,
-    SgdConfig,
+    Adam, AdamConfig, FactorUpdate, NaturalGradient, NaturalGradientConfig, Optimizer,
+    Preconditioning, Sgd, SgdConfig,
 };
 use natgrad::workspace::Workspace;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY-free: this only forwards to the system allocator and counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn net(lik: Likelihood) -> Mlp {
-    let acts = [Activation::Sigmoid, Activation::Identity, Activation::Tanh, Activation::Identity];
+    let acts = [
+        Activation::Sigmoid,
+        Activation::Identity,
+        Activation::Tanh,
+        Activation::Identity,
+    ];
     Mlp::new(&[40, 33, 7, 33, 40], &acts, lik, Init::GlorotUniform, 5).unwrap()
 }
 
@@ -48,7 +31,10 @@ fn steps_allocate_nothing_after_the_first() {
     let mut x = vec![0.0f32; 40 * b];
     Rng::new(1).fill_normal(&mut x);
     let y: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     for par in [Par::Seq, Par::rayon(2)] {
         for lik in [Likelihood::Gaussian, Likelihood::Bernoulli] {
             let proto = net(lik);
@@ -56,10 +42,24 @@ fn steps_allocate_nothing_after_the_first() {
                 Box::new(NaturalGradient::new(&proto, b, cfg).unwrap())
             };
             let optimizers: Vec<Box<dyn Optimizer>> = vec![
-                Box::new(Sgd::new(&proto, SgdConfig { momentum: 0.9, nesterov: true, ..Default::default() }).unwrap()),
+                Box::new(
+                    Sgd::new(
+                        &proto,
+                        SgdConfig {
+                            momentum: 0.9,
+                            nesterov: true,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                ),
                 Box::new(Adam::new(&proto, AdamConfig::default()).unwrap()),
                 ng(NaturalGradientConfig::default()),
-                ng(NaturalGradientConfig { preconditioning: Preconditioning::Full, samples: 2, ..Default::default() }),
+                ng(NaturalGradientConfig {
+                    preconditioning: Preconditioning::Full,
+                    samples: 2,
+                    ..Default::default()
+                }),
                 ng(NaturalGradientConfig {
                     factor_decay: 0.95,
                     refresh_interval: 3,
@@ -74,12 +74,17 @@ fn steps_allocate_nothing_after_the_first() {
                 let ym = MatRef::from_column_major_slice(&y, 40, b);
                 pool.install(|| {
                     opt.step(&mut n, &mut ws, xm, ym).unwrap();
-                    let before = ALLOCS.load(Ordering::SeqCst);
+                    let before = allocations();
                     for _ in 0..10 {
                         opt.step(&mut n, &mut ws, xm, ym).unwrap();
                     }
-                    let allocs = ALLOCS.load(Ordering::SeqCst) - before;
-                    assert_eq!(allocs, 0, "{} ({lik:?}, {par:?}) allocated {allocs} times in 10 steps", opt.name());
+                    let allocs = allocations() - before;
+                    assert_eq!(
+                        allocs,
+                        0,
+                        "{} ({lik:?}, {par:?}) allocated {allocs} times in 10 steps",
+                        opt.name()
+                    );
                 });
             }
         }

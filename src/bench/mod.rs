@@ -4,6 +4,7 @@
 
 pub mod factor;
 pub mod gemm;
+pub mod step;
 
 use std::time::Instant;
 

@@ -1,0 +1,110 @@
+//! Quick-bench lines for whole training steps (`natgrad bench step --quick --json`):
+//! SGD, Adam and the natural gradient on the `paper` and `deep` presets at
+//! several minibatch sizes, timed interleaved in one process.
+
+use crate::mlp::Mlp;
+use crate::optim::{Adam, NaturalGradient, Optimizer, Sgd};
+use crate::race::{tuned, Hyper, OptimizerKind};
+use crate::workspace::Workspace;
+use natgrad_kernels::alloc_counter::allocations;
+use natgrad_kernels::rng::Rng;
+use natgrad_kernels::{MatRef, Par};
+use std::time::Instant;
+
+/// The optimizers measured, SGD first (the ratios' denominator).
+const KINDS: [OptimizerKind; 3] = [
+    OptimizerKind::Sgd,
+    OptimizerKind::Adam,
+    OptimizerKind::NaturalGradient,
+];
+
+fn build(
+    kind: OptimizerKind,
+    preset: &str,
+    net: &Mlp,
+    batch: usize,
+) -> Result<Box<dyn Optimizer>, crate::Error> {
+    // The race's tuned settings, at the batch being measured.
+    Ok(match tuned(preset, kind)? {
+        Hyper::Sgd(_, c) => Box::new(Sgd::new(net, c)?),
+        Hyper::Adam(_, c) => Box::new(Adam::new(net, c)?),
+        Hyper::Ng(_, c) => Box::new(NaturalGradient::new(net, batch, c)?),
+    })
+}
+
+/// Measures one (preset, batch) cell at `threads` threads and emits one line
+/// per optimizer. `allocs_per_step` is only meaningful when the binary installs
+/// [`natgrad_kernels::alloc_counter::CountingAllocator`] (the `natgrad` binary does).
+pub fn measure_cell(
+    preset: &str,
+    batch: usize,
+    threads: usize,
+    reps: usize,
+    emit: &mut dyn FnMut(String),
+) -> Result<(), crate::Error> {
+    let proto = Mlp::preset(preset, 1)?;
+    let n0 = proto.input_size();
+    let mut rng = Rng::new(7);
+    let mut x: Vec<f32> = (0..n0 * batch).map(|_| rng.uniform_f32()).collect();
+    if preset == "paper" {
+        x.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
+    }
+    let xm = MatRef::from_column_major_slice(&x, n0, batch);
+    let par = if threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    };
+    let pool = super::pool(threads);
+    let mut lines = Vec::new();
+    pool.install(|| -> Result<(), crate::Error> {
+        let mut runs = Vec::new();
+        for kind in KINDS {
+            let net = proto.clone();
+            let ws = Workspace::new(&net, batch, par)?;
+            let opt = build(kind, preset, &net, batch)?;
+            runs.push((kind, net, ws, opt, Vec::with_capacity(reps), 0u64));
+        }
+        // Warm-up (first steps size caches, spawn threads), then interleaved rounds.
+        for (_, net, ws, opt, _, _) in runs.iter_mut() {
+            opt.step(net, ws, xm, xm)?;
+        }
+        for _ in 0..reps {
+            for (_, net, ws, opt, times, allocs) in runs.iter_mut() {
+                let a0 = allocations();
+                let t = Instant::now();
+                // A refused step (e.g. damping retries exhausted) still costs time; count it.
+                let _ = opt.step(net, ws, xm, xm);
+                times.push(t.elapsed().as_secs_f64());
+                *allocs += allocations() - a0;
+            }
+        }
+        let sgd_ms = 1e3 * super::median(&mut runs[0].4.clone());
+        for (kind, _, _, _, times, allocs) in runs.iter_mut() {
+            let ms = 1e3 * super::median(times);
+            lines.push(format!(
+                "{{\"preset\": \"{preset}\", \"batch\": {batch}, \"optimizer\": \"{}\", \"threads\": {threads}, \"step_ms\": {ms:.3}, \"ratio_to_sgd\": {:.3}, \"allocs_per_step\": {}}}",
+                kind.name(),
+                ms / sgd_ms,
+                *allocs as f64 / reps as f64
+            ));
+        }
+        Ok(())
+    })?;
+    lines.into_iter().for_each(|l| emit(l));
+    Ok(())
+}
+
+/// All cells of the quick step benchmark: both presets at minibatch 20, 100,
+/// 256 and 1000, on `threads`.
+pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) -> Result<(), crate::Error> {
+    for &t in threads {
+        for preset in ["paper", "deep"] {
+            for batch in [20, 100, 256, 1000] {
+                let reps = if batch >= 1000 { 5 } else { 9 };
+                measure_cell(preset, batch, t, reps, emit)?;
+            }
+        }
+    }
+    Ok(())
+}
