@@ -1,0 +1,270 @@
+//! Small line-chart helper: one or several panels of line series written to a
+//! PNG file with plotters, optionally with a logarithmic y axis.
+//!
+//! Text is drawn with DejaVu Sans, embedded in the binary
+//! (`assets/DejaVuSans.ttf`, Bitstream Vera license in
+//! `assets/DejaVuSans-LICENSE.txt`), so no system font is needed.
+//!
+//! ```no_run
+//! use natgrad::plot::{line_chart_png, Series};
+//! let s = Series::new("halving", (0..20).map(|k| (k as f64, 0.5f64.powi(k))).collect());
+//! line_chart_png("halving.png".as_ref(), "Halving", "step", "value", &[s], true)?;
+//! # Ok::<(), natgrad::Error>(())
+//! ```
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::Error;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+/// Default palette (colour-blind friendly "Tableau 10").
+pub const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+/// One line: a label for the legend, points `(x, y)`, and an optional colour
+/// (the palette colour of its position otherwise).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Legend text.
+    pub label: String,
+    /// The points, drawn in order.
+    pub points: Vec<(f64, f64)>,
+    /// RGB colour; `None` picks from [`PALETTE`] by position.
+    pub color: Option<(u8, u8, u8)>,
+    /// Stroke width in pixels.
+    pub stroke_width: u32,
+}
+
+impl Series {
+    /// A series with the default colour and a 2-pixel stroke.
+    pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            label: label.into(),
+            points,
+            color: None,
+            stroke_width: 2,
+        }
+    }
+
+    /// The same series drawn in `color`.
+    pub fn with_color(mut self, color: (u8, u8, u8)) -> Series {
+        self.color = Some(color);
+        self
+    }
+}
+
+/// One panel: title, axis labels, series, and whether y is logarithmic (then
+/// points with `y <= 0` or non-finite are skipped).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    /// Panel title.
+    pub title: String,
+    /// x-axis label.
+    pub x_label: String,
+    /// y-axis label.
+    pub y_label: String,
+    /// The lines.
+    pub series: Vec<Series>,
+    /// Logarithmic y axis.
+    pub log_y: bool,
+}
+
+/// Writes a single-panel chart of `series` to `path` (800 x 600 PNG).
+///
+/// Errors: [`Error::InvalidConfig`] if there is nothing drawable,
+/// [`Error::Io`] if the file cannot be written.
+pub fn line_chart_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<(), Error> {
+    let chart = Chart {
+        title: title.into(),
+        x_label: x_label.into(),
+        y_label: y_label.into(),
+        series: series.to_vec(),
+        log_y,
+    };
+    charts_png(path, &[chart], 1, (800, 600))
+}
+
+/// Writes `charts` as panels on a grid of `columns` columns, each panel
+/// `panel_size` pixels, to the PNG file `path`.
+///
+/// Errors: [`Error::InvalidConfig`] if there are no charts, `columns` is 0, or
+/// a chart has no drawable point; [`Error::Io`] if the file cannot be written.
+pub fn charts_png(
+    path: &Path,
+    charts: &[Chart],
+    columns: usize,
+    panel_size: (u32, u32),
+) -> Result<(), Error> {
+    if charts.is_empty() || columns == 0 {
+        return Err(Error::InvalidConfig(
+            "a figure needs at least one chart and one column".into(),
+        ));
+    }
+    register_font()?;
+    let rows = charts.len().div_ceil(columns);
+    let size = (panel_size.0 * columns as u32, panel_size.1 * rows as u32);
+    let io_err = |detail: String| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(detail),
+    };
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| io_err(e.to_string()))?;
+    let areas = root.split_evenly((rows, columns));
+    for (chart, area) in charts.iter().zip(areas.iter()) {
+        draw_chart(chart, area).map_err(|e| match e {
+            DrawError::Empty(t) => {
+                Error::InvalidConfig(format!("chart \"{t}\" has no drawable point"))
+            }
+            DrawError::Backend(s) => io_err(s),
+        })?;
+    }
+    root.present().map_err(|e| io_err(e.to_string()))?;
+    Ok(())
+}
+
+enum DrawError {
+    Empty(String),
+    Backend(String),
+}
+
+fn draw_chart(
+    chart: &Chart,
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+) -> Result<(), DrawError> {
+    let keep = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!chart.log_y || y > 0.0);
+    let points: Vec<Vec<(f64, f64)>> = chart
+        .series
+        .iter()
+        .map(|s| s.points.iter().copied().filter(keep).collect())
+        .collect();
+    let all = points.iter().flatten();
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in all {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !(x0.is_finite() && y0.is_finite()) {
+        return Err(DrawError::Empty(chart.title.clone()));
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = if chart.log_y { y0 * 10.0 } else { y0 + 1.0 };
+    }
+    let be = |e: plotters::drawing::DrawingAreaErrorKind<_>| DrawError::Backend(format!("{e:?}"));
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&chart.title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    if chart.log_y {
+        let mut ctx = builder
+            .build_cartesian_2d(x0..x1, (y0 / 2.0..y1 * 2.0).log_scale())
+            .map_err(be)?;
+        ctx.configure_mesh()
+            .x_desc(chart.x_label.as_str())
+            .y_desc(chart.y_label.as_str())
+            .y_labels(16)
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .draw()
+            .map_err(be)?;
+        draw_series(&mut ctx, chart, &points)?;
+        ctx.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(be)?;
+    } else {
+        let pad = 0.05 * (y1 - y0);
+        let mut ctx = builder
+            .build_cartesian_2d(x0..x1, y0 - pad..y1 + pad)
+            .map_err(be)?;
+        ctx.configure_mesh()
+            .x_desc(chart.x_label.as_str())
+            .y_desc(chart.y_label.as_str())
+            .draw()
+            .map_err(be)?;
+        draw_series(&mut ctx, chart, &points)?;
+        ctx.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(be)?;
+    }
+    Ok(())
+}
+
+fn draw_series<'a, X, Y>(
+    ctx: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    chart: &Chart,
+    points: &[Vec<(f64, f64)>],
+) -> Result<(), DrawError>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (k, (s, pts)) in chart.series.iter().zip(points).enumerate() {
+        if pts.is_empty() {
+            continue;
+        }
+        let (r, g, b) = s.color.unwrap_or(PALETTE[k % PALETTE.len()]);
+        let style = RGBColor(r, g, b).stroke_width(s.stroke_width);
+        ctx.draw_series(LineSeries::new(pts.iter().copied(), style))
+            .map_err(|e| DrawError::Backend(format!("{e:?}")))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(r, g, b).stroke_width(2))
+            });
+    }
+    Ok(())
+}
+
+fn register_font() -> Result<(), Error> {
+    let mut result = Ok(());
+    REGISTER.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            if plotters::style::register_font("sans-serif", style, FONT).is_err() {
+                result = Err(Error::InvalidConfig(
+                    "the embedded DejaVu Sans font could not be loaded".into(),
+                ));
+            }
+        }
+    });
+    result
+}
