@@ -8,6 +8,8 @@ USAGE:
     natgrad [race] [OPTIONS]        NG vs SGD vs Adam autoencoder race (default)
     natgrad linear [--out DIR] [--json]
                                     exact natural gradient of deep linear networks
+    natgrad tune --preset P --optimizer K [--budget SECS]
+                                    the hyperparameter search behind the race
     natgrad bench kernels --quick --json
     natgrad bench step --quick --json
 ";
@@ -20,6 +22,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         Some(a) if a.starts_with("--") => crate::race::cli_main(args),
         Some("linear") => crate::linear::cli_main(&args[1..]),
         Some("bench") => bench_main(&args[1..]),
+        Some("tune") => crate::tune::cli_main(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())

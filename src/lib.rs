@@ -13,6 +13,7 @@ pub mod mlp;
 pub mod optim;
 pub mod plot;
 pub mod race;
+pub mod tune;
 pub mod workspace;
 
 pub use error::Error;

@@ -1,0 +1,152 @@
+//! `natgrad tune`: the documented hyperparameter search behind
+//! [`crate::race::tuned`].
+//!
+//! The training set is split into a fit part (the first 75%) and a validation
+//! part (the last 25%); the test set is never looked at. Each candidate trains
+//! from the race's initial weights for the given budget and is scored by its
+//! final validation loss. A candidate that diverges scores infinity.
+
+use crate::data::Dataset;
+use crate::mlp::Mlp;
+use crate::optim::{AdamConfig, DampingAdaptation, NaturalGradientConfig, SgdConfig};
+use crate::race::{prepare, run_one, Hyper, OptimizerKind, Prepared, RunOptions};
+use crate::Error;
+use natgrad_kernels::Par;
+
+/// The candidates searched for `kind` (the same grid for both presets).
+pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
+    match kind {
+        OptimizerKind::Sgd => [0.001, 0.002, 0.005, 0.01, 0.02, 0.04]
+            .into_iter()
+            .flat_map(|lr| {
+                [(20, 0.0), (100, 0.9)].map(|(b, mu)| {
+                    Hyper::Sgd(
+                        b,
+                        SgdConfig {
+                            learning_rate: lr,
+                            momentum: mu,
+                            ..SgdConfig::default()
+                        },
+                    )
+                })
+            })
+            .collect(),
+        OptimizerKind::Adam => [1e-4, 3e-4, 1e-3, 3e-3]
+            .into_iter()
+            .flat_map(|lr| {
+                [20, 100].map(|b| {
+                    Hyper::Adam(
+                        b,
+                        AdamConfig {
+                            learning_rate: lr,
+                            ..AdamConfig::default()
+                        },
+                    )
+                })
+            })
+            .collect(),
+        OptimizerKind::NaturalGradient => {
+            let mut v = Vec::new();
+            for b in [256, 1000] {
+                for (decay, refresh) in [(0.0, 1), (0.95, 5)] {
+                    v.push(Hyper::Ng(
+                        b,
+                        NaturalGradientConfig {
+                            factor_decay: decay,
+                            refresh_interval: refresh,
+                            adaptation: DampingAdaptation::LevenbergMarquardt { interval: 1 },
+                            ..NaturalGradientConfig::default()
+                        },
+                    ));
+                }
+            }
+            v
+        }
+    }
+}
+
+/// Fit/validation split of the training set, prepared for `net`.
+pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
+    let all = prepare(data, net)?;
+    let f = all.features;
+    let n_fit = all.train_count * 3 / 4;
+    let n_val = all.train_count - n_fit;
+    if n_fit == 0 || n_val == 0 {
+        return Err(Error::Shape(format!(
+            "{} training examples are too few to split",
+            all.train_count
+        )));
+    }
+    Ok(Prepared {
+        train_x: all.train_x[..n_fit * f].to_vec(),
+        train_y: all.train_y[..n_fit * f].to_vec(),
+        test_x: all.train_x[n_fit * f..].to_vec(),
+        test_y: all.train_y[n_fit * f..].to_vec(),
+        features: f,
+        train_count: n_fit,
+        test_count: n_val,
+    })
+}
+
+/// Runs every candidate of `kind` on `preset` and prints one JSON line each.
+pub fn cli_main(args: &[String]) -> Result<(), Error> {
+    let usage =
+        "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR]";
+    let (mut preset, mut kind, mut budget, mut dir) = (None, None, 20.0, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| Error::Usage(format!("{a} needs a value\n{usage}")))?;
+        match a.as_str() {
+            "--preset" => preset = Some(v.clone()),
+            "--optimizer" => kind = Some(OptimizerKind::parse(v)?),
+            "--budget" => {
+                budget = v
+                    .parse()
+                    .ok()
+                    .filter(|b: &f64| *b > 0.0 && b.is_finite())
+                    .ok_or_else(|| {
+                        Error::Usage(format!("--budget takes positive seconds, got {v:?}"))
+                    })?
+            }
+            "--data" => dir = Some(std::path::PathBuf::from(v)),
+            _ => return Err(Error::Usage(format!("unknown argument {a:?}\n{usage}"))),
+        }
+    }
+    let (preset, kind) = match (preset, kind) {
+        (Some(p), Some(k)) => (p, k),
+        _ => return Err(Error::Usage(usage.into())),
+    };
+    let data = crate::data::load(dir.as_deref())?;
+    let initial = Mlp::preset(&preset, 1)?;
+    let split = fit_validation(&data, &initial)?;
+    let threads = rayon::current_num_threads();
+    let opts = RunOptions {
+        budget_secs: budget,
+        eval_every_secs: budget / 10.0,
+        seed: 1,
+        par: if threads == 1 {
+            Par::Seq
+        } else {
+            Par::rayon(threads)
+        },
+    };
+    for hyper in candidates(kind) {
+        let score = match run_one(kind, hyper, &initial, &split, &opts, &mut |_, _| {}) {
+            Ok(r) => {
+                let l = r.last();
+                format!(
+                    "\"val_loss\": {:.5}, \"steps\": {}, \"median_step_ms\": {:.2}",
+                    l.test_loss, l.step, r.median_step_ms
+                )
+            }
+            Err(e) => format!(
+                "\"val_loss\": null, \"error\": \"{}\"",
+                e.to_string().replace('"', "'")
+            ),
+        };
+        println!("{{\"preset\": \"{preset}\", \"optimizer\": \"{}\", \"hyper\": \"{hyper:?}\", {score}}}", kind.name());
+    }
+    Ok(())
+}
