@@ -429,3 +429,145 @@ fn invalid_configurations_are_refused() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+/// In a deep linear Gaussian network the online factors are exact in
+/// expectation (PAPER.md section 2): `A_i = W_{<i} C W_{<i}^T` (plus the bias
+/// row and column) and `G_i = W_{>i}^T W_{>i}`. `A` is computed from the same
+/// minibatch as `C`, so it agrees to rounding; `G` is a Monte-Carlo estimate from
+/// N = b * samples Gaussian draws, whose relative error is about sqrt(2 / N) per
+/// entry of a unit-scale matrix (~0.3% here): 3% leaves a wide margin while a
+/// wrong scale, a missing 1/b or a transposed product fail by O(1).
+#[test]
+fn online_factors_match_the_exact_deep_linear_factors() {
+    let sizes = [6usize, 5, 4, 6];
+    let acts = [Activation::Identity; 3];
+    let mut net = Mlp::new(
+        &sizes,
+        &acts,
+        Likelihood::Gaussian,
+        Init::ScaledGaussian { gain: 1.0 },
+        11,
+    )
+    .unwrap();
+    let b = 4000;
+    // Correlated zero-mean inputs.
+    let z = random(6 * b, 12, 1.0);
+    let mix = random(36, 13, 0.5);
+    let mut x = vec![0.0f32; 6 * b];
+    for j in 0..b {
+        for i in 0..6 {
+            x[j * 6 + i] =
+                z[j * 6 + i] + (0..6).map(|k| mix[k * 6 + i] * z[j * 6 + k]).sum::<f32>();
+        }
+    }
+    let xm = MatRef::from_column_major_slice(&x, 6, b);
+    let weights: Vec<Vec<f64>> = net
+        .layers()
+        .iter()
+        .map(|l| {
+            let w = l.weights();
+            (0..w.ncols())
+                .flat_map(|j| (0..w.nrows()).map(move |i| w[(i, j)] as f64))
+                .collect()
+        })
+        .collect();
+    let cfg = NaturalGradientConfig {
+        samples: 8,
+        adaptation: natgrad::optim::DampingAdaptation::Fixed,
+        ..Default::default()
+    };
+    let mut ng = NaturalGradient::new(&net, b, cfg).unwrap();
+    let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+    ng.step(&mut net, &mut ws, xm, xm).unwrap();
+
+    // Column-major products in f64.
+    let matmul = |a: &[f64], b: &[f64], m: usize, k: usize, n: usize| -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for j in 0..n {
+            for p in 0..k {
+                for i in 0..m {
+                    c[j * m + i] += a[p * m + i] * b[j * k + p];
+                }
+            }
+        }
+        c
+    };
+    let transpose = |a: &[f64], m: usize, n: usize| -> Vec<f64> {
+        let mut t = vec![0.0; m * n];
+        for j in 0..n {
+            for i in 0..m {
+                t[i * n + j] = a[j * m + i];
+            }
+        }
+        t
+    };
+    let identity = |n: usize| -> Vec<f64> {
+        (0..n * n)
+            .map(|k| if k % (n + 1) == 0 { 1.0 } else { 0.0 })
+            .collect()
+    };
+    let mut c = vec![0.0f64; 36];
+    for j in 0..b {
+        for p in 0..6 {
+            for i in 0..6 {
+                c[p * 6 + i] += x[j * 6 + i] as f64 * x[j * 6 + p] as f64 / b as f64;
+            }
+        }
+    }
+
+    for layer in 0..3 {
+        // W_{<i}: product of the layers below (n_{i-1} x n_0).
+        let mut below = identity(6);
+        let mut rows = 6;
+        for w in &weights[..layer] {
+            let n_out = w.len() / rows;
+            below = matmul(w, &below, n_out, rows, 6);
+            rows = n_out;
+        }
+        let a_exact = matmul(
+            &matmul(&below, &c, rows, 6, 6),
+            &transpose(&below, rows, 6),
+            rows,
+            6,
+            rows,
+        );
+        let a = ng.forward_factor(layer);
+        let scale = a_exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for j in 0..rows {
+            for i in j..rows {
+                // f32 SYRK of b = 4000 terms against an f64 product: gamma_b-sized error.
+                assert!(
+                    (a[(i, j)] as f64 - a_exact[j * rows + i]).abs() <= 1e-3 * scale,
+                    "A_{layer} ({i},{j})"
+                );
+            }
+        }
+        // W_{>i}: product of the layers above (n_L x n_i).
+        let n_i = sizes[layer + 1];
+        let mut above = identity(n_i);
+        let mut cols_rows = n_i;
+        for w in &weights[layer + 1..] {
+            let n_out = w.len() / cols_rows;
+            above = matmul(w, &above, n_out, cols_rows, n_i);
+            cols_rows = n_out;
+        }
+        let g_exact = matmul(
+            &transpose(&above, cols_rows, n_i),
+            &above,
+            n_i,
+            cols_rows,
+            n_i,
+        );
+        let g = ng.backward_factor(layer);
+        let scale = g_exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for j in 0..n_i {
+            for i in j..n_i {
+                let (got, want) = (g[(i, j)] as f64, g_exact[j * n_i + i]);
+                assert!(
+                    (got - want).abs() <= 0.03 * scale,
+                    "G_{layer} ({i},{j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+}
