@@ -16,7 +16,7 @@ use natgrad_kernels::Par;
 /// The candidates searched for `kind` (the same grid for both presets).
 pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
     match kind {
-        OptimizerKind::Sgd => [0.001, 0.002, 0.005, 0.01, 0.02, 0.04]
+        OptimizerKind::Sgd => [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04]
             .into_iter()
             .flat_map(|lr| {
                 [(20, 0.0), (100, 0.9)].map(|(b, mu)| {
@@ -131,6 +131,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         } else {
             Par::rayon(threads)
         },
+        checkpoint: None,
     };
     for hyper in candidates(kind) {
         let score = match run_one(kind, hyper, &initial, &split, &opts, &mut |_, _| {}) {
