@@ -2,6 +2,7 @@
 //!
 //! (Full documentation below is being written.)
 
+mod dense;
 mod experiment;
 mod fisher;
 mod network;

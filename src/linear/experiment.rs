@@ -5,12 +5,16 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use faer::{Mat, MatRef, Side};
+use faer::{Mat, MatRef};
 use natgrad_kernels::rng::Rng;
 
+use super::dense::{mul, mul3, singular_values, sym_eigen, sym_eigenvalues};
 use super::fisher::{check_against_fisher, FisherCheck};
+use rayon::prelude::*;
+
 use super::network::{
-    gradient_descent_step, symmetrize, Damping, DeepLinear, LinearNaturalGradient, Problem,
+    gradient_descent_step, is_exact_profile, symmetrize, Damping, DeepLinear,
+    LinearNaturalGradient, Problem,
 };
 use super::random::{gaussian, isometric_layers, log_spaced, spd_with_spectrum, well_conditioned};
 use crate::plot::{charts_png, Chart, Series, PALETTE};
@@ -72,6 +76,9 @@ pub struct ExperimentConfig {
     pub max_ng_steps: usize,
     /// Step budget of gradient-descent runs.
     pub max_gd_steps: usize,
+    /// Step budget of natural-gradient runs on the bottleneck profile (its
+    /// slowest mode contracts by only `1 - eta / L` per step).
+    pub max_bottleneck_steps: usize,
     /// Learning rates of the undamped random-teacher runs (the damped ones use
     /// 0.1).
     pub random_teacher_etas: Vec<f64>,
@@ -100,6 +107,7 @@ impl ExperimentConfig {
             small_init_scale: 0.5,
             max_ng_steps: 400,
             max_gd_steps: 3000,
+            max_bottleneck_steps: 1500,
             random_teacher_etas: vec![0.1, 0.5],
             wide_profile: Some(vec![20, 40, 40, 40, 20]),
             bottleneck: Some(vec![80, 34, 20, 10, 5, 2, 5, 10, 20, 34, 80]),
@@ -297,9 +305,7 @@ pub fn path_min_singular(
     let k = rank.clamp(1, a.nrows().min(a.ncols()));
     let sigma = |t: f64| -> Result<f64, Error> {
         let m = a * faer::Scale(1.0 - t) + b * faer::Scale(t);
-        let s = m
-            .singular_values()
-            .map_err(|e| Error::InvalidConfig(format!("singular values failed: {e:?}")))?;
+        let s = singular_values(m.as_ref())?;
         Ok(s[k - 1])
     };
     const GRID: usize = 400;
@@ -332,14 +338,10 @@ pub fn path_min_singular(
 
 /// Symmetric square root of a symmetric positive semi-definite matrix.
 fn psd_sqrt(a: MatRef<'_, f64>) -> Result<Mat<f64>, Error> {
-    let evd = symmetrize(a)
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::InvalidConfig(format!("eigendecomposition failed: {e:?}")))?;
-    let s = evd.S().column_vector();
-    let u = evd.U();
+    let (s, u) = sym_eigen(symmetrize(a).as_ref())?;
     let n = a.nrows();
     let scaled = Mat::from_fn(n, n, |i, j| u[(i, j)] * s[j].max(0.0).sqrt());
-    Ok(symmetrize((&scaled * u.transpose()).as_ref()))
+    Ok(symmetrize(mul(scaled.as_ref(), u.transpose()).as_ref()))
 }
 
 /// The slowest per-step log-rate of gradient descent with step `lr`,
@@ -358,8 +360,16 @@ pub fn gradient_descent_local_rate(
     let dim = m * n;
     let mut k = Mat::<f64>::zeros(dim, dim);
     for (after, before) in net.side_products() {
-        let right = &c_half * before.transpose() * &before * &c_half;
-        let left = &s_inv_half * &after * after.transpose() * &s_inv_half;
+        let right = mul3(
+            c_half.as_ref(),
+            mul(before.transpose(), before.as_ref()).as_ref(),
+            c_half.as_ref(),
+        );
+        let left = mul3(
+            s_inv_half.as_ref(),
+            mul(after.as_ref(), after.transpose()).as_ref(),
+            s_inv_half.as_ref(),
+        );
         for c in 0..n {
             for a in 0..n {
                 let x = right[(a, c)];
@@ -371,9 +381,7 @@ pub fn gradient_descent_local_rate(
             }
         }
     }
-    let eig = symmetrize(k.as_ref())
-        .self_adjoint_eigenvalues(Side::Lower)
-        .map_err(|e| Error::InvalidConfig(format!("eigenvalues failed: {e:?}")))?;
+    let eig = sym_eigenvalues(symmetrize(k.as_ref()).as_ref())?;
     let worst = eig
         .iter()
         .map(|&l| (1.0 - lr * l).abs())
@@ -407,6 +415,93 @@ fn run_trace(
         }
     }
     Ok((losses, false))
+}
+
+/// One run to execute: everything it needs, owned, so that runs can execute
+/// in parallel.
+struct Job {
+    init: DeepLinear,
+    problem: Problem,
+    method: Method,
+    eta: f64,
+    damping: Damping,
+    max_steps: usize,
+    teacher: TeacherKind,
+    init_scale: f64,
+    path_min: f64,
+}
+
+impl Job {
+    fn run(&self) -> Result<RunRecord, Error> {
+        match self.method {
+            Method::NaturalGradient => natural_gradient_run(
+                &self.init,
+                &self.problem,
+                self.eta,
+                self.damping,
+                self.max_steps,
+                self.teacher,
+                self.init_scale,
+                self.path_min,
+            ),
+            Method::GradientDescent => gradient_descent_run(
+                &self.init,
+                &self.problem,
+                self.eta,
+                self.max_steps,
+                self.teacher,
+                self.init_scale,
+                self.path_min,
+            ),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ng_job(
+    init: &DeepLinear,
+    problem: &Problem,
+    eta: f64,
+    damping: Damping,
+    max_steps: usize,
+    teacher: TeacherKind,
+    init_scale: f64,
+    path_min: f64,
+) -> Job {
+    Job {
+        init: init.clone(),
+        problem: problem.clone(),
+        method: Method::NaturalGradient,
+        eta,
+        damping,
+        max_steps,
+        teacher,
+        init_scale,
+        path_min,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gd_job(
+    init: &DeepLinear,
+    problem: &Problem,
+    lr: f64,
+    max_steps: usize,
+    teacher: TeacherKind,
+    init_scale: f64,
+    path_min: f64,
+) -> Job {
+    Job {
+        init: init.clone(),
+        problem: problem.clone(),
+        method: Method::GradientDescent,
+        eta: lr,
+        damping: Damping::None,
+        max_steps,
+        teacher,
+        init_scale,
+        path_min,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -520,13 +615,9 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
     let n = cfg.width;
     let shared = shared_draws(cfg, n);
     let identity = Mat::<f64>::identity(n, n);
-    let lambda_max_c = shared
-        .c
-        .self_adjoint_eigenvalues(Side::Lower)
-        .map_err(|e| Error::InvalidConfig(format!("eigenvalues failed: {e:?}")))?
-        .into_iter()
-        .fold(0.0f64, f64::max);
-    let mut runs = Vec::new();
+    // The largest eigenvalue of C is 1 by construction (log-spaced spectrum).
+    let lambda_max_c = 1.0;
+    let mut jobs = Vec::new();
 
     for &depth in &cfg.depths {
         let mut rng = Rng::new(cfg.seed ^ (depth as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -539,7 +630,7 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
         let problem = Problem::new(shared.c.clone(), identity.clone(), teacher.clone())?;
         let path_min = path_min_singular(w0.as_ref(), teacher.as_ref(), n)?;
         for &eta in &cfg.etas {
-            runs.push(natural_gradient_run(
+            jobs.push(ng_job(
                 &init,
                 &problem,
                 eta,
@@ -548,12 +639,12 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
                 TeacherKind::Near,
                 1.0,
                 path_min,
-            )?);
+            ));
         }
         // Gradient descent: its stable step is set by the largest curvature,
         // depth x lambda_max(C) at an isometric initialisation.
         let lr = 1.0 / (depth as f64 * lambda_max_c);
-        runs.push(gradient_descent_run(
+        jobs.push(gd_job(
             &init,
             &problem,
             lr,
@@ -561,10 +652,10 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
             TeacherKind::Near,
             1.0,
             path_min,
-        )?);
+        ));
         let small = DeepLinear::new(scaled_layers(&unit_layers, cfg.small_init_scale))?;
         let small_path = path_min_singular(small.end_to_end().as_ref(), teacher.as_ref(), n)?;
-        runs.push(gradient_descent_run(
+        jobs.push(gd_job(
             &small,
             &problem,
             lr,
@@ -572,7 +663,7 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
             TeacherKind::Near,
             cfg.small_init_scale,
             small_path,
-        )?);
+        ));
 
         // Random teacher: Gaussian map with entries N(0, 1/n).
         let random_teacher = gaussian(&mut rng, n, n, 1.0 / (n as f64).sqrt());
@@ -580,7 +671,7 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
             Problem::new(shared.c.clone(), identity.clone(), random_teacher.clone())?;
         let random_path = path_min_singular(w0.as_ref(), random_teacher.as_ref(), n)?;
         for &eta in &cfg.random_teacher_etas {
-            runs.push(natural_gradient_run(
+            jobs.push(ng_job(
                 &init,
                 &random_problem,
                 eta,
@@ -589,9 +680,9 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
                 TeacherKind::Random,
                 1.0,
                 random_path,
-            )?);
+            ));
         }
-        runs.push(natural_gradient_run(
+        jobs.push(ng_job(
             &init,
             &random_problem,
             0.1,
@@ -600,34 +691,43 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
             TeacherKind::Random,
             1.0,
             random_path,
-        )?);
+        ));
     }
 
     if let Some(profile) = &cfg.wide_profile {
-        runs.extend(profile_runs(cfg, profile, &shared, TeacherKind::Near)?);
+        jobs.extend(profile_jobs(cfg, profile, &shared, TeacherKind::Near)?);
     }
     if let Some(profile) = &cfg.bottleneck {
-        runs.extend(profile_runs(cfg, profile, &shared, TeacherKind::Random)?);
+        jobs.extend(profile_jobs(cfg, profile, &shared, TeacherKind::Random)?);
     }
 
-    let mut checks = Vec::new();
-    for (k, profile) in cfg.fisher_profiles.iter().enumerate() {
-        let mut rng = Rng::new(cfg.seed.wrapping_add(1000 + k as u64));
-        let (net, problem) = random_small_problem(&mut rng, profile)?;
-        checks.push(check_against_fisher(&net, &problem)?);
-    }
+    // Independent runs execute in parallel; each is sequential inside.
+    let runs = jobs
+        .par_iter()
+        .map(Job::run)
+        .collect::<Result<Vec<_>, Error>>()?;
+    let checks = cfg
+        .fisher_profiles
+        .par_iter()
+        .enumerate()
+        .map(|(k, profile)| {
+            let mut rng = Rng::new(cfg.seed.wrapping_add(1000 + k as u64));
+            let (net, problem) = random_small_problem(&mut rng, profile)?;
+            check_against_fisher(&net, &problem)
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     Ok(ExperimentReport { runs, checks })
 }
 
 /// Natural-gradient runs on a non-uniform profile: a near teacher for an exact
 /// profile (`W* = W(0) (I + c R)`), or the product of a random network of the
 /// same profile (a bottleneck's maps have rank `min(widths)`).
-fn profile_runs(
+fn profile_jobs(
     cfg: &ExperimentConfig,
     profile: &[usize],
     shared: &SharedDraws,
     teacher_kind: TeacherKind,
-) -> Result<Vec<RunRecord>, Error> {
+) -> Result<Vec<Job>, Error> {
     if profile.len() < 2 || profile.contains(&0) {
         return Err(Error::InvalidConfig(format!(
             "bad width profile {profile:?}"
@@ -659,32 +759,37 @@ fn profile_runs(
     let problem = Problem::new(c, Mat::<f64>::identity(nl, nl), teacher.clone())?;
     let rank = profile.iter().copied().min().unwrap_or(1);
     let path_min = path_min_singular(w0.as_ref(), teacher.as_ref(), rank)?;
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
+    let steps = if is_exact_profile(profile) {
+        cfg.max_ng_steps
+    } else {
+        cfg.max_bottleneck_steps
+    };
     for &eta in &cfg.etas {
-        runs.push(natural_gradient_run(
+        jobs.push(ng_job(
             &init,
             &problem,
             eta,
             Damping::None,
-            cfg.max_ng_steps,
+            steps,
             teacher_kind,
             1.0,
             path_min,
-        )?);
+        ));
     }
     if teacher_kind == TeacherKind::Random {
-        runs.push(natural_gradient_run(
+        jobs.push(ng_job(
             &init,
             &problem,
             0.1,
             Damping::LevenbergMarquardt { initial: 1.0 },
-            cfg.max_ng_steps,
+            steps,
             teacher_kind,
             1.0,
             path_min,
-        )?);
+        ));
     }
-    Ok(runs)
+    Ok(jobs)
 }
 
 /// A random well-conditioned network of the given profile (layer singular

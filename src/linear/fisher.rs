@@ -3,6 +3,7 @@
 
 use faer::Mat;
 
+use super::dense::{mul3, sym_eigenvalues};
 use super::network::{is_exact_profile, psd_pseudoinverse, symmetrize, DeepLinear, Problem};
 use crate::Error;
 
@@ -77,8 +78,16 @@ pub fn fisher_matrix(net: &DeepLinear, problem: &Problem) -> Result<Mat<f64>, Er
     let mut f = Mat::<f64>::zeros(p, p);
     for (i, (after_i, before_i)) in sides.iter().enumerate() {
         for (j, (after_j, before_j)) in sides.iter().enumerate() {
-            let fwd = before_i * problem.input_moment() * before_j.transpose();
-            let bwd = after_i.transpose() * problem.noise_precision() * after_j;
+            let fwd = mul3(
+                before_i.as_ref(),
+                problem.input_moment(),
+                before_j.transpose(),
+            );
+            let bwd = mul3(
+                after_i.transpose(),
+                problem.noise_precision(),
+                after_j.as_ref(),
+            );
             let (rb, cb) = (bwd.nrows(), bwd.ncols());
             // (A kron B)[(a rb + r), (c cb + s)] = A[a, c] B[r, s].
             for c in 0..fwd.ncols() {
@@ -139,13 +148,11 @@ pub fn check_against_fisher(net: &DeepLinear, problem: &Problem) -> Result<Fishe
     let d_closed = net.natural_gradient_direction(problem, 0.0)?;
     let d_closed_flat = flatten(&d_closed);
 
-    let evd = f
-        .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| Error::InvalidConfig(format!("eigendecomposition failed: {e:?}")))?;
-    let s = evd.S().column_vector();
-    let lambda_max = (0..s.nrows()).map(|i| s[i]).fold(0.0f64, f64::max);
-    let lambda_min = (0..s.nrows())
-        .map(|i| s[i])
+    let s = sym_eigenvalues(f.as_ref())?;
+    let lambda_max = s.iter().copied().fold(0.0f64, f64::max);
+    let lambda_min = s
+        .iter()
+        .copied()
         .filter(|&x| x > FISHER_RCOND * lambda_max)
         .fold(f64::INFINITY, f64::min);
     let f_pinv = psd_pseudoinverse(f.as_ref(), FISHER_RCOND)?;

@@ -4,6 +4,8 @@
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, MatRef, Side};
 
+use super::dense::{mul, mul3, sym_eigen};
+
 use crate::Error;
 
 /// Default relative cut-off of [`psd_pseudoinverse`]: eigenvalues below
@@ -112,8 +114,8 @@ impl Problem {
 /// `tr(S^-1 A C B^T)`, the inner product of end-to-end maps that the loss and
 /// the Fisher metric use.
 fn weighted_inner(p: &Problem, a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
-    let left = p.noise_precision.as_ref() * a;
-    let right = b * p.input_moment.as_ref();
+    let left = mul(p.noise_precision.as_ref(), a);
+    let right = mul(b, p.input_moment.as_ref());
     let mut acc = 0.0;
     for j in 0..left.ncols() {
         for i in 0..left.nrows() {
@@ -212,7 +214,7 @@ impl DeepLinear {
     pub fn end_to_end(&self) -> Mat<f64> {
         let mut w = self.layers[0].clone();
         for l in &self.layers[1..] {
-            w = l * &w;
+            w = mul(l.as_ref(), w.as_ref());
         }
         w
     }
@@ -226,14 +228,14 @@ impl DeepLinear {
         let mut acc = Mat::<f64>::identity(self.layers[0].ncols(), self.layers[0].ncols());
         for l in &self.layers {
             before.push(acc.clone());
-            acc = l * &acc;
+            acc = mul(l.as_ref(), acc.as_ref());
         }
         let mut after = vec![Mat::<f64>::zeros(0, 0); depth];
         let n_out = self.layers[depth - 1].nrows();
         let mut acc = Mat::<f64>::identity(n_out, n_out);
         for i in (0..depth).rev() {
             after[i] = acc.clone();
-            acc = &acc * &self.layers[i];
+            acc = mul(acc.as_ref(), self.layers[i].as_ref());
         }
         after.into_iter().zip(before).collect()
     }
@@ -246,14 +248,26 @@ impl DeepLinear {
     /// The gradient of every layer,
     /// `dL/dW_i = W_{>i}^T S^-1 (W - W*) C W_{<i}^T`.
     pub fn gradient(&self, problem: &Problem) -> Result<Vec<Mat<f64>>, Error> {
+        let sides = self.side_products();
+        self.gradient_with(problem, &sides)
+    }
+
+    fn gradient_with(
+        &self,
+        problem: &Problem,
+        sides: &[(Mat<f64>, Mat<f64>)],
+    ) -> Result<Vec<Mat<f64>>, Error> {
         let w = self.end_to_end();
         problem.check_map(w.as_ref())?;
         let e = &w - problem.teacher();
-        let middle = problem.noise_precision() * &e * problem.input_moment();
-        Ok(self
-            .side_products()
+        let middle = mul3(
+            problem.noise_precision(),
+            e.as_ref(),
+            problem.input_moment(),
+        );
+        Ok(sides
             .iter()
-            .map(|(after, before)| after.transpose() * &middle * before.transpose())
+            .map(|(after, before)| mul3(after.transpose(), middle.as_ref(), before.transpose()))
             .collect())
     }
 
@@ -262,15 +276,7 @@ impl DeepLinear {
     /// `A_i = W_{<i} C W_{<i}^T` (`n_{i-1} x n_{i-1}`).
     pub fn fisher_factors(&self, problem: &Problem) -> Result<Vec<(Mat<f64>, Mat<f64>)>, Error> {
         problem.check_map(self.end_to_end().as_ref())?;
-        Ok(self
-            .side_products()
-            .iter()
-            .map(|(after, before)| {
-                let b = after.transpose() * problem.noise_precision() * after;
-                let a = before * problem.input_moment() * before.transpose();
-                (symmetrize(b.as_ref()), symmetrize(a.as_ref()))
-            })
-            .collect())
+        Ok(factors_from(problem, &self.side_products()))
     }
 
     /// The closed-form natural-gradient direction (without the `-eta`):
@@ -279,24 +285,39 @@ impl DeepLinear {
     ///
     /// The update is `W_i -> W_i - eta d_i`. Pseudo-inverses cut eigenvalues
     /// below [`PINV_RCOND`] times the largest.
+    ///
+    /// Errors: [`Error::InvalidConfig`] for a negative or non-finite damping,
+    /// [`Error::Shape`] if the network does not fit the problem,
+    /// [`Error::NonFinite`] if the weights have overflowed.
     pub fn natural_gradient_direction(
         &self,
         problem: &Problem,
         damping: f64,
+    ) -> Result<Vec<Mat<f64>>, Error> {
+        let sides = self.side_products();
+        let grads = self.gradient_with(problem, &sides)?;
+        self.direction_with(problem, damping, &sides, &grads)
+    }
+
+    fn direction_with(
+        &self,
+        problem: &Problem,
+        damping: f64,
+        sides: &[(Mat<f64>, Mat<f64>)],
+        grads: &[Mat<f64>],
     ) -> Result<Vec<Mat<f64>>, Error> {
         if !(damping.is_finite() && damping >= 0.0) {
             return Err(Error::InvalidConfig(format!(
                 "damping must be finite and >= 0, got {damping}"
             )));
         }
-        let grads = self.gradient(problem)?;
-        let factors = self.fisher_factors(problem)?;
+        let factors = factors_from(problem, sides);
         let scale = 1.0 / self.depth() as f64;
         let mut out = Vec::with_capacity(self.depth());
         for (g, (b, a)) in grads.iter().zip(&factors) {
             let b_pinv = psd_pseudoinverse(add_diagonal(b, damping).as_ref(), PINV_RCOND)?;
             let a_pinv = psd_pseudoinverse(add_diagonal(a, damping).as_ref(), PINV_RCOND)?;
-            let mut d = &b_pinv * g * &a_pinv;
+            let mut d = mul3(b_pinv.as_ref(), g.as_ref(), a_pinv.as_ref());
             d *= faer::Scale(scale);
             out.push(d);
         }
@@ -307,12 +328,16 @@ impl DeepLinear {
     /// changes `delta`: `sum_i W_{>i} delta_i W_{<i}`.
     pub fn map_change(&self, delta: &[Mat<f64>]) -> Result<Mat<f64>, Error> {
         self.check_like(delta)?;
+        Ok(self.map_change_with(delta, &self.side_products()))
+    }
+
+    fn map_change_with(&self, delta: &[Mat<f64>], sides: &[(Mat<f64>, Mat<f64>)]) -> Mat<f64> {
         let widths = self.widths();
         let mut out = Mat::<f64>::zeros(widths[self.depth()], widths[0]);
-        for ((after, before), d) in self.side_products().iter().zip(delta) {
-            out += after * d * before;
+        for ((after, before), d) in sides.iter().zip(delta) {
+            out += mul3(after.as_ref(), d.as_ref(), before.as_ref());
         }
-        Ok(out)
+        out
     }
 
     /// `W_i -> W_i + scale * delta_i` for every layer.
@@ -399,18 +424,19 @@ impl LinearNaturalGradient {
             Damping::Tikhonov { per_factor } => per_factor,
             Damping::LevenbergMarquardt { .. } => self.g.sqrt(),
         };
-        let d = net.natural_gradient_direction(problem, per_factor)?;
+        let sides = net.side_products();
+        let grads = net.gradient_with(problem, &sides)?;
+        let d = net.direction_with(problem, per_factor, &sides, &grads)?;
         let predicted = if let Damping::LevenbergMarquardt { .. } = self.damping {
             // Decrease predicted by the Gauss-Newton model for the step -eta d:
             // -(grad . (-eta d) + 1/2 eta^2 d^T F d), with d^T F d the
             // weighted norm of the first-order map change.
-            let grads = net.gradient(problem)?;
             let lin: f64 = grads
                 .iter()
                 .zip(&d)
                 .map(|(g, di)| frobenius_inner(g, di))
                 .sum();
-            let dw = net.map_change(&d)?;
+            let dw = net.map_change_with(&d, &sides);
             let quad = weighted_inner(problem, dw.as_ref(), dw.as_ref());
             Some(self.eta * lin - 0.5 * self.eta * self.eta * quad)
         } else {
@@ -484,14 +510,10 @@ pub fn psd_pseudoinverse(a: MatRef<'_, f64>, rcond: f64) -> Result<Mat<f64>, Err
     check_finite(a, "matrix to pseudo-invert")?;
     let n = a.nrows();
     let sym = symmetrize(a);
-    let evd = sym
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::InvalidConfig(format!("eigendecomposition failed: {e:?}")))?;
-    let s = evd.S().column_vector();
-    let u = evd.U();
+    let (s, u) = sym_eigen(sym.as_ref())?;
     let lambda_max = (0..n).map(|i| s[i]).fold(0.0f64, f64::max);
     let cut = rcond * lambda_max;
-    let mut scaled = u.to_owned();
+    let mut scaled = u.clone();
     for j in 0..n {
         let inv = if s[j] > cut && s[j] > 0.0 {
             1.0 / s[j]
@@ -502,7 +524,18 @@ pub fn psd_pseudoinverse(a: MatRef<'_, f64>, rcond: f64) -> Result<Mat<f64>, Err
             scaled[(i, j)] *= inv;
         }
     }
-    Ok(symmetrize((&scaled * u.transpose()).as_ref()))
+    Ok(symmetrize(mul(scaled.as_ref(), u.transpose()).as_ref()))
+}
+
+fn factors_from(problem: &Problem, sides: &[(Mat<f64>, Mat<f64>)]) -> Vec<(Mat<f64>, Mat<f64>)> {
+    sides
+        .iter()
+        .map(|(after, before)| {
+            let b = mul3(after.transpose(), problem.noise_precision(), after.as_ref());
+            let a = mul3(before.as_ref(), problem.input_moment(), before.transpose());
+            (symmetrize(b.as_ref()), symmetrize(a.as_ref()))
+        })
+        .collect()
 }
 
 /// `(a + a^T) / 2`.
