@@ -3,7 +3,11 @@
 //!
 //! A tile is `MV` vectors tall (`MR = MV * lanes` rows) and `NR` columns wide;
 //! its `MV * NR` accumulators stay in registers for the whole `kc` loop (AVX-512:
-//! 2 x 12 = 24 of the 32 zmm registers; AVX2: 2 x 6 = 12 of the 16 ymm). The
+//! 6 x 4 = 24 of the 32 zmm registers; AVX2: 2 x 6 = 12 of the 16 ymm). Tall
+//! and narrow because a broadcast of a `B` element costs a shuffle-port
+//! micro-op while a vector load of `A` does not: 96 x 4 needs 4 broadcasts per
+//! 24 FMAs where 32 x 12 needs 12. The last, partial row panel of a block runs
+//! a variant with only as many vectors as it has rows. The
 //! epilogue (alpha, beta C, bias, activation or activation derivative) is applied
 //! to the accumulators before the single store of the tile.
 
@@ -65,10 +69,21 @@ unsafe impl Sync for RawEpilogue {}
 /// packed `B` panels of the thread's columns, written into `C`.
 #[derive(Clone, Copy)]
 pub(crate) struct BlockJob {
-    /// Packed `A` block: `ceil(mc / mr)` panels of `mr x kc`.
+    /// First full row panel of `A` (packed, or `A` itself when its rows are
+    /// contiguous); panel `q` starts at `a + q a_panel`, and step `p` of a panel
+    /// at `+ p a_step`. Only full panels (`mr` rows) are read from here.
     pub a: *const f32,
-    /// Packed `B` panels: `ceil(nc / nr)` panels of `kc x nr`.
+    pub a_panel: isize,
+    pub a_step: isize,
+    /// The partial last row panel (if `mc % mr != 0`), packed, step `mr`.
+    pub a_edge: *const f32,
+    /// First column panel of `B`: element `(p, j)` of panel `q` is at
+    /// `b + q b_panel + p b_step + j b_col` (packed: `b_step = nr`, `b_col = 1`;
+    /// in place: `b_step = 1`, `b_col` = column stride).
     pub b: *const f32,
+    pub b_panel: isize,
+    pub b_step: isize,
+    pub b_col: isize,
     pub kc: usize,
     pub mr: usize,
     pub nr: usize,
@@ -86,21 +101,30 @@ pub(crate) struct BlockJob {
     pub epilogue: RawEpilogue,
 }
 
-/// `acc = A_panel * B_panel` over `kc`.
+/// `acc = A_panel * B_panel` over `kc` steps: step `p` reads the `MV` vectors
+/// at `a + p a_step` and broadcasts `b + p b_step + j b_col` for `j < cols`.
 ///
 /// # Safety
-/// `a` must be valid for `kc * MV * lanes` reads, `b` for `kc * NR` reads.
+/// Those reads must be valid for every `p < kc`; `1 <= cols <= NR`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
     s: S,
     kc: usize,
     a: *const f32,
+    a_step: isize,
     b: *const f32,
+    b_step: isize,
+    b_col: isize,
+    cols: usize,
 ) -> [[S::f32s; MV]; NR] {
     let lanes = S::F32_LANES;
     let mut acc = [[s.splat_f32s(0.0); MV]; NR];
     let mut a = a;
     let mut b = b;
+    // Columns past the last valid one re-read the last valid column: their
+    // results are never stored, and no address outside B is formed.
+    let col_off: [isize; NR] = core::array::from_fn(|j| j.min(cols - 1) as isize * b_col);
     for _ in 0..kc {
         // SAFETY: within the first `kc * MV * lanes` floats of the A panel and
         // the first `kc * NR` of the B panel (caller contract).
@@ -108,13 +132,13 @@ unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
             let av: [S::f32s; MV] =
                 core::array::from_fn(|v| (a.add(v * lanes) as *const S::f32s).read_unaligned());
             for (j, acc_j) in acc.iter_mut().enumerate() {
-                let bj = s.splat_f32s(*b.add(j));
+                let bj = s.splat_f32s(*b.offset(col_off[j]));
                 for v in 0..MV {
                     acc_j[v] = s.mul_add_e_f32s(av[v], bj, acc_j[v]);
                 }
             }
-            a = a.add(MV * lanes);
-            b = b.add(NR);
+            a = a.offset(a_step);
+            b = b.offset(b_step);
         }
     }
     acc
@@ -241,25 +265,74 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
     s: S,
     job: &BlockJob,
 ) {
-    let mr = MV * S::F32_LANES;
+    let lanes = S::F32_LANES;
+    let mr = MV * lanes;
     debug_assert!(job.mr == mr && job.nr == NR);
     let mut jp = 0;
     while jp < job.nc {
         let cols = NR.min(job.nc - jp);
-        // SAFETY: panel jp / NR of the packed B block.
-        let b = unsafe { job.b.add((jp / NR) * NR * job.kc) };
+        // SAFETY: column panel jp / NR of the job's B.
+        let b = unsafe { job.b.offset((jp / NR) as isize * job.b_panel) };
         let mut ip = 0;
         while ip < job.mc {
             let rows = mr.min(job.mc - ip);
-            // SAFETY: panel ip / mr of the packed A block; the tile lies inside
-            // the job's block of C (caller contract).
+            let (i, j) = (job.i0 + ip, job.j0 + jp);
+            // SAFETY: row panel ip / mr of the job's A (full) or its packed edge
+            // panel; the tile lies inside the job's block of C (caller contract).
             unsafe {
-                let a = job.a.add((ip / mr) * mr * job.kc);
-                let acc = microkernel::<S, MV, NR>(s, job.kc, a, b);
-                write_tile::<S, MV, NR>(s, &acc, job, job.i0 + ip, job.j0 + jp, rows, cols);
+                if rows == mr {
+                    let a = job.a.offset((ip / mr) as isize * job.a_panel);
+                    let acc = microkernel::<S, MV, NR>(
+                        s, job.kc, a, job.a_step, b, job.b_step, job.b_col, cols,
+                    );
+                    write_tile::<S, MV, NR>(s, &acc, job, i, j, rows, cols);
+                } else {
+                    // Partial panel: only the vectors that hold rows.
+                    match rows.div_ceil(lanes) {
+                        1 => edge::<S, 1, NR>(s, job, b, i, j, rows, cols),
+                        2 => edge::<S, 2, NR>(s, job, b, i, j, rows, cols),
+                        3 => edge::<S, 3, NR>(s, job, b, i, j, rows, cols),
+                        4 => edge::<S, 4, NR>(s, job, b, i, j, rows, cols),
+                        5 => edge::<S, 5, NR>(s, job, b, i, j, rows, cols),
+                        _ => edge::<S, MV, NR>(s, job, b, i, j, rows, cols),
+                    }
+                }
             }
             ip += mr;
         }
         jp += NR;
+    }
+}
+
+/// The partial row panel (packed at `job.a_edge`) with `MV2` vectors
+/// (`MV2 * lanes >= rows`).
+///
+/// # Safety
+/// As [`compute_block`], for the column panel at `b` and the tile at `(i, j)`.
+#[inline(always)]
+unsafe fn edge<S: Simd, const MV2: usize, const NR: usize>(
+    s: S,
+    job: &BlockJob,
+    b: *const f32,
+    i: usize,
+    j: usize,
+    rows: usize,
+    cols: usize,
+) {
+    debug_assert!(MV2 * S::F32_LANES >= rows && MV2 * S::F32_LANES <= job.mr);
+    // SAFETY: the packed edge panel has job.mr floats per step, of which the
+    // first MV2 vectors are read.
+    unsafe {
+        let acc = microkernel::<S, MV2, NR>(
+            s,
+            job.kc,
+            job.a_edge,
+            job.mr as isize,
+            b,
+            job.b_step,
+            job.b_col,
+            cols,
+        );
+        write_tile::<S, MV2, NR>(s, &acc, job, i, j, rows, cols);
     }
 }

@@ -52,6 +52,72 @@ pub(crate) unsafe fn pack_a(
     kc: usize,
     mr: usize,
 ) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match mr {
+            96 => pack_a_fixed::<96>(dst, a, i0, mc, p0, kc),
+            32 => pack_a_fixed::<32>(dst, a, i0, mc, p0, kc),
+            16 => pack_a_fixed::<16>(dst, a, i0, mc, p0, kc),
+            4 => pack_a_fixed::<4>(dst, a, i0, mc, p0, kc),
+            _ => pack_a_any(dst, a, i0, mc, p0, kc, mr),
+        }
+    }
+}
+
+/// [`pack_a`] for a compile-time `MR`: full panels of a column-major `A` are
+/// copied as fixed-size arrays (vector moves, no `memcpy` call per column).
+#[inline(always)]
+unsafe fn pack_a_fixed<const MR: usize>(
+    dst: *mut f32,
+    a: RawMat,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+) {
+    let full = mc / MR;
+    if a.rs == 1 {
+        for q in 0..full {
+            for p in 0..kc {
+                // SAFETY: rows i0 + q MR .. + MR of column p0 + p are inside `a`
+                // and contiguous (rs == 1); the destination is inside panel q.
+                unsafe {
+                    let src = a.at(i0 + q * MR, p0 + p) as *const [f32; MR];
+                    let d = dst.add((q * kc + p) * MR) as *mut [f32; MR];
+                    d.write_unaligned(src.read_unaligned());
+                }
+            }
+        }
+        if full * MR < mc {
+            // SAFETY: forwarded contract for the last, partial panel.
+            unsafe {
+                pack_a_any(
+                    dst.add(full * MR * kc),
+                    a,
+                    i0 + full * MR,
+                    mc - full * MR,
+                    p0,
+                    kc,
+                    MR,
+                )
+            };
+        }
+    } else {
+        // SAFETY: forwarded caller contract.
+        unsafe { pack_a_any(dst, a, i0, mc, p0, kc, MR) };
+    }
+}
+
+/// [`pack_a`] for any layout and `mr`.
+unsafe fn pack_a_any(
+    dst: *mut f32,
+    a: RawMat,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    mr: usize,
+) {
     let mut d = dst;
     let mut i = 0;
     while i < mc {

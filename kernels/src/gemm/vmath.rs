@@ -33,7 +33,7 @@ pub(crate) fn exp<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     p = s.mul_add_e_f32s(p, r, s.splat_f32s(8.333_452e-3));
     p = s.mul_add_e_f32s(p, r, s.splat_f32s(4.166_579_6e-2));
     p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.666_666_5e-1));
-    p = s.mul_add_e_f32s(p, r, s.splat_f32s(5.000_000_1e-1));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(0.5));
     let r2 = s.mul_f32s(r, r);
     let e_r = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
     // 2^n: (bits(t) << 23) leaves exactly n << 23 (the magic's bits shift out),
@@ -74,10 +74,10 @@ pub(crate) fn tanh<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     // Small branch.
     let z = s.mul_f32s(ax, ax);
     let mut p = s.splat_f32s(-5.704_988_7e-3);
-    p = s.mul_add_e_f32s(p, z, s.splat_f32s(2.063_908_9e-2));
+    p = s.mul_add_e_f32s(p, z, s.splat_f32s(2.063_909e-2));
     p = s.mul_add_e_f32s(p, z, s.splat_f32s(-5.373_971_6e-2));
     p = s.mul_add_e_f32s(p, z, s.splat_f32s(1.333_144_2e-1));
-    p = s.mul_add_e_f32s(p, z, s.splat_f32s(-3.333_328_2e-1));
+    p = s.mul_add_e_f32s(p, z, s.splat_f32s(-3.333_328e-1));
     let small = s.mul_add_e_f32s(s.mul_f32s(p, z), ax, ax);
     let y = s.select_f32s(s.less_than_f32s(ax, s.splat_f32s(0.625)), small, large);
     // Copy the sign of x onto y (y >= 0 here).
