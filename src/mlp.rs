@@ -326,7 +326,7 @@ impl Mlp {
     pub(crate) fn forward_from_input(&self, ws: &mut Workspace) -> Result<(), Error> {
         let b = ws.batch;
         let par = ws.par;
-        let mut stack = MemStack::new(&mut ws.scratch);
+        let stack = MemStack::new(&mut ws.scratch);
         for (i, layer) in self.layers.iter().enumerate() {
             let (before, after) = ws.acts.split_at_mut(i + 1);
             let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
@@ -347,7 +347,7 @@ impl Mlp {
                     activation: layer.activation,
                 },
                 par,
-                &mut stack,
+                stack,
             )?;
         }
         Ok(())
@@ -541,15 +541,8 @@ impl Mlp {
         self.forward(ws, x)?;
         let loss = self.loss(ws, y, true)?;
         let (b, par) = (ws.batch, ws.par);
-        let mut stack = MemStack::new(&mut ws.scratch);
-        self.backward(
-            &ws.acts,
-            &mut ws.errs,
-            Some(&mut ws.grads),
-            b,
-            par,
-            &mut stack,
-        )?;
+        let stack = MemStack::new(&mut ws.scratch);
+        self.backward(&ws.acts, &mut ws.errs, Some(&mut ws.grads), b, par, stack)?;
         Ok(loss)
     }
 

@@ -91,7 +91,7 @@ pub fn measure_cell(
         }
         Ok(())
     })?;
-    lines.into_iter().for_each(|l| emit(l));
+    lines.into_iter().for_each(emit);
     Ok(())
 }
 

@@ -386,24 +386,25 @@ fn copy_lower(dst: &mut [f32], src: &[f32], n: usize) {
 impl LayerState {
     /// Cholesky of both damped factors; `Err` carries the kernel error.
     fn factorise(&mut self, shift: f32, par: Par) -> Result<(), natgrad_kernels::Error> {
-        let mut stack = MemStack::new(&mut self.scratch);
+        let stack = MemStack::new(&mut self.scratch);
         copy_lower(&mut self.a_chol, &self.a_factor, self.n_in1);
         let a = natgrad_kernels::MatMut::from_column_major_slice_mut(
             &mut self.a_chol,
             self.n_in1,
             self.n_in1,
         );
-        cholesky_in_place(a, shift, par, &mut stack)?;
+        cholesky_in_place(a, shift, par, stack)?;
         copy_lower(&mut self.g_chol, &self.g_factor, self.n_out);
         let g = natgrad_kernels::MatMut::from_column_major_slice_mut(
             &mut self.g_chol,
             self.n_out,
             self.n_out,
         );
-        cholesky_in_place(g, shift, par, &mut stack)
+        cholesky_in_place(g, shift, par, stack)
     }
 
     /// `L L^T <- rho L L^T + alpha X X^T` for one factor, via scaling and a rank update.
+    #[allow(clippy::too_many_arguments)]
     fn rank_update(
         chol: &mut [f32],
         n: usize,
@@ -511,8 +512,8 @@ impl Optimizer for NaturalGradient {
                 let last = net.num_layers() - 1;
                 let rng = &mut self.rng;
                 net.sample_output_error(ws, &mut self.sampled_errs[last], rng);
-                let mut stack = MemStack::new(&mut self.scratch);
-                net.backward(&ws.acts, &mut self.sampled_errs, None, b, par, &mut stack)?;
+                let stack = MemStack::new(&mut self.scratch);
+                net.backward(&ws.acts, &mut self.sampled_errs, None, b, par, stack)?;
             }
             let beta = if s == 0 { rho } else { 1.0 };
             let alpha = (1.0 - rho) / (b * samples) as f32;
@@ -520,7 +521,7 @@ impl Optimizer for NaturalGradient {
                 .par_iter_mut()
                 .zip(self.sampled_errs.par_iter())
                 .try_for_each(|(st, e)| -> Result<(), Error> {
-                    let mut stack = MemStack::new(&mut st.scratch);
+                    let stack = MemStack::new(&mut st.scratch);
                     let e = view(e, st.n_out, b, st.n_out);
                     if rank_update {
                         let (cols, alphas) = (&mut st.update_cols, &mut st.update_alpha);
@@ -534,7 +535,7 @@ impl Optimizer for NaturalGradient {
                             cols,
                             alphas,
                             par,
-                            &mut stack,
+                            stack,
                         )?;
                     }
                     let g = natgrad_kernels::MatMut::from_column_major_slice_mut(
@@ -542,7 +543,7 @@ impl Optimizer for NaturalGradient {
                         st.n_out,
                         st.n_out,
                     );
-                    syrk_lower(g, beta, e, alpha, par, &mut stack)?;
+                    syrk_lower(g, beta, e, alpha, par, stack)?;
                     Ok(())
                 })?;
         }
@@ -621,7 +622,7 @@ impl Optimizer for NaturalGradient {
             .zip(ws.errs.par_iter_mut())
             .zip(ws.grads.par_iter())
             .map(|(((st, a), e), g)| -> Result<f64, natgrad_kernels::Error> {
-                let mut stack = MemStack::new(&mut st.scratch);
+                let stack = MemStack::new(&mut st.scratch);
                 let (n_out, n_in1) = (st.n_out, st.n_in1);
                 let lg = MatRef::from_column_major_slice(&st.g_chol, n_out, n_out);
                 let la = MatRef::from_column_major_slice(&st.a_chol, n_in1, n_in1);
@@ -634,9 +635,9 @@ impl Optimizer for NaturalGradient {
                 if use_low_rank {
                     // (G + dI)^-1 E and (A + dI)^-1 Abar, in place: neither is needed again.
                     let mut ev = view_mut(e, n_out, b, n_out);
-                    solve_llt_left_in_place(lg, ev.rb_mut(), par, &mut stack)?;
+                    solve_llt_left_in_place(lg, ev.rb_mut(), par, stack)?;
                     let mut av = view_mut(a, n_in1, b, n_in1);
-                    solve_llt_left_in_place(la, av.rb_mut(), par, &mut stack)?;
+                    solve_llt_left_in_place(la, av.rb_mut(), par, stack)?;
                     gemm(
                         delta.rb_mut(),
                         0.0,
@@ -644,13 +645,13 @@ impl Optimizer for NaturalGradient {
                         av.rb().transpose(),
                         -eta / b as f32,
                         par,
-                        &mut stack,
+                        stack,
                     )?;
                 } else {
                     st.delta.copy_from_slice(g);
                     let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
-                    solve_llt_left_in_place(lg, delta.rb_mut(), par, &mut stack)?;
-                    solve_llt_right_in_place(la, delta.rb_mut(), par, &mut stack)?;
+                    solve_llt_left_in_place(lg, delta.rb_mut(), par, stack)?;
+                    solve_llt_right_in_place(la, delta.rb_mut(), par, stack)?;
                     st.delta.iter_mut().for_each(|v| *v *= -eta);
                 }
                 Ok(st
