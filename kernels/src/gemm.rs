@@ -86,11 +86,6 @@ fn kc_for(k: usize) -> usize {
     }
 }
 
-/// Floats of scratch for one thread's packed `A` block (rounded to [`ALIGN`]).
-fn a_block_len(m: usize, k: usize) -> usize {
-    round_up(MC.min(round_up(m, MR_MAX)) * kc_for(k), ALIGN / 4)
-}
-
 /// Floats of scratch for the shared packed `B` block.
 fn b_block_len(n: usize, k: usize) -> usize {
     round_up(round_up(n.min(NC), NR_MAX) * kc_for(k), ALIGN / 4)
@@ -106,25 +101,45 @@ fn threads_for(par: Par, m: usize, n: usize, k: usize) -> usize {
     }
 }
 
-/// Splits `t` threads into a `tm x tn` grid over the tiles of `C`, minimising
-/// the largest per-thread area; ties go to more row groups (which share `B`).
-fn thread_grid(t: usize, m: usize, n: usize, mr: usize, nr: usize) -> (usize, usize) {
-    let tiles_m = div_ceil(m, mr);
-    let tiles_n = div_ceil(n, nr);
-    let mut best = (1, t);
-    let mut best_cost = usize::MAX;
-    for tm in 1..=t {
-        if t % tm != 0 {
-            continue;
-        }
-        let tn = t / tm;
-        let cost = div_ceil(tiles_m, tm) * mr * div_ceil(tiles_n, tn) * nr;
-        if cost <= best_cost {
-            best_cost = cost;
-            best = (tm, tn);
-        }
+/// Tasks per thread: the work is over-decomposed so that when the OS
+/// deschedules one worker (the machine is shared), the others steal its
+/// remaining tasks instead of waiting for it.
+const TASKS_PER_THREAD: usize = 4;
+
+/// How a call is cut into tasks: a `tm x tn` grid of tile-aligned rectangles of
+/// `C`, each with its own packed-`A` buffer of `a_len` floats.
+#[derive(Clone, Copy, Debug)]
+struct TaskGrid {
+    tm: usize,
+    tn: usize,
+    a_len: usize,
+}
+
+/// Row groups first (they share `B`, and `A` is packed once); column groups
+/// only when there are too few row panels.
+fn task_grid(threads: usize, m: usize, n: usize, k: usize, mr: usize, nr: usize) -> TaskGrid {
+    let tiles_m = div_ceil(m, mr).max(1);
+    let tiles_n = div_ceil(n, nr).max(1);
+    let (tm, tn) = if threads <= 1 {
+        (1, 1)
+    } else {
+        let want = threads * TASKS_PER_THREAD;
+        let tm = tiles_m.min(want);
+        (tm, tiles_n.min(div_ceil(want, tm)))
+    };
+    let rows = div_ceil(tiles_m, tm) * mr;
+    TaskGrid {
+        tm,
+        tn,
+        a_len: round_up(MC.min(rows) * kc_for(k), ALIGN / 4),
     }
-    best
+}
+
+/// Floats of scratch a call needs at instruction set `isa`.
+fn scratch_len(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> usize {
+    let (mr, nr) = register_tile(isa);
+    let grid = task_grid(threads, m, n, k, mr, nr);
+    grid.tm * grid.tn * grid.a_len + b_block_len(n, k)
 }
 
 /// The `part`-th of `parts` near-equal shares of `units` units, as a range.
@@ -160,7 +175,12 @@ pub enum Epilogue<'a> {
 /// dimension `k` under parallelism `par` (at any instruction set).
 pub fn gemm_scratch(m: usize, n: usize, k: usize, par: Par) -> StackReq {
     let t = threads_for(par, m, n, k);
-    StackReq::new_aligned::<f32>(t * a_block_len(m, k) + b_block_len(n, k), ALIGN)
+    let len = [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .map(|isa| scratch_len(isa, m, n, k, t))
+        .max()
+        .unwrap_or(0);
+    StackReq::new_aligned::<f32>(len, ALIGN)
 }
 
 /// `C = alpha op(A) op(B) + beta C`. See [`gemm_fused`].
@@ -282,11 +302,11 @@ pub fn gemm_fused_with_isa(
     let alpha = if k_eff == 0 { 0.0 } else { alpha };
     let threads = threads_for(par, m, n, k);
     let (mr, nr) = register_tile(isa);
-    let (tm, tn) = thread_grid(threads, m, n, mr, nr);
+    let TaskGrid { tm, tn, a_len } = task_grid(threads, m, n, k, mr, nr);
+    let tasks = tm * tn;
     let kc = kc_for(k_eff);
-    let a_len = a_block_len(m, k);
-    let (scratch, _) = stack.make_aligned_uninit::<f32>(threads * a_len + b_block_len(n, k), ALIGN);
-    let (a_scratch, b_scratch) = scratch.split_at_mut(threads * a_len);
+    let (scratch, _) = stack.make_aligned_uninit::<f32>(tasks * a_len + b_block_len(n, k), ALIGN);
+    let (a_scratch, b_scratch) = scratch.split_at_mut(tasks * a_len);
 
     let a = RawMat {
         ptr: a.as_ptr(),
@@ -382,7 +402,8 @@ pub fn gemm_fused_with_isa(
                     } else {
                         // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
                         // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
-                        // (mc <= MC, mc <= round_up(m, MR_MAX), kcb <= kc_for(k)).
+                        // (mc is a multiple of mr, at most MC and at most the
+                        // task's rows; kcb <= kc_for(k); see `task_grid`).
                         unsafe {
                             pack::pack_a(a_buf.as_mut_ptr() as *mut f32, a, i0, mc, p0, kcb, mr)
                         };
@@ -447,10 +468,17 @@ pub fn gemm_fused_with_isa(
                     i0 += mc;
                 }
             };
-            if threads > 1 {
+            if tasks > 1 && a_len == 0 {
+                // k == 0: nothing to pack, the tasks only scale C.
+                (0..tasks)
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|tid| work(tid, &mut []));
+            } else if tasks > 1 {
                 a_scratch
                     .par_chunks_mut(a_len)
                     .enumerate()
+                    .with_max_len(1)
                     .for_each(|(tid, a_buf)| work(tid, a_buf));
             } else {
                 work(0, a_scratch);
