@@ -5,7 +5,7 @@
 //! at most [`KC`], and each thread's rows into blocks of at most [`MC`] (packed
 //! `A` block `MC x KC` lives in L2). The microkernel multiplies an `MR x KC`
 //! panel of `A` by a `KC x NR` panel of `B` (the `B` panel stays in L1) with the
-//! `MR x NR` result in registers: 96 x 4 with AVX-512, 16 x 6 with AVX2+FMA,
+//! `MR x NR` result in registers: 48 x 8 with AVX-512, 16 x 6 with AVX2+FMA,
 //! 4 x 4 scalar. On the last `KC` block the epilogue (bias + activation, or
 //! activation derivative) is applied to the registers before the one store of
 //! the tile, so a fused forward pass costs no extra pass over memory.
@@ -33,9 +33,8 @@ pub const KC: usize = 384;
 pub const MC: usize = 480;
 /// Upper bound on the columns of a packed `B` block (a multiple of every `NR`).
 pub const NC: usize = 3072;
-/// Largest `MR` and `NR` over all instruction sets (scratch is sized with them).
-const MR_MAX: usize = 96;
-const NR_MAX: usize = 12;
+/// A multiple of every `NR` (packed `B` scratch is sized with it).
+const NR_MAX: usize = 24;
 /// Alignment of packed buffers, in bytes (one cache line, one zmm register).
 const ALIGN: usize = 64;
 /// Below this many multiply-adds a call runs on one thread.
@@ -44,7 +43,7 @@ const MIN_PARALLEL_MACS: usize = 1 << 18;
 /// The register tile `(MR, NR)` used at instruction set `isa`.
 pub fn register_tile(isa: Isa) -> (usize, usize) {
     match isa {
-        Isa::Avx512 => (96, 4),
+        Isa::Avx512 => (48, 8),
         Isa::Avx2 => (16, 6),
         Isa::Scalar => (4, 4),
     }
@@ -521,7 +520,7 @@ impl pulp::WithSimd for BlockOp<'_> {
         // `register_tile`, which matches the arms below.
         unsafe {
             match S::F32_LANES {
-                16 => microkernel::compute_block::<S, 6, 4>(s, self.job),
+                16 => microkernel::compute_block::<S, 3, 8>(s, self.job),
                 8 => microkernel::compute_block::<S, 2, 6>(s, self.job),
                 _ => microkernel::compute_block::<S, 4, 4>(s, self.job),
             }

@@ -294,15 +294,16 @@ fn gemm_matches_reference_on_edge_shapes_every_isa() {
     }
 }
 
-/// Row counts around the AVX-512 row panel (96) and its 16-row vectors, so every
-/// partial-panel variant (1 to 6 vectors) runs; column counts around NR.
+/// Row counts around the row panels (AVX-512 48, AVX2 16, scalar 4) and the
+/// vector widths, so every partial-panel variant runs; column counts around
+/// every NR (4, 6, 8).
 #[test]
 fn gemm_matches_reference_around_register_tile_edges() {
     let mut rng = Rng::new(7);
     let col = Layout::ColMajor { pad: 0 };
     for isa in Isa::available() {
         for m in [15, 16, 17, 33, 47, 63, 64, 65, 79, 81, 95, 96, 97, 191, 193] {
-            for n in [1, 3, 4, 5, 6, 7, 12, 13] {
+            for n in [1, 3, 4, 5, 6, 7, 8, 9, 12, 13, 17] {
                 let k = 1 + rng.below(9);
                 let lb = [col, Layout::Transposed { pad: 0 }][rng.below(2)];
                 check_plain(isa, &mut rng, m, n, k, (col, lb, col), 1.0, 0.0, Par::Seq);

@@ -3,11 +3,14 @@
 //!
 //! A tile is `MV` vectors tall (`MR = MV * lanes` rows) and `NR` columns wide;
 //! its `MV * NR` accumulators stay in registers for the whole `kc` loop (AVX-512:
-//! 6 x 4 = 24 of the 32 zmm registers; AVX2: 2 x 6 = 12 of the 16 ymm). Tall
-//! and narrow because a broadcast of a `B` element costs a shuffle-port
-//! micro-op while a vector load of `A` does not: 96 x 4 needs 4 broadcasts per
-//! 24 FMAs where 32 x 12 needs 12. The last, partial row panel of a block runs
-//! a variant with only as many vectors as it has rows. The
+//! 3 x 8 = 24 of the 32 zmm registers; AVX2: 2 x 6 = 12 of the 16 ymm). Taller
+//! than wide because a broadcast of a `B` element costs more than a vector load
+//! of `A`: 48 x 8 needs 8 broadcasts per 24 FMAs where 32 x 12 needs 12
+//! (measured: 32 x 12 reached ~190 GFLOP/s at 1000x784x256 on one core, 48 x 8
+//! and 96 x 4 ~210-225); not taller, because the `A` panel is re-read from L2
+//! for every `NR` columns (96 x 4 needs 32 bytes/cycle of L2 bandwidth for it).
+//! The last, partial row panel of a block runs a variant with only as many
+//! vectors as it has rows. The
 //! epilogue (alpha, beta C, bias, activation or activation derivative) is applied
 //! to the accumulators before the single store of the tile.
 

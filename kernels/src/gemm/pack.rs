@@ -56,6 +56,7 @@ pub(crate) unsafe fn pack_a(
     unsafe {
         match mr {
             96 => pack_a_fixed::<96>(dst, a, i0, mc, p0, kc),
+            48 => pack_a_fixed::<48>(dst, a, i0, mc, p0, kc),
             32 => pack_a_fixed::<32>(dst, a, i0, mc, p0, kc),
             16 => pack_a_fixed::<16>(dst, a, i0, mc, p0, kc),
             4 => pack_a_fixed::<4>(dst, a, i0, mc, p0, kc),
