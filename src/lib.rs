@@ -5,6 +5,7 @@
 //! 2018), on the hand-tuned CPU kernels of `natgrad-kernels`.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod optim;
 pub mod plot;
 pub mod race;
 pub mod tune;
+pub mod robustness;
 pub mod workspace;
 
 pub use error::Error;
