@@ -297,7 +297,7 @@ impl Mlp {
 
     /// Forward pass of the minibatch `x` (`n_0 x b`, one sample per column) into
     /// the workspace's activations. Errors on shape mismatch, a batch larger than
-    /// the workspace's, or non-finite input.
+    /// the workspace's, or non-finite input or parameters.
     pub fn forward(&self, ws: &mut Workspace, x: MatRef<'_, f32>) -> Result<(), Error> {
         ws.check_compatible(self)?;
         let b = x.ncols();
@@ -310,6 +310,13 @@ impl Mlp {
         }
         ws.set_batch(b)?;
         check_finite_mat(x, "input minibatch")?;
+        // The SIMD tanh/sigmoid map NaN to finite values, so non-finite weights
+        // set through `params_mut` would otherwise pass unnoticed.
+        if !self.is_finite() {
+            return Err(Error::NonFinite(
+                "the network's parameters contain NaN or infinity".into(),
+            ));
+        }
         let n0 = self.input_size();
         let a0 = &mut ws.acts[0];
         for j in 0..b {
