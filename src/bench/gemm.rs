@@ -140,6 +140,32 @@ fn gemm_lines(
     ));
 }
 
+/// The unfused baseline's second pass: `Y = act(Y + b 1^T)` column by column
+/// with natgrad's vectorised activation, on `threads` threads (columns split
+/// between them), so the baseline differs from the fused kernel only by the
+/// extra pass over `Y`.
+pub fn separate_epilogue(
+    y: &mut [f32],
+    m: usize,
+    bias: &[f32],
+    act: Activation,
+    isa: Isa,
+    threads: usize,
+) {
+    let one_column = |col: &mut [f32]| {
+        for (v, b) in col.iter_mut().zip(bias) {
+            *v += b;
+        }
+        activate_slice_with_isa(isa, act, col).expect("detected ISA is available");
+    };
+    if threads > 1 {
+        use rayon::prelude::*;
+        y.par_chunks_exact_mut(m).for_each(one_column);
+    } else {
+        y.chunks_exact_mut(m).for_each(one_column);
+    }
+}
+
 /// One `forward` comparison at shape `(m, k, n)` on the current pool.
 fn forward_line(
     shape: (usize, usize, usize),
@@ -171,12 +197,7 @@ fn forward_line(
     let mut baseline = || {
         let c = MatMut::from_column_major_slice_mut(&mut y_base, m, n);
         faer::linalg::matmul::matmul(c, faer::Accum::Replace, wv, xv, 1.0, par);
-        for col in y_base.chunks_exact_mut(m) {
-            for (v, b) in col.iter_mut().zip(&bias) {
-                *v += b;
-            }
-            activate_slice_with_isa(isa, act, col).expect("detected ISA is available");
-        }
+        separate_epilogue(&mut y_base, m, &bias, act, isa, threads);
     };
     let reps = reps_for_call(&mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, &mut baseline);
