@@ -129,8 +129,7 @@ unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
     // results are never stored, and no address outside B is formed.
     let col_off: [isize; NR] = core::array::from_fn(|j| j.min(cols - 1) as isize * b_col);
     for _ in 0..kc {
-        // SAFETY: within the first `kc * MV * lanes` floats of the A panel and
-        // the first `kc * NR` of the B panel (caller contract).
+        // SAFETY: step p < kc of both panels is readable (caller contract).
         unsafe {
             let av: [S::f32s; MV] =
                 core::array::from_fn(|v| (a.add(v * lanes) as *const S::f32s).read_unaligned());
@@ -284,6 +283,7 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
             // panel; the tile lies inside the job's block of C (caller contract).
             unsafe {
                 if rows == mr {
+                    prefetch_tile(job, i, j, rows, cols);
                     let a = job.a.offset((ip / mr) as isize * job.a_panel);
                     let acc = microkernel::<S, MV, NR>(
                         s, job.kc, a, job.a_step, b, job.b_step, job.b_col, cols,
@@ -305,6 +305,34 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
         }
         jp += NR;
     }
+}
+
+/// Asks for the cache lines of the `C` tile at `(i, j)` before the `kc` loop
+/// runs, so that the write-back (which reads `C` on every `KC` block after the
+/// first, and must own the lines to store) does not wait for L3 or memory.
+///
+/// # Safety
+/// The tile must lie inside `C`.
+#[inline(always)]
+unsafe fn prefetch_tile(job: &BlockJob, i: usize, j: usize, rows: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if job.c.rs == 1 {
+        for jj in 0..cols {
+            let mut r = 0;
+            while r < rows {
+                // SAFETY: (i + r, j + jj) is inside C (caller contract); a
+                // prefetch never faults and has no architectural effect.
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        job.c.at(i + r, j + jj) as *const i8,
+                    )
+                };
+                r += 16;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (job, i, j, rows, cols);
 }
 
 /// The partial row panel (packed at `job.a_edge`) with `MV2` vectors
