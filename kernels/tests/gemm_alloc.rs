@@ -1,10 +1,13 @@
 //! A GEMM call given its scratch (`gemm_scratch`) allocates nothing: counted
-//! by a global allocator wrapper in this test binary (one test only, so no
-//! other test's allocations are counted concurrently).
+//! by a global allocator wrapper in this test binary. Only allocations made by
+//! the threads that run the GEMM (this test's thread and the rayon pool's
+//! workers) are counted, so the test harness's own threads cannot make it
+//! fail spuriously.
 
 use natgrad_kernels::gemm::{gemm_fused, gemm_scratch, Epilogue};
 use natgrad_kernels::{Activation, MatMut, MatRef, MemBuffer, MemStack, Par};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,10 +15,17 @@ struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// Whether allocations on this thread are counted.
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
 // SAFETY: forwards to the system allocator unchanged, only counting calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        if COUNTED.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -41,6 +51,8 @@ fn gemm_with_caller_scratch_allocates_nothing() {
         .num_threads(2)
         .build()
         .unwrap();
+    pool.broadcast(|_| COUNTED.with(|c| c.set(true)));
+    COUNTED.with(|c| c.set(true));
     for par in [Par::Seq, Par::Rayon(NonZeroUsize::new(2).unwrap())] {
         let mut buf = MemBuffer::new(gemm_scratch(m, n, k, par));
         pool.install(|| {
