@@ -188,7 +188,7 @@ pub use fisher::{
 };
 pub use network::{
     gradient_descent_step, is_exact_profile, psd_pseudoinverse, Damping, DeepLinear,
-    LinearNaturalGradient, Problem, StepReport, PINV_RCOND,
+    LinearNaturalGradient, MatPair, Problem, StepReport, PINV_RCOND,
 };
 pub use random::{
     gaussian, isometric_layers, log_spaced, normal, orthogonal, semi_orthogonal, spd_with_spectrum,

@@ -75,7 +75,7 @@ fn gradient_matches_central_differences() {
         }
         // The test must be able to fail: the gradient is not tiny compared to
         // the tolerance.
-        let gnorm: f64 = grads.iter().map(|g| frob(g)).sum();
+        let gnorm: f64 = grads.iter().map(frob).sum();
         assert!(
             gnorm > 1e3 * tol,
             "gradient {gnorm:e} too small to test against {tol:e}"

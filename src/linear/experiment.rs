@@ -275,7 +275,7 @@ pub fn fit_log_rate(losses: &[f64]) -> Option<f64> {
     let start = losses.iter().position(|&l| l <= FIT_HIGH)?;
     let mut pts = Vec::new();
     for (k, &l) in losses.iter().enumerate().skip(start) {
-        if !(l >= FIT_LOW && l <= FIT_HIGH) {
+        if !(FIT_LOW..=FIT_HIGH).contains(&l) {
             break;
         }
         pts.push((k as f64, l.ln()));

@@ -125,6 +125,10 @@ fn weighted_inner(p: &Problem, a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
     acc
 }
 
+/// A pair of matrices: `(W_{>i}, W_{<i})` for [`DeepLinear::side_products`],
+/// `(B_i, A_i)` for [`DeepLinear::fisher_factors`].
+pub type MatPair = (Mat<f64>, Mat<f64>);
+
 /// How the natural-gradient factors are damped.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Damping {
@@ -222,7 +226,7 @@ impl DeepLinear {
     /// For every layer `i` (0-based), the pair `(W_{>i}, W_{<i})`: the product
     /// of the layers after it (identity for the last) and before it (identity
     /// for the first).
-    pub fn side_products(&self) -> Vec<(Mat<f64>, Mat<f64>)> {
+    pub fn side_products(&self) -> Vec<MatPair> {
         let depth = self.layers.len();
         let mut before = Vec::with_capacity(depth);
         let mut acc = Mat::<f64>::identity(self.layers[0].ncols(), self.layers[0].ncols());
@@ -252,11 +256,7 @@ impl DeepLinear {
         self.gradient_with(problem, &sides)
     }
 
-    fn gradient_with(
-        &self,
-        problem: &Problem,
-        sides: &[(Mat<f64>, Mat<f64>)],
-    ) -> Result<Vec<Mat<f64>>, Error> {
+    fn gradient_with(&self, problem: &Problem, sides: &[MatPair]) -> Result<Vec<Mat<f64>>, Error> {
         let w = self.end_to_end();
         problem.check_map(w.as_ref())?;
         let e = &w - problem.teacher();
@@ -274,7 +274,7 @@ impl DeepLinear {
     /// The per-layer Fisher factors `(B_i, A_i)`:
     /// backward `B_i = W_{>i}^T S^-1 W_{>i}` (`n_i x n_i`) and forward
     /// `A_i = W_{<i} C W_{<i}^T` (`n_{i-1} x n_{i-1}`).
-    pub fn fisher_factors(&self, problem: &Problem) -> Result<Vec<(Mat<f64>, Mat<f64>)>, Error> {
+    pub fn fisher_factors(&self, problem: &Problem) -> Result<Vec<MatPair>, Error> {
         problem.check_map(self.end_to_end().as_ref())?;
         Ok(factors_from(problem, &self.side_products()))
     }
@@ -303,7 +303,7 @@ impl DeepLinear {
         &self,
         problem: &Problem,
         damping: f64,
-        sides: &[(Mat<f64>, Mat<f64>)],
+        sides: &[MatPair],
         grads: &[Mat<f64>],
     ) -> Result<Vec<Mat<f64>>, Error> {
         if !(damping.is_finite() && damping >= 0.0) {
@@ -331,7 +331,7 @@ impl DeepLinear {
         Ok(self.map_change_with(delta, &self.side_products()))
     }
 
-    fn map_change_with(&self, delta: &[Mat<f64>], sides: &[(Mat<f64>, Mat<f64>)]) -> Mat<f64> {
+    fn map_change_with(&self, delta: &[Mat<f64>], sides: &[MatPair]) -> Mat<f64> {
         let widths = self.widths();
         let mut out = Mat::<f64>::zeros(widths[self.depth()], widths[0]);
         for ((after, before), d) in sides.iter().zip(delta) {
@@ -447,7 +447,7 @@ impl LinearNaturalGradient {
         if let Some(predicted) = predicted {
             let rho = (loss_before - loss_after) / predicted;
             // A NaN rho (non-finite loss) counts as a failed step.
-            if !(rho >= 0.25) {
+            if rho.is_nan() || rho < 0.25 {
                 self.g *= 1.5;
             } else if rho > 0.75 {
                 self.g *= 2.0 / 3.0;
@@ -527,7 +527,7 @@ pub fn psd_pseudoinverse(a: MatRef<'_, f64>, rcond: f64) -> Result<Mat<f64>, Err
     Ok(symmetrize(mul(scaled.as_ref(), u.transpose()).as_ref()))
 }
 
-fn factors_from(problem: &Problem, sides: &[(Mat<f64>, Mat<f64>)]) -> Vec<(Mat<f64>, Mat<f64>)> {
+fn factors_from(problem: &Problem, sides: &[MatPair]) -> Vec<MatPair> {
     sides
         .iter()
         .map(|(after, before)| {
