@@ -16,7 +16,7 @@ use natgrad_kernels::Par;
 /// The candidates searched for `kind` (the same grid for both presets).
 pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
     match kind {
-        OptimizerKind::Sgd => [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04]
+        OptimizerKind::Sgd => [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]
             .into_iter()
             .flat_map(|lr| {
                 [(20, 0.0), (100, 0.9)].map(|(b, mu)| {
@@ -46,15 +46,18 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
             })
             .collect(),
         OptimizerKind::NaturalGradient => {
+            // The paper's setting (per-minibatch factors, refreshed and
+            // LM-adapted every step) and the K-FAC-style one (running averages,
+            // refresh every 5 steps), with the LM check every step or every 5.
             let mut v = Vec::new();
             for b in [256, 1000] {
-                for (decay, refresh) in [(0.0, 1), (0.95, 5)] {
+                for (decay, refresh, lm) in [(0.0, 1, 1), (0.95, 5, 1), (0.95, 5, 5)] {
                     v.push(Hyper::Ng(
                         b,
                         NaturalGradientConfig {
                             factor_decay: decay,
                             refresh_interval: refresh,
-                            adaptation: DampingAdaptation::LevenbergMarquardt { interval: 1 },
+                            adaptation: DampingAdaptation::LevenbergMarquardt { interval: lm },
                             ..NaturalGradientConfig::default()
                         },
                     ));

@@ -105,6 +105,10 @@ pub struct NaturalGradientConfig {
     pub samples: usize,
     /// Which form of the update to compute. Default `Auto`.
     pub preconditioning: Preconditioning,
+    /// Split the damping between the factors in proportion to their scales
+    /// (K-FAC's pi correction: `A + pi sqrt(g) I`, `G + sqrt(g)/pi I`). Default
+    /// false: the paper splits it evenly.
+    pub pi_correction: bool,
     /// Seed of the sampler. Default 0.
     pub seed: u64,
 }
@@ -122,6 +126,7 @@ impl Default for NaturalGradientConfig {
             factor_update: FactorUpdate::Refactor,
             samples: 1,
             preconditioning: Preconditioning::Auto,
+            pi_correction: false,
             seed: 0,
         }
     }
@@ -385,7 +390,30 @@ fn copy_lower(dst: &mut [f32], src: &[f32], n: usize) {
 
 impl LayerState {
     /// Cholesky of both damped factors; `Err` carries the kernel error.
-    fn factorise(&mut self, shift: f32, par: Par) -> Result<(), natgrad_kernels::Error> {
+    fn factorise(
+        &mut self,
+        shift: f32,
+        pi_correction: bool,
+        par: Par,
+    ) -> Result<(), natgrad_kernels::Error> {
+        // Martens & Grosse (2015, sec. 6.3): split the damping in proportion to the
+        // factors' mean eigenvalues, pi = sqrt((tr A / dim A) / (tr G / dim G)), so
+        // that neither factor is over- or under-damped when their scales differ.
+        let pi = if pi_correction {
+            let mean_diag =
+                |f: &[f32], n: usize| (0..n).map(|i| f[i * n + i] as f64).sum::<f64>() / n as f64;
+            let ratio =
+                mean_diag(&self.a_factor, self.n_in1) / mean_diag(&self.g_factor, self.n_out);
+            let pi = ratio.sqrt() as f32;
+            if pi.is_finite() && pi > 0.0 {
+                pi.clamp(1e-4, 1e4)
+            } else {
+                1.0
+            }
+        } else {
+            1.0
+        };
+        let (shift_a, shift_g) = (shift * pi, shift / pi);
         let stack = MemStack::new(&mut self.scratch);
         copy_lower(&mut self.a_chol, &self.a_factor, self.n_in1);
         let a = natgrad_kernels::MatMut::from_column_major_slice_mut(
@@ -393,14 +421,14 @@ impl LayerState {
             self.n_in1,
             self.n_in1,
         );
-        cholesky_in_place(a, shift, par, stack)?;
+        cholesky_in_place(a, shift_a, par, stack)?;
         copy_lower(&mut self.g_chol, &self.g_factor, self.n_out);
         let g = natgrad_kernels::MatMut::from_column_major_slice_mut(
             &mut self.g_chol,
             self.n_out,
             self.n_out,
         );
-        cholesky_in_place(g, shift, par, stack)
+        cholesky_in_place(g, shift_g, par, stack)
     }
 
     /// `L L^T <- rho L L^T + alpha X X^T` for one factor, via scaling and a rank update.
@@ -551,6 +579,7 @@ impl Optimizer for NaturalGradient {
         // 3. Forward factors, factorisation, preconditioned update, per layer in parallel.
         let eta = self.step_scale(num_layers);
         let preconditioning = self.config.preconditioning;
+        let pi_correction = self.config.pi_correction;
         let alpha_a = (1.0 - rho) / b as f32;
         let mut damping = self.damping;
         let mut first = true;
@@ -587,7 +616,7 @@ impl Optimizer for NaturalGradient {
                         syrk_lower(f, rho, abar, alpha_a, par, stack)?;
                     }
                     if refresh || attempt > 0 {
-                        st.factorise(shift, par)?;
+                        st.factorise(shift, pi_correction, par)?;
                     }
                     Ok(())
                 });
