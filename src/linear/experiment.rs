@@ -843,10 +843,17 @@ pub fn write_csv(report: &ExperimentReport, path: &Path) -> Result<(), Error> {
     })
 }
 
-/// Writes the figure: left, natural gradient on the well-conditioned problems
-/// (straight lines, one per depth and eta) and the damped random-teacher runs;
-/// right, gradient descent on the same problems from the same weights and from
-/// small initial weights (plateaus).
+/// Writes the figure, a 2 x 2 grid of log-scale excess loss against step:
+/// top left, the natural gradient on the well-conditioned problems (straight
+/// lines, every depth on top of each other); top right, gradient descent on
+/// the same problems from the same weights and from small weights (plateaus),
+/// with the natural gradient in black for scale; bottom left, the random
+/// teacher, undamped against Levenberg-Marquardt; bottom right, the
+/// bottleneck profile with the lines `(1 - eta / L)^(2k)` it follows. Panels
+/// without runs (the quick configuration has no bottleneck) are left out.
+///
+/// Errors: [`Error::InvalidConfig`] if the report has no run to plot,
+/// [`Error::Io`] if the file cannot be written.
 pub fn write_plot(report: &ExperimentReport, path: &Path) -> Result<(), Error> {
     let trace = |r: &RunRecord| -> Vec<(f64, f64)> {
         r.losses
@@ -865,38 +872,42 @@ pub fn write_plot(report: &ExperimentReport, path: &Path) -> Result<(), Error> {
     depths.sort_unstable();
     depths.dedup();
     let depth_index = |d: usize| depths.iter().position(|&x| x == d).unwrap_or(0);
-    // Same colour for a depth in both panels; the NG lines of different
+    // Same colour for a depth in every panel; the NG lines of different
     // depths coincide, so shallower ones are drawn wider to stay visible.
     let color = |k: usize| PALETTE[k % 4];
     let alt_color = |k: usize| PALETTE[4 + k % 6];
     let width = |k: usize| (2 * (depths.len() - k)) as u32;
     let mut ng = Vec::new();
+    let mut random = Vec::new();
     let mut reference = None;
     for r in report.runs.iter().filter(uniform) {
         if r.method != Method::NaturalGradient {
             continue;
         }
         let k = depth_index(r.depth);
-        if r.teacher == TeacherKind::Near && r.damping == Damping::None {
-            let mut s = Series::new(format!("NG L={} eta={}", r.depth, r.eta), trace(r))
-                .with_color(color(k));
-            s.stroke_width = width(k);
-            if r.eta == 0.1 && k + 1 == depths.len() {
-                let mut line = s.clone();
-                line.label = "NG eta=0.1 (every depth)".into();
-                line.color = Some((0, 0, 0));
-                line.stroke_width = 2;
-                reference = Some(line);
+        match (r.teacher, r.damping) {
+            (TeacherKind::Near, Damping::None) => {
+                let mut s = Series::new(format!("NG L={} eta={}", r.depth, r.eta), trace(r))
+                    .with_color(color(k));
+                s.stroke_width = width(k);
+                if r.eta == 0.1 && k + 1 == depths.len() {
+                    let mut line = s.clone();
+                    line.label = "NG eta=0.1 (every depth)".into();
+                    line.color = Some((0, 0, 0));
+                    line.stroke_width = 2;
+                    reference = Some(line);
+                }
+                ng.push(s);
             }
-            ng.push(s);
-        } else if matches!(r.damping, Damping::LevenbergMarquardt { .. }) {
-            ng.push(
-                Series::new(
-                    format!("NG+LM eta=0.1 random teacher L={}", r.depth),
-                    trace(r),
-                )
-                .with_color(alt_color(k)),
-            );
+            (TeacherKind::Random, Damping::LevenbergMarquardt { .. }) => random.push(
+                Series::new(format!("NG+LM L={} eta={}", r.depth, r.eta), trace(r))
+                    .with_color(color(k)),
+            ),
+            (TeacherKind::Random, Damping::None) if r.eta == 0.1 => random.push(
+                Series::new(format!("NG undamped L={} eta={}", r.depth, r.eta), trace(r))
+                    .with_color(alt_color(k)),
+            ),
+            _ => {}
         }
     }
     let mut gd = Vec::new();
@@ -918,26 +929,60 @@ pub fn write_plot(report: &ExperimentReport, path: &Path) -> Result<(), Error> {
         }
     }
     gd.extend(reference);
+    let mut bottleneck = Vec::new();
+    for (k, r) in report
+        .runs
+        .iter()
+        .filter(|r| !is_exact_profile(&r.widths))
+        .enumerate()
+    {
+        let damping = match r.damping {
+            Damping::None => "undamped",
+            _ => "LM",
+        };
+        bottleneck.push(
+            Series::new(format!("NG {damping} eta={}", r.eta), trace(r))
+                .with_color(PALETTE[k % 10]),
+        );
+        if r.damping == Damping::None {
+            let rate = (1.0 - r.eta / r.depth as f64).powi(2);
+            let line = (0..r.losses.len())
+                .map(|j| (j as f64, r.losses[0] * rate.powi(j as i32)))
+                .collect();
+            let mut s =
+                Series::new(format!("(1 - eta/L)^2k, eta={}", r.eta), line).with_color((0, 0, 0));
+            s.stroke_width = 1;
+            bottleneck.push(s);
+        }
+    }
     if ng.is_empty() || gd.is_empty() {
         return Err(Error::InvalidConfig(
             "the experiment has no run to plot".into(),
         ));
     }
-    let charts = [
-        Chart {
-            title: "Exact natural gradient: excess loss vs step".into(),
-            x_label: "step".into(),
-            y_label: "excess loss".into(),
-            series: ng,
-            log_y: true,
-        },
-        Chart {
-            title: "Gradient descent on the same problems (black: NG)".into(),
-            x_label: "step".into(),
-            y_label: "excess loss".into(),
-            series: gd,
-            log_y: true,
-        },
+    let chart = |title: &str, series: Vec<Series>| Chart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: "excess loss".into(),
+        series,
+        log_y: true,
+    };
+    let mut charts = vec![
+        chart("Exact natural gradient, well-conditioned teacher", ng),
+        chart("Gradient descent on the same problems (black: NG)", gd),
     ];
+    if !random.is_empty() {
+        charts.push(chart("Random teacher: undamped NG vs LM damping", random));
+    }
+    if !bottleneck.is_empty() {
+        let title = match report.runs.iter().find(|r| !is_exact_profile(&r.widths)) {
+            Some(r) => {
+                let w: Vec<String> = r.widths.iter().map(|w| w.to_string()).collect();
+                format!("Bottleneck {}: closed form", w.join("-"))
+            }
+            None => "Bottleneck".into(),
+        };
+        charts.push(chart(&title, bottleneck));
+    }
     charts_png(path, &charts, 2, (900, 650))
 }
