@@ -281,10 +281,111 @@ criterion_group!(
 );
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        // `--profile KERNEL N M THREADS`: run natgrad's kernel alone for ~3 s
+        // (for `perf record`).
+        let get = |j: usize| {
+            args.get(i + j)
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(256)
+        };
+        let (kernel, n, m, t) = (
+            args.get(i + 1).cloned().unwrap_or_default(),
+            get(2),
+            get(3),
+            get(4),
+        );
+        profile(&kernel, n, m, t);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--line") {
+        // `--line KERNEL N M THREADS`: one quick JSON comparison.
+        let get = |j: usize| {
+            args.get(i + j)
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(256)
+        };
+        let (kernel, n, m, t) = (
+            args.get(i + 1).cloned().unwrap_or_default(),
+            get(2),
+            get(3),
+            get(4),
+        );
+        let pool = natgrad::bench::pool(t);
+        let mut rng = Rng::new(7);
+        let emit = &mut |l: String| println!("{l}");
+        use natgrad::bench::factor as q;
+        match kernel.as_str() {
+            "syrk" => q::syrk_lines(n, m, t, &pool, &mut rng, emit),
+            "cholesky" => q::cholesky_line(n, t, &pool, &mut rng, emit),
+            "solve" => q::solve_line(n, m, t, &pool, &mut rng, emit),
+            _ => q::update_line(n, m, t, &pool, &mut rng, emit),
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--quick") {
         natgrad::bench::factor::quick_lines(&[2, 1], &mut |l| println!("{l}"));
         return;
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
+}
+
+fn profile(kernel: &str, n: usize, m: usize, t: usize) {
+    let mut rng = Rng::new(9);
+    let par = par_for(t);
+    let pool = natgrad::bench::pool(t);
+    let start = std::time::Instant::now();
+    let mut calls = 0usize;
+    let a = spd(n, &mut rng);
+    let l0 = factor_of(n, &mut rng);
+    let x = Mat::<f32>::from_fn(n, m, |_, _| rng.normal_f32());
+    let mut work = a.clone();
+    let mut xw = x.clone();
+    let alpha = vec![0.1 / m as f32; m];
+    let req = natgrad_kernels::StackReq::any_of(&[
+        syrk_scratch(n, m, par),
+        cholesky_scratch(n, par),
+        solve_scratch(n, m, par),
+        cholesky_update_scratch(n, m, par),
+    ]);
+    let mut buf = MemBuffer::new(req);
+    while start.elapsed().as_secs_f64() < 3.0 {
+        pool.install(|| match kernel {
+            "syrk" => syrk_lower(
+                work.as_mut(),
+                0.9,
+                x.as_ref(),
+                0.1,
+                par,
+                MemStack::new(&mut buf),
+            )
+            .unwrap(),
+            "cholesky" => {
+                work.copy_from(a.as_ref());
+                cholesky_in_place(work.as_mut(), 0.1, par, MemStack::new(&mut buf)).unwrap()
+            }
+            "solve" => {
+                xw.copy_from(x.as_ref());
+                solve_llt_left_in_place(l0.as_ref(), xw.as_mut(), par, MemStack::new(&mut buf))
+                    .unwrap()
+            }
+            _ => {
+                work.copy_from(l0.as_ref());
+                xw.copy_from(x.as_ref());
+                cholesky_rank_update(
+                    work.as_mut(),
+                    xw.as_mut(),
+                    &alpha,
+                    par,
+                    MemStack::new(&mut buf),
+                )
+                .unwrap()
+            }
+        });
+        calls += 1;
+    }
+    let secs = start.elapsed().as_secs_f64() / calls as f64;
+    println!("{kernel} n={n} m={m} t={t}: {:.3} ms per call", secs * 1e3);
 }

@@ -26,10 +26,13 @@ use crate::{Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
 use faer::reborrow::{Reborrow, ReborrowMut};
 use pulp::{Simd, WithSimd};
 
-/// Largest triangle solved by substitution.
-pub(crate) const LEAF: usize = 32;
-/// Largest number of right-hand sides in one vectorised leaf chunk (AVX-512: 2 x 16).
-const W_MAX: usize = 32;
+/// Largest triangle solved by substitution (smaller leaves move flops into the
+/// packed product, which runs several times faster than substitution).
+pub(crate) const LEAF: usize = 16;
+/// Vectors of right-hand sides per leaf chunk (2 x 4 independent FMA chains).
+const WV: usize = 4;
+/// Largest number of right-hand sides in one vectorised leaf chunk (AVX-512: 4 x 16).
+const W_MAX: usize = 64;
 
 /// Where to cut an `n x n` triangle: half, rounded up to a multiple of 16.
 pub(crate) fn split(n: usize) -> usize {
@@ -210,7 +213,7 @@ impl WithSimd for Leaf<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Leaf { l, trans, mut b } = self;
+        let Leaf { l, trans, b } = self;
         let nb = l.nrows();
         debug_assert!(nb <= LEAF);
         let m = b.ncols();
@@ -230,73 +233,109 @@ impl WithSimd for Leaf<'_, '_> {
             }
         }
         let lanes = S::F32_LANES;
-        let w = 2 * lanes;
+        let w = WV * lanes;
         debug_assert!(w <= W_MAX);
         let mut buf = [0.0f32; LEAF * W_MAX];
         let zero = simd.splat_f32s(0.0);
+        let (bptr, brs, bcs) = (b.as_ptr_mut(), b.row_stride(), b.col_stride());
         let mut c0 = 0;
         while c0 < m {
             let cols = w.min(m - c0);
-            for c in 0..cols {
-                for p in 0..nb {
-                    buf[p * w + c] = b[(p, c0 + c)];
-                }
-            }
-            for c in cols..w {
-                for p in 0..nb {
-                    buf[p * w + c] = 0.0;
-                }
+            if cols < w {
+                buf.fill(0.0);
             }
             let bp = buf.as_mut_ptr();
+            // SAFETY: (p, c0 + c) with p < nb, c < cols is inside B; buf holds
+            // nb * w <= LEAF * W_MAX floats.
+            unsafe {
+                if bcs == 1 {
+                    // Rows of B are contiguous (a transposed view): copy rows.
+                    for p in 0..nb {
+                        std::ptr::copy_nonoverlapping(
+                            bptr.offset(p as isize * brs).add(c0),
+                            bp.add(p * w),
+                            cols,
+                        );
+                    }
+                } else {
+                    for c in 0..cols {
+                        let col = bptr.offset((c0 + c) as isize * bcs);
+                        for p in 0..nb {
+                            *bp.add(p * w + c) = *col.offset(p as isize * brs);
+                        }
+                    }
+                }
+            }
+            let cp = coef.as_ptr();
             for idx in 0..nb {
                 let p = if trans { nb - 1 - idx } else { idx };
                 let (q0, q1) = if trans { (p + 1, nb) } else { (0, p) };
-                // SAFETY: rows p, q < nb <= LEAF, each row holds `w` floats of
-                // the `LEAF * W_MAX` buffer.
+                // SAFETY: rows p, q < nb <= LEAF, each row holds `w = WV * lanes`
+                // floats of the `LEAF * W_MAX` buffer; coef has LEAF * LEAF entries.
                 unsafe {
                     let row = bp.add(p * w);
-                    let mut x0 = (row as *const S::f32s).read_unaligned();
-                    let mut x1 = (row.add(lanes) as *const S::f32s).read_unaligned();
-                    let (mut y0, mut y1) = (zero, zero);
+                    let mut x = [zero; WV];
+                    let mut y = [zero; WV];
+                    for (v, xv) in x.iter_mut().enumerate() {
+                        *xv = (row.add(v * lanes) as *const S::f32s).read_unaligned();
+                    }
                     let mut q = q0;
+                    // Two rows per step into separate accumulators: 2 WV
+                    // independent FMA chains.
                     while q + 1 < q1 {
-                        let c_a = simd.splat_f32s(coef[p * LEAF + q]);
-                        let c_b = simd.splat_f32s(coef[p * LEAF + q + 1]);
+                        let c_a = simd.splat_f32s(*cp.add(p * LEAF + q));
+                        let c_b = simd.splat_f32s(*cp.add(p * LEAF + q + 1));
                         let ra = bp.add(q * w);
                         let rb = bp.add((q + 1) * w);
-                        x0 = simd.mul_add_e_f32s(c_a, (ra as *const S::f32s).read_unaligned(), x0);
-                        x1 = simd.mul_add_e_f32s(
-                            c_a,
-                            (ra.add(lanes) as *const S::f32s).read_unaligned(),
-                            x1,
-                        );
-                        y0 = simd.mul_add_e_f32s(c_b, (rb as *const S::f32s).read_unaligned(), y0);
-                        y1 = simd.mul_add_e_f32s(
-                            c_b,
-                            (rb.add(lanes) as *const S::f32s).read_unaligned(),
-                            y1,
-                        );
+                        for v in 0..WV {
+                            x[v] = simd.mul_add_e_f32s(
+                                c_a,
+                                (ra.add(v * lanes) as *const S::f32s).read_unaligned(),
+                                x[v],
+                            );
+                            y[v] = simd.mul_add_e_f32s(
+                                c_b,
+                                (rb.add(v * lanes) as *const S::f32s).read_unaligned(),
+                                y[v],
+                            );
+                        }
                         q += 2;
                     }
                     if q < q1 {
-                        let c_a = simd.splat_f32s(coef[p * LEAF + q]);
+                        let c_a = simd.splat_f32s(*cp.add(p * LEAF + q));
                         let ra = bp.add(q * w);
-                        x0 = simd.mul_add_e_f32s(c_a, (ra as *const S::f32s).read_unaligned(), x0);
-                        x1 = simd.mul_add_e_f32s(
-                            c_a,
-                            (ra.add(lanes) as *const S::f32s).read_unaligned(),
-                            x1,
-                        );
+                        for v in 0..WV {
+                            x[v] = simd.mul_add_e_f32s(
+                                c_a,
+                                (ra.add(v * lanes) as *const S::f32s).read_unaligned(),
+                                x[v],
+                            );
+                        }
                     }
                     let r = simd.splat_f32s(rinv[p]);
-                    (row as *mut S::f32s).write_unaligned(simd.mul_f32s(simd.add_f32s(x0, y0), r));
-                    (row.add(lanes) as *mut S::f32s)
-                        .write_unaligned(simd.mul_f32s(simd.add_f32s(x1, y1), r));
+                    for v in 0..WV {
+                        (row.add(v * lanes) as *mut S::f32s)
+                            .write_unaligned(simd.mul_f32s(simd.add_f32s(x[v], y[v]), r));
+                    }
                 }
             }
-            for c in 0..cols {
-                for p in 0..nb {
-                    b[(p, c0 + c)] = buf[p * w + c];
+            // SAFETY: as for the packing above.
+            unsafe {
+                if bcs == 1 {
+                    for p in 0..nb {
+                        std::ptr::copy_nonoverlapping(
+                            bp.add(p * w),
+                            bptr.offset(p as isize * brs).add(c0),
+                            cols,
+                        );
+                    }
+                } else {
+                    for c in 0..cols {
+                        let col = bptr.offset((c0 + c) as isize * bcs);
+                        for p in 0..nb {
+                            *col.offset(p as isize * brs) = *bp.add(p * w + c);
+                        }
+                    }
                 }
             }
             c0 += w;

@@ -208,28 +208,6 @@ pub(crate) fn pack<'s>(
     )
 }
 
-/// Value of `op` at `(i, p)` honouring its shape and column scale.
-///
-/// # Safety
-/// `(i, p)` is inside the matrix.
-#[inline(always)]
-unsafe fn entry(op: &Operand<'_>, i: usize, p: usize) -> f32 {
-    let inside = match op.shape {
-        Shape::Full => true,
-        Shape::Lower => i >= p,
-        Shape::Upper => i <= p,
-    };
-    if !inside {
-        return 0.0;
-    }
-    // SAFETY: the caller guarantees that (i, p) is in bounds.
-    let v = unsafe { *op.mat.ptr_inbounds_at(i, p) };
-    match op.col_scale {
-        Some(s) => v * s[p],
-        None => v,
-    }
-}
-
 /// Packs rows `i0..i0+mr` of `a` (zero-padded past the end) into `dst` as
 /// `k` groups of `mr` consecutive values.
 ///
@@ -238,20 +216,37 @@ unsafe fn entry(op: &Operand<'_>, i: usize, p: usize) -> f32 {
 unsafe fn pack_a_sliver(a: Operand<'_>, i0: usize, mr: usize, dst: *mut f32) {
     let (m, k) = (a.mat.nrows(), a.mat.ncols());
     let rows = mr.min(m - i0);
-    let fast = a.shape == Shape::Full && a.col_scale.is_none() && a.mat.row_stride() == 1;
+    let rs = a.mat.row_stride();
     for p in 0..k {
+        // Rows of the sliver that may be non-zero in column p.
+        let (lo, hi) = match a.shape {
+            Shape::Full => (0, rows),
+            Shape::Lower => (p.saturating_sub(i0).min(rows), rows),
+            Shape::Upper => (0, (p + 1).saturating_sub(i0).min(rows)),
+        };
+        let scale = a.col_scale.map(|s| s[p]);
         // SAFETY: `p * mr + r < k * mr`, and `(i0 + r, p)` is in bounds for `r < rows`.
         unsafe {
             let d = dst.add(p * mr);
-            if fast {
-                let src = a.mat.ptr_inbounds_at(i0, p);
-                std::ptr::copy_nonoverlapping(src, d, rows);
-            } else {
-                for r in 0..rows {
-                    *d.add(r) = entry(&a, i0 + r, p);
+            for r in 0..lo {
+                *d.add(r) = 0.0;
+            }
+            if lo < hi {
+                let src = a.mat.ptr_inbounds_at(i0 + lo, p);
+                if rs == 1 {
+                    std::ptr::copy_nonoverlapping(src, d.add(lo), hi - lo);
+                } else {
+                    for r in 0..hi - lo {
+                        *d.add(lo + r) = *src.offset(r as isize * rs);
+                    }
+                }
+                if let Some(sc) = scale {
+                    for r in lo..hi {
+                        *d.add(r) *= sc;
+                    }
                 }
             }
-            for r in rows..mr {
+            for r in hi.max(lo)..mr {
                 *d.add(r) = 0.0;
             }
         }
@@ -286,18 +281,31 @@ unsafe fn pack_b_sliver(b: Operand<'_>, j0: usize, nr: usize, dst: *mut f32) {
         }
         return;
     }
+    let cs = b.mat.col_stride();
     for p in 0..k {
+        let (lo, hi) = match b.shape {
+            Shape::Full => (0, cols),
+            Shape::Upper => (p.saturating_sub(j0).min(cols), cols),
+            Shape::Lower => (0, (p + 1).saturating_sub(j0).min(cols)),
+        };
         // SAFETY: `p * nr + c < k * nr`, and `(p, j0 + c)` is in bounds for `c < cols`.
         unsafe {
             let d = dst.add(p * nr);
-            for c in 0..cols {
-                *d.add(c) = if plain {
-                    *b.mat.ptr_inbounds_at(p, j0 + c)
-                } else {
-                    entry(&b, p, j0 + c)
-                };
+            for c in 0..lo {
+                *d.add(c) = 0.0;
             }
-            for c in cols..nr {
+            if lo < hi {
+                let src = b.mat.ptr_inbounds_at(p, j0 + lo);
+                for c in 0..hi - lo {
+                    *d.add(lo + c) = *src.offset(c as isize * cs);
+                }
+                if let Some(sc) = b.col_scale {
+                    for c in lo..hi {
+                        *d.add(c) *= sc[j0 + c];
+                    }
+                }
+            }
+            for c in hi.max(lo)..nr {
                 *d.add(c) = 0.0;
             }
         }
