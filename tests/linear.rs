@@ -602,3 +602,28 @@ fn path_min_singular_finds_a_crossing() {
     let s = path_min_singular(i.as_ref(), (&i * faer::Scale(2.0)).as_ref(), 3).unwrap();
     assert!((s - 1.0).abs() <= 1e-12, "{s}");
 }
+
+#[test]
+fn plot_helper_writes_png_and_refuses_empty_charts() {
+    use natgrad::plot::{line_chart_png, Series};
+    let dir = std::env::temp_dir().join(format!("natgrad-plot-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("halving.png");
+    let halving = Series::new(
+        "halving",
+        (0..30).map(|k| (k as f64, 0.5f64.powi(k))).collect(),
+    );
+    line_chart_png(&path, "Halving", "step", "value", &[halving], true).unwrap();
+    assert_eq!(&std::fs::read(&path).unwrap()[..4], b"\x89PNG");
+    // Only non-positive values on a log axis: nothing to draw.
+    let zeros = Series::new("zeros", vec![(0.0, 0.0), (1.0, -1.0)]);
+    assert!(matches!(
+        line_chart_png(&dir.join("empty.png"), "Empty", "x", "y", &[zeros], true),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        natgrad::plot::charts_png(&dir.join("none.png"), &[], 2, (100, 100)),
+        Err(Error::InvalidConfig(_))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
