@@ -99,9 +99,16 @@ fn kc_for(k: usize) -> usize {
     }
 }
 
-/// Floats of scratch for the shared packed `B` block.
-fn b_block_len(n: usize, k: usize) -> usize {
-    round_up(round_up(n.min(NC), NR_MAX) * kc_for(k), ALIGN / 4)
+/// An upper bound on [`kc_for`]`(k)` that never decreases as `k` grows (scratch
+/// sized for the largest `k` must serve every smaller one; `kc_for` itself is
+/// not monotone: 384 -> 384 but 385 -> 193).
+fn kc_bound(k: usize) -> usize {
+    k.min(KC)
+}
+
+/// Floats of scratch for the shared packed `B` block at block depth `kc`.
+fn b_block_len(n: usize, kc: usize) -> usize {
+    round_up(round_up(n.min(NC), NR_MAX) * kc, ALIGN / 4)
 }
 
 /// The number of threads a call uses.
@@ -129,17 +136,15 @@ struct TaskGrid {
 }
 
 /// Row groups first (they share `B`, and `A` is packed once); column groups
-/// only when there are too few row panels.
-fn task_grid(threads: usize, m: usize, n: usize, k: usize, mr: usize, nr: usize) -> TaskGrid {
-    let tiles_m = div_ceil(m, mr).max(1);
-    let tiles_n = div_ceil(n, nr).max(1);
+/// only when there are too few row panels. `tiles_m`, `tiles_n` count register
+/// tiles; `kc` is the block depth the `A` buffers must hold.
+fn task_grid(threads: usize, tiles_m: usize, tiles_n: usize, kc: usize, mr: usize) -> TaskGrid {
+    let tiles_m = tiles_m.max(1);
+    let tiles_n = tiles_n.max(1);
     let (tm, tn) = if threads <= 1 {
         (1, 1)
     } else {
-        // At least MIN_PARALLEL_MACS multiply-adds per task, so that small
-        // products are not drowned in scheduling overhead.
-        let macs = m.saturating_mul(n).saturating_mul(k.max(1));
-        let want = (threads * TASKS_PER_THREAD).min((macs / MIN_PARALLEL_MACS).max(threads));
+        let want = threads * TASKS_PER_THREAD;
         let tm = tiles_m.min(want);
         (tm, tiles_n.min(div_ceil(want, tm)))
     };
@@ -147,15 +152,28 @@ fn task_grid(threads: usize, m: usize, n: usize, k: usize, mr: usize, nr: usize)
     TaskGrid {
         tm,
         tn,
-        a_len: round_up(MC.min(rows) * kc_for(k), ALIGN / 4),
+        a_len: round_up(MC.min(rows) * kc, ALIGN / 4),
     }
 }
 
-/// Floats of scratch a call needs at instruction set `isa`.
-fn scratch_len(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> usize {
+/// Floats of scratch that serve every call at instruction set `isa` with
+/// dimensions up to `m x n x k` and at most `threads` threads: the maximum over
+/// every task grid such a call can choose, so that a workspace sized for the
+/// largest minibatch also serves a smaller one.
+fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> usize {
     let (mr, nr) = register_tile(isa);
-    let grid = task_grid(threads, m, n, k, mr, nr);
-    grid.tm * grid.tn * grid.a_len + b_block_len(n, k)
+    let kc = kc_bound(k);
+    let tiles_n = div_ceil(n, nr);
+    let mut a_len = 0;
+    for t in [1, threads] {
+        // The A part is not monotone in the number of row tiles (the grid
+        // changes shape), so take every row-tile count up to m's.
+        for tiles_m in 1..=div_ceil(m, mr).max(1) {
+            let grid = task_grid(t, tiles_m, tiles_n, kc, mr);
+            a_len = a_len.max(grid.tm * grid.tn * grid.a_len);
+        }
+    }
+    a_len + b_block_len(n, kc)
 }
 
 /// The `part`-th of `parts` near-equal shares of `units` units, as a range.
@@ -193,7 +211,7 @@ pub fn gemm_scratch(m: usize, n: usize, k: usize, par: Par) -> StackReq {
     let t = threads_for(par, m, n, k);
     let len = [Isa::Scalar, Isa::Avx2, Isa::Avx512]
         .into_iter()
-        .map(|isa| scratch_len(isa, m, n, k, t))
+        .map(|isa| scratch_len_bound(isa, m, n, k, t))
         .max()
         .unwrap_or(0);
     StackReq::new_aligned::<f32>(len, ALIGN)
@@ -318,10 +336,12 @@ pub fn gemm_fused_with_isa(
     let alpha = if k_eff == 0 { 0.0 } else { alpha };
     let threads = threads_for(par, m, n, k);
     let (mr, nr) = register_tile(isa);
-    let TaskGrid { tm, tn, a_len } = task_grid(threads, m, n, k, mr, nr);
+    let TaskGrid { tm, tn, a_len } =
+        task_grid(threads, div_ceil(m, mr), div_ceil(n, nr), kc_for(k), mr);
     let tasks = tm * tn;
     let kc = kc_for(k_eff);
-    let (scratch, _) = stack.make_aligned_uninit::<f32>(tasks * a_len + b_block_len(n, k), ALIGN);
+    let (scratch, _) =
+        stack.make_aligned_uninit::<f32>(tasks * a_len + b_block_len(n, kc_for(k)), ALIGN);
     let (a_scratch, b_scratch) = scratch.split_at_mut(tasks * a_len);
 
     let a = RawMat {

@@ -676,3 +676,47 @@ fn bad_shapes_and_small_scratch_are_errors_not_panics() {
     .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
+
+/// Scratch sized for the largest dimensions (as a workspace sizes it for the
+/// largest minibatch) serves every smaller call, at every ISA and thread count.
+#[test]
+fn scratch_for_larger_dimensions_serves_smaller_calls() {
+    let mut rng = Rng::new(8);
+    let col = Layout::ColMajor { pad: 0 };
+    for _ in 0..60 {
+        let (m2, n2, k2) = (1 + rng.below(700), 1 + rng.below(700), 1 + rng.below(1100));
+        let (m1, n1, k1) = (1 + rng.below(m2), 1 + rng.below(n2), 1 + rng.below(k2));
+        for par in pars() {
+            let big = gemm_scratch(m2, n2, k2, par);
+            let small = gemm_scratch(m1, n1, k1, par);
+            assert!(
+                small.size_bytes() <= big.size_bytes(),
+                "{par:?}: scratch for {m1}x{n1}x{k1} ({} B) exceeds that for {m2}x{n2}x{k2} ({} B)",
+                small.size_bytes(),
+                big.size_bytes()
+            );
+            let isa = Isa::available()[rng.below(Isa::available().len())];
+            let a = TestMat::new(m1, k1, col, &mut rng);
+            let b = TestMat::new(k1, n1, col, &mut rng);
+            let mut c = TestMat::new(m1, n1, col, &mut rng);
+            let mut buf = MemBuffer::new(big);
+            gemm_fused_with_isa(
+                isa,
+                c.view_mut(),
+                0.0,
+                a.view(),
+                b.view(),
+                1.0,
+                Epilogue::None,
+                par,
+                MemStack::new(&mut buf),
+            )
+            .unwrap_or_else(|e| {
+                panic!("{isa:?} {par:?} {m1}x{n1}x{k1} with scratch for {m2}x{n2}x{k2}: {e}")
+            });
+            let (exact, scale) = reference(&a, &b, 0.0, 1.0, 0.0, m1 - 1, n1 - 1);
+            let err = (c.get(m1 - 1, n1 - 1) as f64 - exact).abs();
+            assert!(err <= (gamma(k1 + 2) + gamma_f64(k1 + 2)) * scale + f64::MIN_POSITIVE);
+        }
+    }
+}
