@@ -161,6 +161,7 @@ fn layouts() -> [Layout; 4] {
     ]
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_gemm(
     isa: Isa,
     c: &mut TestMat,
