@@ -165,7 +165,7 @@
 //! assert!((&moved - &e).norm_l2() <= 1e-9 * e.norm_l2());
 //!
 //! // One undamped step with eta = 0.5 on a near teacher roughly quarters the loss.
-//! let init = DeepLinear::new(isometric_layers(&mut rng, &[4, 4, 4], 1.0))?;
+//! let init = DeepLinear::new(isometric_layers(&mut rng, &[4, 4, 4], 1.0)?)?;
 //! let w0 = init.end_to_end();
 //! let teacher = &w0 * (Mat::<f64>::identity(4, 4) + gaussian(&mut rng, 4, 4, 0.01));
 //! let problem = Problem::new(Mat::identity(4, 4), Mat::identity(4, 4), teacher)?;

@@ -306,8 +306,8 @@ fn bottleneck_closed_form_contracts_at_eta_over_depth() {
     let profile = [12usize, 6, 3, 6, 12];
     let depth = profile.len() - 1;
     let mut rng = Rng::new(31);
-    let init = DeepLinear::new(isometric_layers(&mut rng, &profile, 1.0)).unwrap();
-    let teacher = DeepLinear::new(isometric_layers(&mut rng, &profile, 1.0))
+    let init = DeepLinear::new(isometric_layers(&mut rng, &profile, 1.0).unwrap()).unwrap();
+    let teacher = DeepLinear::new(isometric_layers(&mut rng, &profile, 1.0).unwrap())
         .unwrap()
         .end_to_end();
     let c = spd_with_spectrum(&mut rng, &log_spaced(1.0, 0.1, profile[0]));
@@ -359,7 +359,7 @@ fn heavy_tikhonov_damping_tends_to_scaled_gradient() {
 fn levenberg_marquardt_relaxes_damping_on_a_well_conditioned_problem() {
     let n = 6;
     let mut rng = Rng::new(11);
-    let init = DeepLinear::new(isometric_layers(&mut rng, &[n; 4], 1.0)).unwrap();
+    let init = DeepLinear::new(isometric_layers(&mut rng, &[n; 4], 1.0).unwrap()).unwrap();
     let w0 = init.end_to_end();
     let r = gaussian(&mut rng, n, n, 1.0 / (n as f64).sqrt());
     let teacher = &w0 * (Mat::<f64>::identity(n, n) + &r * faer::Scale(0.3));

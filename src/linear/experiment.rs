@@ -213,7 +213,7 @@ impl RunRecord {
 pub fn fisher_check_json(check: &FisherCheck) -> String {
     format!(
         "{{\"check\": \"fisher_residual\", \"depth\": {}, \"widths\": {}, \"exact_case\": {}, \"residual\": {}}}",
-        check.widths.len() - 1,
+        check.widths.len().saturating_sub(1),
         json_usizes(&check.widths),
         check.exact_case,
         json_f64(check.residual),
@@ -302,7 +302,11 @@ pub fn path_min_singular(
     if a.nrows() != b.nrows() || a.ncols() != b.ncols() {
         return Err(Error::Shape("path endpoints have different shapes".into()));
     }
-    let k = rank.clamp(1, a.nrows().min(a.ncols()));
+    let full = a.nrows().min(a.ncols());
+    if full == 0 {
+        return Err(Error::Shape("path endpoints are empty matrices".into()));
+    }
+    let k = rank.clamp(1, full);
     let sigma = |t: f64| -> Result<f64, Error> {
         let m = a * faer::Scale(1.0 - t) + b * faer::Scale(t);
         let s = singular_values(m.as_ref())?;
@@ -622,7 +626,7 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<ExperimentReport, Error>
     for &depth in &cfg.depths {
         let mut rng = Rng::new(cfg.seed ^ (depth as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let widths = vec![n; depth + 1];
-        let unit_layers = isometric_layers(&mut rng, &widths, 1.0);
+        let unit_layers = isometric_layers(&mut rng, &widths, 1.0)?;
         let init = DeepLinear::new(unit_layers.clone())?;
         let w0 = init.end_to_end();
         // Near teacher W* = W(0) (I + c R).
@@ -735,7 +739,7 @@ fn profile_jobs(
     }
     let (n0, nl) = (profile[0], profile[profile.len() - 1]);
     let mut rng = Rng::new(cfg.seed ^ 0x00B0_771E_4EC4);
-    let init = DeepLinear::new(isometric_layers(&mut rng, profile, 1.0))?;
+    let init = DeepLinear::new(isometric_layers(&mut rng, profile, 1.0)?)?;
     let w0 = init.end_to_end();
     let teacher = match teacher_kind {
         TeacherKind::Near if n0 == cfg.width && nl == cfg.width => {
@@ -748,7 +752,7 @@ fn profile_jobs(
             )))
         }
         TeacherKind::Random => {
-            DeepLinear::new(isometric_layers(&mut rng, profile, 1.0))?.end_to_end()
+            DeepLinear::new(isometric_layers(&mut rng, profile, 1.0)?)?.end_to_end()
         }
     };
     let c = if n0 == cfg.width {
@@ -862,7 +866,7 @@ pub fn write_plot(report: &ExperimentReport, path: &Path) -> Result<(), Error> {
             .map(|(k, &l)| (k as f64, l))
             .collect()
     };
-    let uniform = |r: &&RunRecord| r.widths.iter().all(|&w| w == r.widths[0]);
+    let uniform = |r: &&RunRecord| r.widths.windows(2).all(|w| w[0] == w[1]);
     let mut depths: Vec<usize> = report
         .runs
         .iter()
@@ -944,10 +948,10 @@ pub fn write_plot(report: &ExperimentReport, path: &Path) -> Result<(), Error> {
             Series::new(format!("NG {damping} eta={}", r.eta), trace(r))
                 .with_color(PALETTE[k % 10]),
         );
-        if r.damping == Damping::None {
+        if let (Damping::None, Some(&first)) = (r.damping, r.losses.first()) {
             let rate = (1.0 - r.eta / r.depth as f64).powi(2);
             let line = (0..r.losses.len())
-                .map(|j| (j as f64, r.losses[0] * rate.powi(j as i32)))
+                .map(|j| (j as f64, first * rate.powi(j as i32)))
                 .collect();
             let mut s =
                 Series::new(format!("(1 - eta/L)^2k, eta={}", r.eta), line).with_color((0, 0, 0));

@@ -106,10 +106,20 @@ pub fn fisher_matrix(net: &DeepLinear, problem: &Problem) -> Result<Mat<f64>, Er
 }
 
 /// `F v` for a flat vector `v`.
-pub fn fisher_apply(f: &Mat<f64>, v: &[f64]) -> Vec<f64> {
-    (0..f.nrows())
+///
+/// Errors: [`Error::Shape`] if `v` does not have one entry per column of `f`.
+pub fn fisher_apply(f: &Mat<f64>, v: &[f64]) -> Result<Vec<f64>, Error> {
+    if v.len() != f.ncols() {
+        return Err(Error::Shape(format!(
+            "vector of {} entries for a {}x{} matrix",
+            v.len(),
+            f.nrows(),
+            f.ncols()
+        )));
+    }
+    Ok((0..f.nrows())
         .map(|i| (0..f.ncols()).map(|j| f[(i, j)] * v[j]).sum())
-        .collect()
+        .collect())
 }
 
 /// The outcome of comparing the closed form with the brute-force Fisher.
@@ -156,14 +166,14 @@ pub fn check_against_fisher(net: &DeepLinear, problem: &Problem) -> Result<Fishe
         .filter(|&x| x > FISHER_RCOND * lambda_max)
         .fold(f64::INFINITY, f64::min);
     let f_pinv = psd_pseudoinverse(f.as_ref(), FISHER_RCOND)?;
-    let d_mp_flat = fisher_apply(&f_pinv, &grad);
+    let d_mp_flat = fisher_apply(&f_pinv, &grad)?;
     let d_mp = unflatten(net, &d_mp_flat)?;
 
     let grad_norm = norm(&grad);
-    let rel = |v: &[f64]| {
-        let fv = fisher_apply(&f, v);
+    let rel = |v: &[f64]| -> Result<f64, Error> {
+        let fv = fisher_apply(&f, v)?;
         let diff: Vec<f64> = fv.iter().zip(&grad).map(|(a, b)| a - b).collect();
-        norm(&diff) / grad_norm
+        Ok(norm(&diff) / grad_norm)
     };
     let e = &net.end_to_end() - problem.teacher();
     let e_norm = e.norm_l2();
@@ -177,8 +187,8 @@ pub fn check_against_fisher(net: &DeepLinear, problem: &Problem) -> Result<Fishe
     Ok(FisherCheck {
         widths: net.widths(),
         exact_case: is_exact_profile(&net.widths()),
-        residual: rel(&d_closed_flat),
-        moore_penrose_residual: rel(&d_mp_flat),
+        residual: rel(&d_closed_flat)?,
+        moore_penrose_residual: rel(&d_mp_flat)?,
         map_change_difference: (&dw_closed - &dw_mp).norm_l2() / e_norm,
         map_change_vs_error: (&dw_closed - &e).norm_l2() / e_norm,
         fisher_condition: lambda_max / lambda_min,

@@ -5,6 +5,7 @@ use faer::Mat;
 use natgrad_kernels::rng::Rng;
 
 use super::network::symmetrize;
+use crate::Error;
 
 /// One standard normal sample in f64 (Box-Muller).
 pub fn normal(rng: &mut Rng) -> f64 {
@@ -28,6 +29,9 @@ pub fn gaussian(rng: &mut Rng, m: usize, n: usize, std: f64) -> Mat<f64> {
 /// A Haar-distributed `m x n` matrix with orthonormal columns (`m >= n`) or
 /// orthonormal rows (`m < n`).
 pub fn semi_orthogonal(rng: &mut Rng, m: usize, n: usize) -> Mat<f64> {
+    if m == 0 || n == 0 {
+        return Mat::zeros(m, n);
+    }
     if m < n {
         return semi_orthogonal(rng, n, m).transpose().to_owned();
     }
@@ -84,7 +88,8 @@ pub fn well_conditioned(rng: &mut Rng, m: usize, n: usize, low: f64, high: f64) 
     &us * v.transpose()
 }
 
-/// Layers `scale * Q_i` for the width profile `widths`, chosen so that the
+/// Layers `scale * Q_i` for the width profile `widths` (at least two
+/// widths, all positive; [`Error::InvalidConfig`] otherwise), chosen so that the
 /// product of the first `i` layers is `scale^i` times an isometry of the input
 /// space whenever every width up to `i` is at least the input width: expanding
 /// layers have orthonormal columns, narrowing layers orthonormal rows whose
@@ -92,7 +97,16 @@ pub fn well_conditioned(rng: &mut Rng, m: usize, n: usize, low: f64, high: f64) 
 /// widths and no narrower hidden layer, the end-to-end map is `scale^L` times
 /// an orthogonal matrix. Below the input width (a bottleneck) the narrowing
 /// layer is simply a random semi-orthogonal matrix.
-pub fn isometric_layers(rng: &mut Rng, widths: &[usize], scale: f64) -> Vec<Mat<f64>> {
+pub fn isometric_layers(
+    rng: &mut Rng,
+    widths: &[usize],
+    scale: f64,
+) -> Result<Vec<Mat<f64>>, Error> {
+    if widths.len() < 2 || widths.contains(&0) {
+        return Err(Error::InvalidConfig(format!(
+            "a width profile needs at least two positive widths, got {widths:?}"
+        )));
+    }
     let n0 = widths[0];
     let mut layers: Vec<Mat<f64>> = Vec::with_capacity(widths.len().saturating_sub(1));
     let mut product = Mat::<f64>::identity(n0, n0);
@@ -129,5 +143,5 @@ pub fn isometric_layers(rng: &mut Rng, widths: &[usize], scale: f64) -> Vec<Mat<
     for l in &mut layers {
         *l *= faer::Scale(scale);
     }
-    layers
+    Ok(layers)
 }
