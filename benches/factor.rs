@@ -362,6 +362,28 @@ fn profile(kernel: &str, n: usize, m: usize, t: usize) {
                 MemStack::new(&mut buf),
             )
             .unwrap(),
+            "faer-syrk" => faer::linalg::matmul::triangular::matmul(
+                work.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                x.as_ref(),
+                BlockStructure::Rectangular,
+                x.transpose(),
+                BlockStructure::Rectangular,
+                0.1,
+                par,
+            ),
+            "faer-cholesky" => {
+                work.copy_from(a.as_ref());
+                faer::linalg::cholesky::llt::factor::cholesky_in_place(
+                    work.as_mut(),
+                    Default::default(),
+                    par,
+                    MemStack::new(&mut buf),
+                    Default::default(),
+                )
+                .unwrap();
+            }
             "cholesky" => {
                 work.copy_from(a.as_ref());
                 cholesky_in_place(work.as_mut(), 0.1, par, MemStack::new(&mut buf)).unwrap()

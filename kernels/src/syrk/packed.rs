@@ -172,16 +172,19 @@ pub(crate) fn pack<'s>(
         }
     };
     let total = a_slivers + b_slivers;
+    // Packing runs under the ISA's target features too (wider moves).
     if threads == 1 {
-        (0..total).for_each(pack_one);
+        with_isa(isa, || (0..total).for_each(&pack_one));
     } else {
         let next = AtomicUsize::new(0);
-        rayon::broadcast_or_scope(threads, || loop {
-            let s = next.fetch_add(1, Ordering::Relaxed);
-            if s >= total {
-                break;
-            }
-            pack_one(s);
+        rayon::broadcast_or_scope(threads, || {
+            with_isa(isa, || loop {
+                let s = next.fetch_add(1, Ordering::Relaxed);
+                if s >= total {
+                    break;
+                }
+                pack_one(s);
+            })
         });
     }
     // SAFETY: every element of both buffers was written by the packing above
@@ -208,11 +211,36 @@ pub(crate) fn pack<'s>(
     )
 }
 
+/// `copy_nonoverlapping` for the register-tile lengths with a length known at
+/// compile time (vector moves instead of a `memmove` call per 12 floats).
+///
+/// # Safety
+/// As for `std::ptr::copy_nonoverlapping(src, dst, len)`.
+#[inline(always)]
+unsafe fn copy_small(src: *const f32, dst: *mut f32, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match len {
+            32 => std::ptr::copy_nonoverlapping(src, dst, 32),
+            16 => std::ptr::copy_nonoverlapping(src, dst, 16),
+            12 => std::ptr::copy_nonoverlapping(src, dst, 12),
+            6 => std::ptr::copy_nonoverlapping(src, dst, 6),
+            4 => std::ptr::copy_nonoverlapping(src, dst, 4),
+            _ => {
+                for i in 0..len {
+                    *dst.add(i) = *src.add(i);
+                }
+            }
+        }
+    }
+}
+
 /// Packs rows `i0..i0+mr` of `a` (zero-padded past the end) into `dst` as
 /// `k` groups of `mr` consecutive values.
 ///
 /// # Safety
 /// `dst` is valid for `k * mr` writes.
+#[inline(always)]
 unsafe fn pack_a_sliver(a: Operand<'_>, i0: usize, mr: usize, dst: *mut f32) {
     let (m, k) = (a.mat.nrows(), a.mat.ncols());
     let rows = mr.min(m - i0);
@@ -234,7 +262,7 @@ unsafe fn pack_a_sliver(a: Operand<'_>, i0: usize, mr: usize, dst: *mut f32) {
             if lo < hi {
                 let src = a.mat.ptr_inbounds_at(i0 + lo, p);
                 if rs == 1 {
-                    std::ptr::copy_nonoverlapping(src, d.add(lo), hi - lo);
+                    copy_small(src, d.add(lo), hi - lo);
                 } else {
                     for r in 0..hi - lo {
                         *d.add(lo + r) = *src.offset(r as isize * rs);
@@ -258,6 +286,7 @@ unsafe fn pack_a_sliver(a: Operand<'_>, i0: usize, mr: usize, dst: *mut f32) {
 ///
 /// # Safety
 /// `dst` is valid for `k * nr` writes.
+#[inline(always)]
 unsafe fn pack_b_sliver(b: Operand<'_>, j0: usize, nr: usize, dst: *mut f32) {
     let (k, n) = (b.mat.nrows(), b.mat.ncols());
     let cols = nr.min(n - j0);
@@ -296,8 +325,12 @@ unsafe fn pack_b_sliver(b: Operand<'_>, j0: usize, nr: usize, dst: *mut f32) {
             }
             if lo < hi {
                 let src = b.mat.ptr_inbounds_at(p, j0 + lo);
-                for c in 0..hi - lo {
-                    *d.add(lo + c) = *src.offset(c as isize * cs);
+                if cs == 1 {
+                    copy_small(src, d.add(lo), hi - lo);
+                } else {
+                    for c in 0..hi - lo {
+                        *d.add(lo + c) = *src.offset(c as isize * cs);
+                    }
                 }
                 if let Some(sc) = b.col_scale {
                     for c in lo..hi {
