@@ -95,7 +95,9 @@ pub struct NaturalGradientConfig {
     /// Damping adaptation. Default Levenberg-Marquardt every step (the paper's).
     pub adaptation: DampingAdaptation,
     /// Steps between Cholesky refreshes (>= 1). Default 1: with per-minibatch
-    /// factors every step has new factors anyway.
+    /// factors every step has new factors anyway. A damping raised by the
+    /// Levenberg-Marquardt rule forces a refresh at the next step; a lowered one
+    /// waits for the next scheduled refresh.
     pub refresh_interval: usize,
     /// How factors are kept between refreshes. Default `Refactor`.
     pub factor_update: FactorUpdate,
@@ -717,8 +719,8 @@ impl Optimizer for NaturalGradient {
                 // P = (F + dI)^{-1} the damped Kronecker preconditioner, is
                 // M = g.d (1 - eta / 2): no extra curvature product is needed.
                 let predicted = grad_dot_delta * (1.0 - eta as f64 / 2.0);
-                let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
                 let old = self.damping;
+                let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
                 match after {
                     Ok(new_loss) if predicted < 0.0 => {
                         let ratio = (new_loss - loss) / predicted;
@@ -737,7 +739,11 @@ impl Optimizer for NaturalGradient {
                         self.damping = (self.damping * 10.0).min(hi);
                     }
                 }
-                if self.damping != old {
+                // A larger damping (the model over-promised) takes effect at once;
+                // a smaller one waits for the next scheduled refresh, so that the LM
+                // rule does not force a refactorisation at nearly every step and
+                // defeat `refresh_interval`.
+                if self.damping > old {
                     self.stale = true;
                 }
             }
