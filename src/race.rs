@@ -79,7 +79,7 @@ impl Hyper {
 
 /// The tuned settings of each optimizer for each preset.
 ///
-/// How they were found (`natgrad tune`, see [`tune`]): on the embedded training
+/// How they were found (`natgrad tune`, see [`crate::tune`]): on the embedded training
 /// set split 6,000 / 2,000 into fit and validation parts, each candidate ran for
 /// the race's budget from the race's initial weights, and the setting with the
 /// lowest validation loss at the end won; ties within 2% went to the more
