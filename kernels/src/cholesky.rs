@@ -4,7 +4,7 @@
 //! solve the bottom-left block against it ([`crate::trsm`]), subtract its
 //! product with itself from the bottom-right lower triangle (the packed SYRK
 //! kernel of [`crate::syrk`], where most of the flops go, on all threads), then
-//! factor the bottom-right half. Diagonal blocks of at most [`LEAF`] rows are
+//! factor the bottom-right half. Diagonal blocks of at most 32 rows are
 //! factored by an unblocked right-looking loop in a local buffer (auto-vectorised
 //! under the selected instruction set).
 //!

@@ -1,6 +1,6 @@
 //! Covariance accumulation: symmetric rank-k update of the lower triangle.
 //!
-//! The f32 path runs on the packed register-blocked product of [`packed`]
+//! The f32 path runs on the packed register-blocked product of `syrk::packed`
 //! (AVX-512 32x12 / AVX2 16x6 / scalar 4x4 tiles, operands packed once, C blocks
 //! shared by the threads through an atomic counter); only register tiles that
 //! meet the lower triangle are computed, so the cost is about `n^2 b` flops
@@ -141,7 +141,6 @@ pub fn syrk_lower_f64(
         }
     }
     let xd: &[f64] = &xd;
-    let c = c;
     let (cptr, rs, cs) = (c.as_ptr_mut() as usize, c.row_stride(), c.col_stride());
     let groups = n.div_ceil(4);
     let next = AtomicUsize::new(0);

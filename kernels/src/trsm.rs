@@ -5,9 +5,10 @@
 //! is recursive: split `L` in halves, solve the top half, update the bottom half
 //! with one product on the packed register-blocked kernel of the SYRK module
 //! (where almost all the flops go), solve the bottom half. Leaves of at most
-//! [`LEAF`] rows are solved by substitution vectorised across right-hand sides
-//! (a chunk of `2 x lanes` columns is transposed into a small buffer so that one
-//! row of the chunk is one pair of vectors).
+//! 16 rows are solved by substitution vectorised across right-hand sides
+//! (a chunk of `4 x lanes` right-hand sides is copied into a small buffer so
+//! that one row of the chunk is four vectors; two rows are eliminated per step
+//! into separate accumulators, eight independent FMA chains).
 //!
 //! With `Par::Rayon(t)` and enough right-hand sides the columns of `B` are cut
 //! into `t` slabs solved independently (no synchronisation at all); with few
@@ -304,11 +305,11 @@ impl WithSimd for Leaf<'_, '_> {
                     if q < q1 {
                         let c_a = simd.splat_f32s(*cp.add(p * LEAF + q));
                         let ra = bp.add(q * w);
-                        for v in 0..WV {
-                            x[v] = simd.mul_add_e_f32s(
+                        for (v, xv) in x.iter_mut().enumerate() {
+                            *xv = simd.mul_add_e_f32s(
                                 c_a,
                                 (ra.add(v * lanes) as *const S::f32s).read_unaligned(),
-                                x[v],
+                                *xv,
                             );
                         }
                     }

@@ -384,7 +384,8 @@ fn cholesky_backward_error_and_agreement_with_faer() {
 #[test]
 fn cholesky_reports_the_failing_pivot() {
     let n = 100;
-    let cases: Vec<(Box<dyn Fn(&mut Mat<f32>)>, usize)> = vec![
+    type Breaker = Box<dyn Fn(&mut Mat<f32>)>;
+    let cases: Vec<(Breaker, usize)> = vec![
         (Box::new(|a: &mut Mat<f32>| a[(7, 7)] = -1.0), 7),
         (Box::new(|a: &mut Mat<f32>| a[(55, 55)] = 0.0), 55),
         (
