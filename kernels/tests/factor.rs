@@ -569,7 +569,7 @@ fn check_update(l0: &Mat<f32>, w: &Mat<f32>, alpha: &[f32], l1: &Mat<f32>, what:
 #[test]
 fn rank_update_matches_fresh_factorisation() {
     let mut rng = Rng::new(5);
-    // (n, k): k < n/8 takes the rank-1 sweeps, otherwise the rebuild.
+    // (n, k): k < n/8 takes the rank-1 sweeps (300: two 256-row chunks), otherwise the rebuild.
     let shapes = [
         (1, 1),
         (5, 3),
@@ -580,6 +580,7 @@ fn rank_update_matches_fresh_factorisation() {
         (70, 40),
         (64, 120),
         (129, 30),
+        (300, 5),
     ];
     for isa in Isa::available() {
         for par in pars() {
