@@ -74,7 +74,8 @@ pub(crate) fn triangular_scratch(n: usize, m: usize, par: Par) -> StackReq {
 
 /// Scratch needed by the solves for an `n x n` factor and `m` right-hand sides.
 pub fn solve_scratch(n: usize, m: usize, par: Par) -> StackReq {
-    triangular_scratch(n, m, par)
+    // The transposed copy of a column-major B, then the solves on it.
+    StackReq::new_aligned::<f32>(n * m, 64).and(triangular_scratch(n, m, par))
 }
 
 /// Solves `L X = B` (`trans == false`) or `L^T X = B` (`trans == true`) in
@@ -393,8 +394,44 @@ pub fn solve_llt_left_in_place_with_isa(
         b.nrows(),
         b.ncols(),
     )?;
+    let (n, m) = (b.nrows(), b.ncols());
+    if b.row_stride() == 1 && n > LEAF && m > 1 {
+        // Column-major B: solve on a transposed copy, whose rows are contiguous
+        // (leaf chunks and packed slivers are then plain row copies instead of
+        // strided gathers); two transposes of n m floats replace ~log2(n / 16)
+        // strided packings of B.
+        let (t, stack) = stack.make_aligned_uninit::<f32>(n * m, 64);
+        let tp = t.as_mut_ptr().cast::<f32>();
+        let mut b = b;
+        transpose_into(b.rb(), tp, m);
+        // SAFETY: `transpose_into` wrote all n * m entries of `t`.
+        let t = unsafe { std::slice::from_raw_parts_mut(tp, n * m) };
+        let view = MatMut::from_column_major_slice_mut(t, m, n);
+        solve_lower_left(isa, l, Mode::Both, view.transpose_mut(), par, stack);
+        let view = MatRef::from_column_major_slice(t, m, n);
+        b.copy_from(view.transpose());
+        return Ok(());
+    }
     solve_lower_left(isa, l, Mode::Both, b, par, stack);
     Ok(())
+}
+
+/// Writes `b^T` (`m x n`, column-major, leading dimension `ld = m`) to `dst`,
+/// in 16 x 16 blocks so that both sides stay in cache.
+fn transpose_into(b: MatRef<'_, f32>, dst: *mut f32, ld: usize) {
+    let (n, m) = (b.nrows(), b.ncols());
+    const BLK: usize = 16;
+    for c0 in (0..m).step_by(BLK) {
+        for p0 in (0..n).step_by(BLK) {
+            for p in p0..(p0 + BLK).min(n) {
+                for c in c0..(c0 + BLK).min(m) {
+                    // SAFETY: (p, c) is inside B; c + p * ld < m * n is inside
+                    // the caller's n * m buffer.
+                    unsafe { *dst.add(c + p * ld) = *b.ptr_inbounds_at(p, c) };
+                }
+            }
+        }
+    }
 }
 
 /// `B <- B (L L^T)^{-1}` for lower-triangular `L` (`n x n`) and `B` of shape `m x n`.
