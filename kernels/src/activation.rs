@@ -4,7 +4,7 @@
 ///
 /// The derivative of each is expressed through the *output* `a`, so that a
 /// forward pass that keeps only its outputs has all the backward pass needs:
-/// tanh' = 1 - a^2, sigmoid' = a (1 - a), relu' = [a > 0], identity' = 1.
+/// `tanh' = 1 - a^2`, `sigmoid' = a (1 - a)`, `relu' = (a > 0)`, `identity' = 1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
     /// phi(s) = s.
@@ -34,7 +34,8 @@ impl Activation {
     pub fn derivative_from_output(self, a: f32) -> f32 {
         match self {
             Activation::Identity => 1.0,
-            Activation::Tanh => 1.0 - a * a,
+            // (1 - a)(1 + a) keeps its digits when |a| is near 1, unlike 1 - a^2.
+            Activation::Tanh => (1.0 - a) * (1.0 + a),
             Activation::Sigmoid => a * (1.0 - a),
             Activation::Relu => {
                 if a > 0.0 {
