@@ -103,7 +103,7 @@ impl<'a> Input<'a> {
     }
 
     pub fn par(&mut self) -> Par {
-        if self.byte() % 4 == 0 {
+        if self.byte().is_multiple_of(4) {
             Par::rayon(2)
         } else {
             Par::Seq
