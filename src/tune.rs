@@ -48,15 +48,23 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
         OptimizerKind::NaturalGradient => {
             // The paper's setting (per-minibatch factors, refreshed and
             // LM-adapted every step) and the K-FAC-style one (running averages,
-            // refresh every 5 steps), with the LM check every step or every 5.
+            // refresh every 5 steps), with the LM check every step or every 5,
+            // from the paper's initial damping 1 or from 0.01.
             let mut v = Vec::new();
             for b in [256, 1000] {
-                for (decay, refresh, lm) in [(0.0, 1, 1), (0.95, 5, 1), (0.95, 5, 5)] {
+                for (decay, refresh, lm, damping) in [
+                    (0.0, 1, 1, 1.0),
+                    (0.95, 5, 1, 1.0),
+                    (0.95, 5, 5, 1.0),
+                    (0.0, 1, 1, 0.01),
+                    (0.95, 5, 1, 0.01),
+                ] {
                     v.push(Hyper::Ng(
                         b,
                         NaturalGradientConfig {
                             factor_decay: decay,
                             refresh_interval: refresh,
+                            damping,
                             adaptation: DampingAdaptation::LevenbergMarquardt { interval: lm },
                             ..NaturalGradientConfig::default()
                         },
@@ -95,7 +103,7 @@ pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let usage =
         "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR]";
-    let (mut preset, mut kind, mut budget, mut dir) = (None, None, 20.0, None);
+    let (mut preset, mut kind, mut budget, mut dir, mut filter) = (None, None, 20.0, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it
@@ -114,6 +122,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
                     })?
             }
             "--data" => dir = Some(std::path::PathBuf::from(v)),
+            "--filter" => filter = Some(v.clone()),
             _ => return Err(Error::Usage(format!("unknown argument {a:?}\n{usage}"))),
         }
     }
@@ -136,7 +145,12 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         },
         checkpoint: None,
     };
-    for hyper in candidates(kind) {
+    let wanted = |h: &Hyper| {
+        filter
+            .as_ref()
+            .is_none_or(|f| format!("{h:?}").contains(f.as_str()))
+    };
+    for hyper in candidates(kind).into_iter().filter(wanted) {
         let score = match run_one(kind, hyper, &initial, &split, &opts, &mut |_, _| {}) {
             Ok(r) => {
                 let l = r.last();
