@@ -14,8 +14,8 @@ pub mod mlp;
 pub mod optim;
 pub mod plot;
 pub mod race;
-pub mod tune;
 pub mod robustness;
+pub mod tune;
 pub mod workspace;
 
 pub use error::Error;

@@ -50,10 +50,17 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Returns a shape error unless `cond` holds.
-pub(crate) fn check_shape(cond: bool, op: &'static str, detail: impl FnOnce() -> String) -> Result<(), Error> {
+pub(crate) fn check_shape(
+    cond: bool,
+    op: &'static str,
+    detail: impl FnOnce() -> String,
+) -> Result<(), Error> {
     if cond {
         Ok(())
     } else {
-        Err(Error::ShapeMismatch { op, detail: detail() })
+        Err(Error::ShapeMismatch {
+            op,
+            detail: detail(),
+        })
     }
 }
