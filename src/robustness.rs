@@ -23,7 +23,7 @@
 //! | weights made NaN by the caller (`params_mut`) | `NonFinite` | `weights_made_nan_by_the_caller` |
 //! | weights made ±infinite by the caller | `NonFinite` | `weights_made_infinite_by_the_caller` |
 //! | workspace or optimizer built for other widths | `Shape` | `workspace_or_optimizer_built_for_another_network` |
-//! | curvature factor that cannot be factorised even at the largest damping (natural gradient) | `NotPositiveDefinite` (weights kept; the damping has been raised and the factors overwritten) | `curvature_factor_that_will_not_factorise` |
+//! | curvature factor that cannot be factorised even at the largest damping (natural gradient) | `NotPositiveDefinite` (weights kept, but not the optimizer's state: the factors and their Cholesky factors are overwritten, the sampler's RNG has advanced, the damping is left at the last value tried and the factors are marked stale) | `curvature_factor_that_will_not_factorise` |
 //!
 //! # Construction and configuration
 //!
