@@ -2,7 +2,9 @@
 //! allocator watches ten steps of every optimizer, sequential and parallel.
 //! (One test function only, so no other test allocates while we count.)
 
-use natgrad::kernels::alloc_counter::{allocations, CountingAllocator};
+use natgrad::kernels::alloc_counter::{
+    track_current_thread, tracked_allocations, CountingAllocator,
+};
 use natgrad::kernels::rng::Rng;
 use natgrad::kernels::{Activation, MatRef, Par};
 use natgrad::mlp::{Init, Likelihood, Mlp};
@@ -74,11 +76,11 @@ fn steps_allocate_nothing_after_the_first() {
                 let ym = MatRef::from_column_major_slice(&y, 40, b);
                 pool.install(|| {
                     opt.step(&mut n, &mut ws, xm, ym).unwrap();
-                    let before = allocations();
+                    let before = tracked_allocations();
                     for _ in 0..10 {
                         opt.step(&mut n, &mut ws, xm, ym).unwrap();
                     }
-                    let allocs = allocations() - before;
+                    let allocs = tracked_allocations() - before;
                     assert_eq!(
                         allocs,
                         0,

@@ -1,19 +1,51 @@
 //! A global allocator that counts allocations, so that a binary or a test can
 //! prove a code path allocates nothing. It forwards to the system allocator.
 //!
+//! Two counters: [`allocations`] counts every thread of the process;
+//! [`tracked_allocations`] counts only threads that opted in with
+//! [`track_current_thread`] (for example the test thread and the workers of
+//! the rayon pool under test), so that a test harness or another thread waking
+//! up in the background cannot make a measurement fail.
+//!
 //! ```no_run
-//! use natgrad_kernels::alloc_counter::{allocations, CountingAllocator};
+//! use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations, CountingAllocator};
 //! #[global_allocator]
 //! static ALLOC: CountingAllocator = CountingAllocator;
-//! let before = allocations();
+//! track_current_thread(true);
+//! let before = tracked_allocations();
 //! // ... the code under test ...
-//! assert_eq!(allocations() - before, 0);
+//! assert_eq!(tracked_allocations() - before, 0);
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNT: AtomicU64 = AtomicU64::new(0);
+static TRACKED_COUNT: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    // Const-initialised and without destructor: reading it never allocates.
+    static TRACKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as counted (or not) by [`tracked_allocations`].
+pub fn track_current_thread(on: bool) {
+    TRACKED.with(|t| t.set(on));
+}
+
+/// Allocations counted so far on threads marked by [`track_current_thread`].
+pub fn tracked_allocations() -> u64 {
+    TRACKED_COUNT.load(Ordering::SeqCst)
+}
+
+#[inline]
+fn count() {
+    COUNT.fetch_add(1, Ordering::Relaxed);
+    if TRACKED.try_with(Cell::get).unwrap_or(false) {
+        TRACKED_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Counts every `alloc`, `alloc_zeroed` and `realloc` (all threads together).
 pub struct CountingAllocator;
@@ -27,12 +59,12 @@ pub fn allocations() -> u64 {
 // so `System`'s guarantees carry over; the counter has no effect on memory.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        COUNT.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        COUNT.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -41,7 +73,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        COUNT.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: `ptr`/`layout` come from this allocator (i.e. `System`); the caller
         // upholds `realloc`'s contract on `new_size`.
         unsafe { System.realloc(ptr, layout, new_size) }

@@ -52,6 +52,7 @@ pub fn reps_for(one_call_secs: f64, target_secs: f64) -> usize {
 pub fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(|_| natgrad_kernels::alloc_counter::track_current_thread(true))
         .build()
         .expect("building a rayon thread pool")
 }

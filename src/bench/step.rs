@@ -6,7 +6,7 @@ use crate::mlp::Mlp;
 use crate::optim::{Adam, NaturalGradient, Optimizer, Sgd};
 use crate::race::{tuned, Hyper, OptimizerKind};
 use crate::workspace::Workspace;
-use natgrad_kernels::alloc_counter::allocations;
+use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
 use natgrad_kernels::rng::Rng;
 use natgrad_kernels::{MatRef, Par};
 use std::time::Instant;
@@ -55,6 +55,8 @@ pub fn measure_cell(
     } else {
         Par::rayon(threads)
     };
+    // Only the measuring threads count (see natgrad_kernels::alloc_counter).
+    track_current_thread(true);
     let pool = super::pool(threads);
     let mut lines = Vec::new();
     pool.install(|| -> Result<(), crate::Error> {
@@ -71,12 +73,12 @@ pub fn measure_cell(
         }
         for _ in 0..reps {
             for (_, net, ws, opt, times, allocs) in runs.iter_mut() {
-                let a0 = allocations();
+                let a0 = tracked_allocations();
                 let t = Instant::now();
                 // A refused step (e.g. damping retries exhausted) still costs time; count it.
                 let _ = opt.step(net, ws, xm, xm);
                 times.push(t.elapsed().as_secs_f64());
-                *allocs += allocations() - a0;
+                *allocs += tracked_allocations() - a0;
             }
         }
         let sgd_ms = 1e3 * super::median(&mut runs[0].4.clone());
