@@ -150,6 +150,8 @@ struct LayerState {
     /// Copy of the columns fed to a rank update (the update clobbers them).
     update_cols: Vec<f32>,
     update_alpha: Vec<f32>,
+    /// `<grad_i, dW_i>` of the last step.
+    grad_dot_delta: f64,
     scratch: MemBuffer,
 }
 
@@ -257,6 +259,7 @@ impl NaturalGradient {
                     } else {
                         Vec::new()
                     },
+                    grad_dot_delta: 0.0,
                     scratch: MemBuffer::new(req),
                 }
             })
@@ -646,13 +649,12 @@ impl Optimizer for NaturalGradient {
 
         // 4. Preconditioned update dW_i into each layer's `delta`.
         let acts = &mut ws.acts[..num_layers];
-        let grad_dot_delta = self
-            .layers
+        self.layers
             .par_iter_mut()
             .zip(acts.par_iter_mut())
             .zip(ws.errs.par_iter_mut())
             .zip(ws.grads.par_iter())
-            .map(|(((st, a), e), g)| -> Result<f64, natgrad_kernels::Error> {
+            .try_for_each(|(((st, a), e), g)| -> Result<(), natgrad_kernels::Error> {
                 let stack = MemStack::new(&mut st.scratch);
                 let (n_out, n_in1) = (st.n_out, st.n_in1);
                 let lg = MatRef::from_column_major_slice(&st.g_chol, n_out, n_out);
@@ -685,14 +687,17 @@ impl Optimizer for NaturalGradient {
                     solve_llt_right_in_place(la, delta.rb_mut(), par, stack)?;
                     st.delta.iter_mut().for_each(|v| *v *= -eta);
                 }
-                Ok(st
+                st.grad_dot_delta = st
                     .delta
                     .iter()
                     .zip(g)
                     .map(|(&d, &g)| d as f64 * g as f64)
-                    .sum())
-            })
-            .try_reduce(|| 0.0, |p, q| Ok(p + q))?;
+                    .sum();
+                Ok(())
+            })?;
+        // Summed in layer order, not by rayon's reduction tree, so that the LM
+        // decision (and with it a resumed run) is bit-for-bit reproducible.
+        let grad_dot_delta: f64 = self.layers.iter().map(|st| st.grad_dot_delta).sum();
         if !grad_dot_delta.is_finite()
             || self
                 .layers
