@@ -33,10 +33,27 @@ fn steps_allocate_nothing_after_the_first() {
     let mut x = vec![0.0f32; 40 * b];
     Rng::new(1).fill_normal(&mut x);
     let y: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    // Count this thread and the pool's workers only: the test harness's own
+    // threads may allocate at any time.
+    track_current_thread(true);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
+        .start_handler(|_| track_current_thread(true))
         .build()
         .unwrap();
+    // The counter does see allocations on the measured threads (otherwise the
+    // zero below would prove nothing).
+    let before = tracked_allocations();
+    pool.install(|| {
+        rayon::join(
+            || drop(std::hint::black_box(vec![1u8; 10])),
+            || drop(std::hint::black_box(vec![2u8; 10])),
+        )
+    });
+    assert!(
+        tracked_allocations() - before >= 2,
+        "allocations on the pool's threads are not counted"
+    );
     for par in [Par::Seq, Par::rayon(2)] {
         for lik in [Likelihood::Gaussian, Likelihood::Bernoulli] {
             let proto = net(lik);
