@@ -247,7 +247,7 @@ fn natural_gradient_options_all_descend() {
 #[test]
 fn low_rank_and_full_preconditioning_agree() {
     use natgrad::optim::Preconditioning;
-    let (mut net, x, b) = toy_problem();
+    let (net, x, b) = toy_problem();
     let xm = MatRef::from_column_major_slice(&x, 12, b);
     let mut deltas = Vec::new();
     for mode in [Preconditioning::LowRank, Preconditioning::Full] {
@@ -278,7 +278,6 @@ fn low_rank_and_full_preconditioning_agree() {
             assert!((p - q).abs() <= 1e-3 * scale, "layer {l}: {p} vs {q}");
         }
     }
-    let _ = &mut net;
 }
 
 #[test]
