@@ -75,33 +75,47 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 
-    /// Fills `out` with independent standard normal samples (Box-Muller on
-    /// pairs; two normals per two uniforms).
+    /// Fills `out` with independent standard normal samples (the ziggurat
+    /// method of Marsaglia & Tsang 2000, 128 layers: one 64-bit draw, a table
+    /// lookup and a multiply for ~98.8% of samples; exact tails). The layer index
+    /// and the value come from disjoint bits of the draw, which avoids the
+    /// original 32-bit version's index/value correlation.
     pub fn fill_normal(&mut self, out: &mut [f32]) {
-        let mut chunks = out.chunks_exact_mut(2);
-        for pair in &mut chunks {
-            let (z0, z1) = self.normal_pair();
-            pair[0] = z0;
-            pair[1] = z1;
+        let t = ziggurat_tables();
+        for o in out.iter_mut() {
+            *o = self.ziggurat(t) as f32;
         }
-        if let [last] = chunks.into_remainder() {
-            *last = self.normal_pair().0;
+    }
+
+    #[inline]
+    fn ziggurat(&mut self, t: &ZigguratTables) -> f64 {
+        loop {
+            let u = self.next_u64();
+            let iz = (u & 127) as usize;
+            let hz = (u >> 32) as u32 as i32;
+            if (hz.unsigned_abs() as u64) < t.k[iz] as u64 {
+                return hz as f64 * t.w[iz];
+            }
+            let x = hz as f64 * t.w[iz];
+            if iz == 0 {
+                // The tail beyond R, by Marsaglia's exponential rejection.
+                loop {
+                    let x = -(1.0 - self.uniform_f64()).ln() / ZIG_R;
+                    let y = -(1.0 - self.uniform_f64()).ln();
+                    if y + y >= x * x {
+                        return if hz > 0 { ZIG_R + x } else { -ZIG_R - x };
+                    }
+                }
+            }
+            if t.f[iz] + self.uniform_f64() * (t.f[iz - 1] - t.f[iz]) < (-0.5 * x * x).exp() {
+                return x;
+            }
         }
     }
 
     /// One standard normal sample.
     pub fn normal_f32(&mut self) -> f32 {
-        self.normal_pair().0
-    }
-
-    #[inline]
-    fn normal_pair(&mut self) -> (f32, f32) {
-        // u1 in (0, 1] so that ln(u1) is finite.
-        let u1 = 1.0 - self.uniform_f64();
-        let u2 = self.uniform_f64();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-        ((r * c) as f32, (r * s) as f32)
+        self.ziggurat(ziggurat_tables()) as f32
     }
 
     /// Fisher-Yates shuffle.
@@ -111,6 +125,49 @@ impl Rng {
             items.swap(i, j);
         }
     }
+}
+
+/// Start of the tail of the 128-layer normal ziggurat.
+const ZIG_R: f64 = 3.442619855899;
+/// Area of each layer.
+const ZIG_V: f64 = 9.91256303526217e-3;
+
+/// Layer tables of the ziggurat: integer thresholds `k`, widths `w` (value per
+/// unit of a 31-bit integer) and densities `f` at the layer edges.
+struct ZigguratTables {
+    k: [u32; 128],
+    w: [f64; 128],
+    f: [f64; 128],
+}
+
+/// The tables, built once (no heap allocation: they live in a static).
+fn ziggurat_tables() -> &'static ZigguratTables {
+    static TABLES: std::sync::OnceLock<ZigguratTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let m1 = 2147483648.0f64;
+        let mut t = ZigguratTables {
+            k: [0; 128],
+            w: [0.0; 128],
+            f: [0.0; 128],
+        };
+        let mut dn = ZIG_R;
+        let mut tn = dn;
+        let q = ZIG_V / (-0.5 * dn * dn).exp();
+        t.k[0] = ((dn / q) * m1) as u32;
+        t.k[1] = 0;
+        t.w[0] = q / m1;
+        t.w[127] = dn / m1;
+        t.f[0] = 1.0;
+        t.f[127] = (-0.5 * dn * dn).exp();
+        for i in (1..=126).rev() {
+            dn = (-2.0 * (ZIG_V / dn + (-0.5 * dn * dn).exp()).ln()).sqrt();
+            t.k[i + 1] = ((dn / tn) * m1) as u32;
+            tn = dn;
+            t.f[i] = (-0.5 * dn * dn).exp();
+            t.w[i] = dn / m1;
+        }
+        t
+    })
 }
 
 #[cfg(test)]
@@ -140,6 +197,35 @@ mod tests {
         // Standard errors: mean 1/sqrt(n) ~ 0.0022, variance sqrt(2/n) ~ 0.0032.
         assert!(mean.abs() < 0.011, "mean {mean}");
         assert!((var - 1.0).abs() < 0.016, "var {var}");
+    }
+
+    /// Beyond mean and variance: the fourth moment (3 for a normal; standard
+    /// error sqrt(96 / n) ~ 0.022 here) and the mass beyond 1, 2 and the
+    /// ziggurat's tail start R = 3.44 (binomial standard errors ~0.001,
+    /// 0.0005, 0.00005), each checked to 5 standard errors. A wrong table, a
+    /// wrong tail or a biased layer fails these.
+    #[test]
+    fn normal_shape_matches_the_gaussian() {
+        let mut r = Rng::new(9);
+        let mut v = vec![0.0f32; 200_000];
+        r.fill_normal(&mut v);
+        let n = v.len() as f64;
+        let m4 = v.iter().map(|&x| (x as f64).powi(4)).sum::<f64>() / n;
+        assert!((m4 - 3.0).abs() < 0.11, "fourth moment {m4}");
+        for (cut, p) in [
+            (1.0, 0.317_310_5),
+            (2.0, 0.045_500_3),
+            (3.442_62, 0.000_576_2),
+        ] {
+            let frac = v.iter().filter(|&&x| (x as f64).abs() > cut).count() as f64 / n;
+            let se = (p * (1.0 - p) / n).sqrt();
+            assert!(
+                (frac - p).abs() < 5.0 * se,
+                "P(|z| > {cut}) = {frac}, expected {p}"
+            );
+        }
+        // Both signs in the tail.
+        assert!(v.iter().any(|&x| x > 3.5) && v.iter().any(|&x| x < -3.5));
     }
 
     #[test]
