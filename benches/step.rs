@@ -6,8 +6,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use natgrad::kernels::rng::Rng;
 use natgrad::kernels::{MatRef, Par};
 use natgrad::mlp::Mlp;
-use natgrad::optim::{Adam, NaturalGradient, Optimizer, Sgd};
-use natgrad::race::{tuned, Hyper, OptimizerKind};
+
+use natgrad::race::{tuned, OptimizerKind};
 use natgrad::workspace::Workspace;
 use std::time::Duration;
 
@@ -37,11 +37,7 @@ fn step(c: &mut Criterion) {
             ] {
                 let mut net = proto.clone();
                 let mut ws = Workspace::new(&net, batch, par).unwrap();
-                let mut opt: Box<dyn Optimizer> = match tuned(preset, kind).unwrap() {
-                    Hyper::Sgd(_, c) => Box::new(Sgd::new(&net, c).unwrap()),
-                    Hyper::Adam(_, c) => Box::new(Adam::new(&net, c).unwrap()),
-                    Hyper::Ng(_, c) => Box::new(NaturalGradient::new(&net, batch, c).unwrap()),
-                };
+                let mut opt = tuned(preset, kind).unwrap().build(&net, batch).unwrap();
                 let id = BenchmarkId::new(format!("{preset}/{}", kind.name()), batch);
                 group.bench_function(id, |bench| {
                     bench.iter(|| {

@@ -68,11 +68,14 @@ impl Hyper {
             Hyper::Sgd(b, _) | Hyper::Adam(b, _) | Hyper::Ng(b, _) => b,
         }
     }
-    fn build(&self, net: &Mlp) -> Result<Box<dyn Optimizer>, Error> {
+    /// The optimizer for `net`, sized for minibatches of up to `max_batch`
+    /// (which may differ from [`Hyper::batch`], e.g. when benchmarking the same
+    /// settings at other batch sizes).
+    pub fn build(&self, net: &Mlp, max_batch: usize) -> Result<Box<dyn Optimizer>, Error> {
         Ok(match *self {
             Hyper::Sgd(_, c) => Box::new(Sgd::new(net, c)?),
             Hyper::Adam(_, c) => Box::new(Adam::new(net, c)?),
-            Hyper::Ng(b, c) => Box::new(NaturalGradient::new(net, b, c)?),
+            Hyper::Ng(_, c) => Box::new(NaturalGradient::new(net, max_batch, c)?),
         })
     }
 }
@@ -393,7 +396,7 @@ pub fn run_one(
     let b = hyper.batch().min(data.train_count);
     let eval_batch = 1000.min(data.test_count.max(1));
     let mut ws = Workspace::new(&net, b.max(eval_batch), opts.par)?;
-    let mut opt = hyper.build(&net)?;
+    let mut opt = hyper.build(&net, b)?;
     let f = data.features;
     let train_x = MatRef::from_column_major_slice(&data.train_x, f, data.train_count);
     let train_y = MatRef::from_column_major_slice(&data.train_y, f, data.train_count);

@@ -1,5 +1,6 @@
 //! After set-up, a training step performs no heap allocation: a counting global
-//! allocator watches ten steps of every optimizer, sequential and parallel.
+//! allocator watches windows of ten steps of every optimizer, sequential and
+//! parallel.
 //! (One test function only, so no other test allocates while we count.)
 
 use natgrad::kernels::alloc_counter::{
@@ -93,15 +94,32 @@ fn steps_allocate_nothing_after_the_first() {
                 let ym = MatRef::from_column_major_slice(&y, 40, b);
                 pool.install(|| {
                     opt.step(&mut n, &mut ws, xm, ym).unwrap();
-                    let before = tracked_allocations();
-                    for _ in 0..10 {
-                        opt.step(&mut n, &mut ws, xm, ym).unwrap();
-                    }
-                    let allocs = tracked_allocations() - before;
+                    // Allocations per window of ten steps. A rayon worker that
+                    // steals its first job registers itself with the work-stealing
+                    // deque's epoch collector, once per thread and at a moment that
+                    // depends on scheduling (seen under load); that is not a cost
+                    // of the step. So warm-up lasts until a window is clean (at
+                    // most five windows), and the two windows after it must be
+                    // clean too. Any allocation made by the step itself recurs in
+                    // every window and fails this.
+                    let mut window = || {
+                        let before = tracked_allocations();
+                        for _ in 0..10 {
+                            opt.step(&mut n, &mut ws, xm, ym).unwrap();
+                        }
+                        tracked_allocations() - before
+                    };
+                    let warm = (0..5).map(|_| window()).position(|a| a == 0);
+                    assert!(
+                        warm.is_some(),
+                        "{} ({lik:?}, {par:?}) allocated in each of five windows of 10 steps",
+                        opt.name()
+                    );
+                    let allocs = window() + window();
                     assert_eq!(
                         allocs,
                         0,
-                        "{} ({lik:?}, {par:?}) allocated {allocs} times in 10 steps",
+                        "{} ({lik:?}, {par:?}) allocated {allocs} times in 20 steps after warm-up",
                         opt.name()
                     );
                 });

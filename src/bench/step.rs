@@ -3,8 +3,8 @@
 //! several minibatch sizes, timed interleaved in one process.
 
 use crate::mlp::Mlp;
-use crate::optim::{Adam, NaturalGradient, Optimizer, Sgd};
-use crate::race::{tuned, Hyper, OptimizerKind};
+
+use crate::race::{tuned, OptimizerKind};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
 use natgrad_kernels::rng::Rng;
@@ -17,20 +17,6 @@ const KINDS: [OptimizerKind; 3] = [
     OptimizerKind::Adam,
     OptimizerKind::NaturalGradient,
 ];
-
-fn build(
-    kind: OptimizerKind,
-    preset: &str,
-    net: &Mlp,
-    batch: usize,
-) -> Result<Box<dyn Optimizer>, crate::Error> {
-    // The race's tuned settings, at the batch being measured.
-    Ok(match tuned(preset, kind)? {
-        Hyper::Sgd(_, c) => Box::new(Sgd::new(net, c)?),
-        Hyper::Adam(_, c) => Box::new(Adam::new(net, c)?),
-        Hyper::Ng(_, c) => Box::new(NaturalGradient::new(net, batch, c)?),
-    })
-}
 
 /// Measures one (preset, batch) cell at `threads` threads and emits one line
 /// per optimizer. `allocs_per_step` is only meaningful when the binary installs
@@ -64,7 +50,8 @@ pub fn measure_cell(
         for kind in KINDS {
             let net = proto.clone();
             let ws = Workspace::new(&net, batch, par)?;
-            let opt = build(kind, preset, &net, batch)?;
+            // The race's tuned settings, at the batch being measured.
+            let opt = tuned(preset, kind)?.build(&net, batch)?;
             runs.push((kind, net, ws, opt, Vec::with_capacity(reps), 0u64));
         }
         // Warm-up (first steps size caches, spawn threads), then interleaved rounds.
