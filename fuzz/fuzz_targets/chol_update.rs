@@ -7,15 +7,22 @@
 //! The updated factor must satisfy
 //! `|L L^T - (L0 L0^T + W diag(alpha) W^T)|_ij <= 20 (n + k + 2) u sqrt(D_i D_j)`
 //! with `D = diag(L0 L0^T + W diag(alpha) W^T) + diag(|L||L^T|)`. The count
-//! behind 20: in one column step of the rank-1 sweeps, `d = l^2 + alpha w^2`
-//! carries 4 roundings, `sqrt(d)` 3, `ratio = sqrt(d)/l` 4, `t = alpha w /
-//! sqrt(d)` 5, `x = w_i - s l_i` 2, and `l_i <- ratio l_i + t x` at most 9
-//! relative to `|ratio l_i| + |t x|`; a row of `W` is touched once per column
-//! and a column of `L` once per update, so errors add over `n + k` steps, and
-//! the product `L L^T` doubles a relative error of `L`: `2 x 10 (n + k + 2)`.
+//! behind 20, for the rank-1 sweeps (Givens rotations of the columns of `W`
+//! scaled by `sqrt(alpha)`, 1 rounding each): `d = l^2 + v^2` carries 2
+//! roundings, `r = sqrt(d)` 1 more, `c = l / r` and `s = v / r` at most 5
+//! each, and `l' = c l + s v`, `v' = c v - s l` 2 more relative to `|c l| +
+//! |s v|`: at most 8 per rotation, with `|c|, |s| <= 1` so that nothing
+//! amplifies them; a row of `W` is touched once per column and a column of `L`
+//! once per update, so errors add over `n + k` steps, and the product `L L^T`
+//! doubles a relative error of `L`: `2 x 8 (n + k + 2)`, rounded up to 20.
+//! (The sweeps used to eliminate with `w' = w - (w_j / l_jj) l`, which
+//! amplifies rounding by how far the update reaches beyond the factor,
+//! `sqrt(alpha) |w_j| / l_jj`: the inputs kept in
+//! `fuzz/regressions/chol_update/` exceeded this bound by up to 3.7x that way.
+//! A first guess of 8 instead of 20 was exceeded by 1.2x at n = 40, k = 3:
+//! seed `sweeps_error_1p2x_of_8`.)
 //! For updates every intermediate `(|L_s||L_s^T|)_ij <= sqrt(D_i D_j)` by
-//! Cauchy-Schwarz, the diagonal only growing. (A first guess of 8 instead of
-//! 20 was exceeded by 1.2x at n = 40, k = 3: seed `sweeps_error_1p2x_of_8`.)
+//! Cauchy-Schwarz, the diagonal only growing.
 //! This is a rounding count, not a proof. A refusal (`NotPositiveDefinite`) is a crash
 //! when the rank-1 sweeps ran (their pivots `l^2 + alpha w^2` cannot be
 //! `<= 0`), and for the rebuild when the refactorised matrix is provably

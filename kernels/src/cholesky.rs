@@ -189,7 +189,7 @@ fn use_direct_update(n: usize, k: usize) -> bool {
 /// Scratch needed by [`cholesky_rank_update`] for an `n x n` factor and `k` columns.
 pub fn cholesky_update_scratch(n: usize, k: usize, par: Par) -> StackReq {
     StackReq::new_aligned::<f32>(k, 64).and(StackReq::any_of(&[
-        StackReq::new_aligned::<f32>(3 * k, 64),
+        StackReq::new::<Step>(k),
         packed::pack_scratch(n, n, n),
         packed::pack_scratch(n, n, k),
         cholesky_scratch(n, par),
@@ -201,9 +201,10 @@ pub fn cholesky_update_scratch(n: usize, k: usize, par: Par) -> StackReq {
 /// Negative `alpha` entries (downdates) are allowed as long as the result stays
 /// positive definite; otherwise [`Error::NotPositiveDefinite`].
 ///
-/// Two algorithms, chosen by cost: for `k < n / 8`, `k` sweeps of the classic
-/// rank-1 update (column by column, all `k` columns of `W` applied to each
-/// column of `L` while it is in cache); otherwise `L L^T` is rebuilt in place by
+/// Two algorithms, chosen by cost: for `k < n / 8`, `k` sweeps of rank-1
+/// updates (column by column, all `k` columns of `W` applied to each column of
+/// `L` while it is in cache; Givens rotations for `alpha >= 0`, so accuracy does
+/// not depend on how large the update is against `L`); otherwise `L L^T` is rebuilt in place by
 /// the packed triangular product (n^3/3 flops), `W diag(alpha) W^T` added by the
 /// packed SYRK kernel, and the sum refactorised by [`cholesky_in_place`], all on
 /// `par` threads. Both meet `|L L^T - M| <= c u (|L_old||L_old^T| +
@@ -307,6 +308,88 @@ pub(crate) fn rank_update_rebuild(
     factor(isa, l, 0, par, stack)
 }
 
+/// How one rank-1 step transforms the pair (`l_i`, `w_i`) of every row below
+/// the pivot, and the coefficients it needs.
+///
+/// * `Rotation` (weight `alpha >= 0`, the column of `W` pre-scaled by
+///   `sqrt(alpha)` so the step is `L L^T + v v^T`): the Givens rotation of
+///   LINPACK's `schud`, `l' = c l + s v`, `v' = c v - s l`, with `c^2 + s^2 =
+///   1`. Every coefficient is at most 1 in magnitude, so rounding errors are
+///   not amplified however far the update reaches beyond the factor
+///   (`|v_j| >> l_jj`). (The form `w' = w - (w_j / l_jj) l`, `l' = (r / l_jj) l
+///   + t w'` used before multiplies by `r / l_jj`, which is that reach, and lost
+///   up to 74 units of `(n + k + 2) u` on such updates: see
+///   `fuzz/regressions/NOTES.md`.)
+/// * `Hyperbolic` (weight `alpha < 0`, a downdate): no orthogonal form exists;
+///   `w' = w - s l`, `l' = ratio l + t w'` with `s = w_j / l_jj`, `t = alpha
+///   w_j / r`, `ratio = r / l_jj`, and `alpha` rescaled by `(l_jj / r)^2`.
+///   Its error grows with the conditioning of the result, as documented.
+#[derive(Clone, Copy)]
+enum Step {
+    Rotation { c: f32, s: f32 },
+    Hyperbolic { s: f32, t: f32, ratio: f32 },
+}
+
+impl Step {
+    /// The step at pivot `ljj` with `wj` the pivot row's entry of the (scaled,
+    /// for `alpha >= 0`) column of `W`; updates `alpha` for downdates and
+    /// returns the new pivot. `pivot` names the column for the error.
+    #[inline(always)]
+    fn at(ljj: f32, wj: f32, alpha: &mut f32, pivot: usize) -> Result<(Step, f32), Error> {
+        if *alpha >= 0.0 {
+            let d = ljj.mul_add(ljj, wj * wj);
+            if !(d > 0.0 && d.is_finite()) {
+                return Err(Error::NotPositiveDefinite {
+                    pivot,
+                    value: d as f64,
+                });
+            }
+            let r = d.sqrt();
+            Ok((
+                Step::Rotation {
+                    c: ljj / r,
+                    s: wj / r,
+                },
+                r,
+            ))
+        } else {
+            let d = ljj * ljj + *alpha * wj * wj;
+            if !(d > 0.0 && d.is_finite()) {
+                return Err(Error::NotPositiveDefinite {
+                    pivot,
+                    value: d as f64,
+                });
+            }
+            let r = d.sqrt();
+            let step = Step::Hyperbolic {
+                s: wj / ljj,
+                t: *alpha * wj / r,
+                ratio: r / ljj,
+            };
+            let shrink = ljj / r;
+            *alpha *= shrink * shrink;
+            Ok((step, r))
+        }
+    }
+
+    /// Apply the step to one row's pair.
+    #[inline(always)]
+    fn apply(self, li: &mut f32, wi: &mut f32) {
+        match self {
+            Step::Rotation { c, s } => {
+                let (l, w) = (*li, *wi);
+                *li = c.mul_add(l, s * w);
+                *wi = c.mul_add(w, -(s * l));
+            }
+            Step::Hyperbolic { s, t, ratio } => {
+                let x = (-s).mul_add(*li, *wi);
+                *wi = x;
+                *li = ratio.mul_add(*li, t * x);
+            }
+        }
+    }
+}
+
 /// `k` rank-1 updates applied column by column (f32 arithmetic).
 pub(crate) fn rank_update_direct(
     isa: Isa,
@@ -320,35 +403,33 @@ pub(crate) fn rank_update_direct(
     let (a, stack) = stack.make_aligned_with::<f32>(k, 64, |r| alpha[r]);
     let mut a = a;
     let a: &mut [f32] = &mut a;
+    // Updates become rotations of the columns scaled by sqrt(alpha) (see `Step`).
+    for (r, &ar) in a.iter().enumerate() {
+        if ar >= 0.0 && ar != 1.0 {
+            let scale = ar.sqrt();
+            for i in 0..n {
+                w[(i, r)] *= scale;
+            }
+        }
+    }
     if l.row_stride() != 1 || w.row_stride() != 1 {
         // General strides: plain indexed loops.
         for j in 0..n {
             for r in 0..k {
-                let ljj = l[(j, j)];
-                let wj = w[(j, r)];
-                let d = ljj * ljj + a[r] * wj * wj;
-                if !(d > 0.0 && d.is_finite()) {
-                    return Err(Error::NotPositiveDefinite {
-                        pivot: j,
-                        value: d as f64,
-                    });
-                }
-                let new = d.sqrt();
-                let (s, t) = (wj / ljj, a[r] * wj / new);
-                let ratio = new / ljj;
+                let (step, new) = Step::at(l[(j, j)], w[(j, r)], &mut a[r], j)?;
                 l[(j, j)] = new;
                 for i in j + 1..n {
-                    let wi = w[(i, r)] - s * l[(i, j)];
+                    let (mut li, mut wi) = (l[(i, j)], w[(i, r)]);
+                    step.apply(&mut li, &mut wi);
+                    l[(i, j)] = li;
                     w[(i, r)] = wi;
-                    l[(i, j)] = ratio * l[(i, j)] + t * wi;
                 }
-                a[r] *= ljj * ljj / d;
             }
         }
         return Ok(());
     }
-    let (coef, _) = stack.make_aligned_with::<f32>(3 * k, 64, |_| 0.0);
-    let mut coef = coef;
+    let (steps, _) = stack.make_with::<Step>(k, |_| Step::Rotation { c: 1.0, s: 0.0 });
+    let mut steps = steps;
     let op = DirectUpdate {
         lp: l.as_ptr_mut(),
         lcs: l.col_stride(),
@@ -356,7 +437,7 @@ pub(crate) fn rank_update_direct(
         wcs: w.col_stride(),
         n,
         alpha: a,
-        coef: &mut coef,
+        steps: &mut steps,
     };
     packed::with_isa(isa, op)
 }
@@ -365,12 +446,12 @@ pub(crate) fn rank_update_direct(
 /// independent vectors to hide the latency of the per-row chain over `k`).
 const UPDATE_CHUNK: usize = 256;
 
-/// The unit-stride rank-k sweep. For column `j`, the scalars of all `k`
-/// rank-1 steps depend only on row `j`, so they are computed first (one short
-/// sequential chain of square roots); then each chunk of rows of column `j`
-/// is kept in a local buffer while all `k` steps are applied to it, streaming
-/// the `k` columns of `W` once: one load and one store of `W` per element and
-/// step, instead of also reloading and storing the column of `L` k times.
+/// The unit-stride rank-k sweep. For column `j`, the `k` rank-1 steps depend
+/// only on row `j`, so they are computed first (one short sequential chain of
+/// square roots); then each chunk of rows of column `j` is kept in a local
+/// buffer while all `k` steps are applied to it, streaming the `k` columns of
+/// `W` once: one load and one store of `W` per element and step, instead of
+/// also reloading and storing the column of `L` k times.
 struct DirectUpdate<'a> {
     lp: *mut f32,
     lcs: isize,
@@ -378,7 +459,7 @@ struct DirectUpdate<'a> {
     wcs: isize,
     n: usize,
     alpha: &'a mut [f32],
-    coef: &'a mut [f32],
+    steps: &'a mut [Step],
 }
 
 impl pulp::WithSimd for DirectUpdate<'_> {
@@ -393,7 +474,7 @@ impl pulp::WithSimd for DirectUpdate<'_> {
             wcs,
             n,
             alpha,
-            coef,
+            steps,
         } = self;
         let k = alpha.len();
         for j in 0..n {
@@ -405,20 +486,8 @@ impl pulp::WithSimd for DirectUpdate<'_> {
                 let mut ljj = *lcol.add(j);
                 for r in 0..k {
                     let wj = *wp.offset(r as isize * wcs).add(j);
-                    let d = ljj * ljj + alpha[r] * wj * wj;
-                    if !(d > 0.0 && d.is_finite()) {
-                        return Err(Error::NotPositiveDefinite {
-                            pivot: j,
-                            value: d as f64,
-                        });
-                    }
-                    let new = d.sqrt();
-                    // w_i <- w_i - (wj / ljj) l_i ;  l_i <- (new / ljj) l_i + (alpha wj / new) w_i
-                    coef[3 * r] = wj / ljj;
-                    coef[3 * r + 1] = alpha[r] * wj / new;
-                    coef[3 * r + 2] = new / ljj;
-                    let shrink = ljj / new;
-                    alpha[r] *= shrink * shrink;
+                    let (step, new) = Step::at(ljj, wj, &mut alpha[r], j)?;
+                    steps[r] = step;
                     ljj = new;
                 }
                 *lcol.add(j) = ljj;
@@ -428,18 +497,29 @@ impl pulp::WithSimd for DirectUpdate<'_> {
                     let mut lc = [0.0f32; UPDATE_CHUNK];
                     let lc = &mut lc[..len];
                     std::ptr::copy_nonoverlapping(lcol.add(i0), lc.as_mut_ptr(), len);
-                    for r in 0..k {
-                        let (s, t, ratio) = (coef[3 * r], coef[3 * r + 1], coef[3 * r + 2]);
+                    for (r, &step) in steps.iter().enumerate() {
                         let wcol = std::slice::from_raw_parts_mut(
                             wp.offset(r as isize * wcs).add(i0),
                             len,
                         );
-                        for (li, wi) in lc.iter_mut().zip(wcol.iter_mut()) {
-                            // Fused multiply-adds (this runs under the ISA's
-                            // target features): shorter dependency chains.
-                            let x = (-s).mul_add(*li, *wi);
-                            *wi = x;
-                            *li = ratio.mul_add(*li, t * x);
+                        // One loop per kind (the formulas of `Step::apply`,
+                        // written out so each vectorises with fused
+                        // multiply-adds under the ISA's target features).
+                        match step {
+                            Step::Rotation { c, s } => {
+                                for (li, wi) in lc.iter_mut().zip(wcol.iter_mut()) {
+                                    let (l, w) = (*li, *wi);
+                                    *li = c.mul_add(l, s * w);
+                                    *wi = c.mul_add(w, -(s * l));
+                                }
+                            }
+                            Step::Hyperbolic { s, t, ratio } => {
+                                for (li, wi) in lc.iter_mut().zip(wcol.iter_mut()) {
+                                    let x = (-s).mul_add(*li, *wi);
+                                    *wi = x;
+                                    *li = ratio.mul_add(*li, t * x);
+                                }
+                            }
                         }
                     }
                     std::ptr::copy_nonoverlapping(lc.as_ptr(), lcol.add(i0), len);

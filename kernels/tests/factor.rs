@@ -640,6 +640,72 @@ fn rank_update_matches_fresh_factorisation() {
     }
 }
 
+/// Updates that reach far beyond the factor (`sqrt(alpha) |w_j| / l_jj` up to
+/// about 1e4, as in the fuzz regressions of `fuzz/regressions/chol_update/`)
+/// keep the same relative accuracy: the rank-1 sweeps rotate, they do not
+/// divide by `l_jj`. (The elimination form exceeded this bound by 20-70x.)
+#[test]
+fn rank_update_far_beyond_the_factor_keeps_accuracy() {
+    let mut rng = Rng::new(11);
+    for isa in Isa::available() {
+        for &(n, k) in &[(17, 1), (21, 2), (40, 3), (300, 5)] {
+            for strided in [false, true] {
+                // A factor of eigenvalues 1e-8 .. 1e-6: l_jj ~ 1e-4 .. 1e-3.
+                let a0 = spd(&mut rng, n, 1e2);
+                let mut a = Mat::from_fn(n, n, |i, j| a0[(i, j)] * 1e-6);
+                let mut mem = scratch(cholesky_scratch(n, Par::Seq));
+                cholesky_in_place_with_isa(isa, a.as_mut(), 0.0, Par::Seq, MemStack::new(&mut mem))
+                    .unwrap();
+                let l0 = lower_of(&a);
+                let w = Mat::from_fn(n, k, |_, _| rng.normal_f32());
+                let alpha: Vec<f32> = (0..k).map(|_| 0.5 + rng.uniform_f32()).collect();
+                let reach = (0..n)
+                    .flat_map(|i| (0..k).map(move |r| (i, r)))
+                    .map(|(i, r)| alpha[r].sqrt() * w[(i, r)].abs() / l0[(i, i)])
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    reach > 1e3,
+                    "the test needs a far-reaching update ({reach})"
+                );
+                let mut wc = w.clone();
+                let mut mem = scratch(cholesky_update_scratch(n, k, Par::Seq));
+                let l1 = if strided {
+                    let mut store = l0.transpose().to_owned();
+                    cholesky_rank_update_with_isa(
+                        isa,
+                        store.as_mut().transpose_mut(),
+                        wc.as_mut(),
+                        &alpha,
+                        Par::Seq,
+                        MemStack::new(&mut mem),
+                    )
+                    .unwrap();
+                    lower_of(&store.transpose().to_owned())
+                } else {
+                    let mut l = l0.clone();
+                    cholesky_rank_update_with_isa(
+                        isa,
+                        l.as_mut(),
+                        wc.as_mut(),
+                        &alpha,
+                        Par::Seq,
+                        MemStack::new(&mut mem),
+                    )
+                    .unwrap();
+                    lower_of(&l)
+                };
+                check_update(
+                    &l0,
+                    &w,
+                    &alpha,
+                    &l1,
+                    &format!("{isa:?} n={n} k={k} strided={strided} reach={reach:e}"),
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn rank_update_refuses_an_indefinite_result() {
     for &(n, k) in &[(40, 2), (40, 30)] {
