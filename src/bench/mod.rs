@@ -49,10 +49,15 @@ pub fn reps_for(one_call_secs: f64, target_secs: f64) -> usize {
 }
 
 /// A rayon pool with exactly `threads` threads, for measuring at a given count.
+/// Each worker has run one job before the pool is returned: a worker's first
+/// look for work registers it with crossbeam-epoch (one allocation, at a
+/// moment that depends on scheduling), which is not a cost of what is measured.
 pub fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .start_handler(|_| natgrad_kernels::alloc_counter::track_current_thread(true))
         .build()
-        .expect("building a rayon thread pool")
+        .expect("building a rayon thread pool");
+    pool.broadcast(|_| ());
+    pool
 }
