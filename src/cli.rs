@@ -32,15 +32,18 @@ pub fn run(args: &[String]) -> Result<(), Error> {
 }
 
 const BENCH_USAGE: &str = "natgrad bench kernels|step --quick --json [--threads 1,2]
+                      [--preset paper|deep] [--batch 20,100,256,1000]
 
 Measures ours against the baselines (kernels: faer, matrixmultiply; steps: SGD)
 in one process, interleaved, median of several repetitions, and prints one JSON
-object per line.";
+object per line. --preset and --batch select cells of the step benchmark.";
 
 fn bench_main(args: &[String]) -> Result<(), Error> {
     let what = args.first().map(String::as_str);
     let mut threads = vec![1, 2];
     let (mut quick, mut json) = (false, false);
+    let mut presets = vec!["paper".to_string(), "deep".to_string()];
+    let mut batches = vec![20, 100, 256, 1000];
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -56,6 +59,29 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| {
                         Error::Usage(format!("--threads takes a list like 1,2, got {v:?}"))
+                    })?;
+            }
+            "--preset" => {
+                let v = it.next().ok_or_else(|| {
+                    Error::Usage(format!("--preset needs a value\n{BENCH_USAGE}"))
+                })?;
+                if v != "paper" && v != "deep" {
+                    return Err(Error::Usage(format!(
+                        "--preset takes paper or deep, got {v:?}"
+                    )));
+                }
+                presets = vec![v.clone()];
+            }
+            "--batch" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| Error::Usage(format!("--batch needs a value\n{BENCH_USAGE}")))?;
+                batches = v
+                    .split(',')
+                    .map(|t| t.parse::<usize>().ok().filter(|&t| t > 0))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        Error::Usage(format!("--batch takes a list like 256,1000, got {v:?}"))
                     })?;
             }
             _ => {
@@ -79,7 +105,7 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
         }
         Some("step") => {
             let t = if threads == [1, 2] { vec![2] } else { threads };
-            crate::bench::step::quick_lines(&t, &mut emit)
+            crate::bench::step::quick_lines(&t, &presets, &batches, &mut emit)
         }
         _ => Err(Error::Usage(BENCH_USAGE.into())),
     }

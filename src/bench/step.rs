@@ -84,12 +84,18 @@ pub fn measure_cell(
     Ok(())
 }
 
-/// All cells of the quick step benchmark: both presets at minibatch 20, 100,
-/// 256 and 1000, on `threads`.
-pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) -> Result<(), crate::Error> {
+/// Cells of the quick step benchmark: each of `presets` (by default `paper`
+/// and `deep`) at each of `batches` (by default 20, 100, 256 and 1000), on
+/// `threads`.
+pub fn quick_lines(
+    threads: &[usize],
+    presets: &[String],
+    batches: &[usize],
+    emit: &mut dyn FnMut(String),
+) -> Result<(), crate::Error> {
     for &t in threads {
-        for preset in ["paper", "deep"] {
-            for batch in [20, 100, 256, 1000] {
+        for preset in presets {
+            for &batch in batches {
                 let reps = if batch >= 1000 { 5 } else { 9 };
                 measure_cell(preset, batch, t, reps, emit)?;
             }
