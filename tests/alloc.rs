@@ -91,12 +91,19 @@ fn steps_allocate_nothing_after_the_first() {
                     factor_update: FactorUpdate::RankUpdate,
                     ..Default::default()
                 }),
+                ng(NaturalGradientConfig {
+                    preconditioning: Preconditioning::Gram,
+                    ..Default::default()
+                }),
             ];
-            for mut opt in optimizers {
+            for (which, mut opt) in optimizers.into_iter().enumerate() {
+                // The Gram form (the last) applies where the minibatch is at most
+                // a layer's width: step it with 20 of the 50 columns.
+                let cols = if which == 5 { 20 } else { b };
                 let mut n = proto.clone();
                 let mut ws = Workspace::new(&n, b, par).unwrap();
-                let xm = MatRef::from_column_major_slice(&x, 40, b);
-                let ym = MatRef::from_column_major_slice(&y, 40, b);
+                let xm = MatRef::from_column_major_slice(&x[..40 * cols], 40, cols);
+                let ym = MatRef::from_column_major_slice(&y[..40 * cols], 40, cols);
                 pool.install(|| {
                     opt.step(&mut n, &mut ws, xm, ym).unwrap();
                     // Allocations per window of ten steps. A rayon worker that

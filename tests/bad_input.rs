@@ -14,7 +14,7 @@ use natgrad::kernels::{self, Activation, MatMut, MatRef, MemBuffer, MemStack, Pa
 use natgrad::mlp::{Init, Layer, Likelihood, Mlp};
 use natgrad::optim::{
     Adam, AdamConfig, DampingAdaptation, FactorUpdate, NaturalGradient, NaturalGradientConfig,
-    Optimizer, OptimizerState, Sgd, SgdConfig,
+    Optimizer, OptimizerState, Preconditioning, Sgd, SgdConfig,
 };
 use natgrad::workspace::Workspace;
 use natgrad::Error;
@@ -927,4 +927,46 @@ fn checkpoint_files_that_are_not_valid() {
         Err(Error::NonFinite(_))
     ));
     assert!(!dir.join("nan.ngc").exists());
+}
+
+#[test]
+fn gram_preconditioning_without_per_minibatch_factors() {
+    let gram = NaturalGradientConfig {
+        preconditioning: Preconditioning::Gram,
+        ..NaturalGradientConfig::default()
+    };
+    assert!(NaturalGradient::new(&net(), B, gram).is_ok());
+    for (what, cfg) in [
+        (
+            "Gram with running averages",
+            NaturalGradientConfig {
+                factor_decay: 0.9,
+                ..gram
+            },
+        ),
+        (
+            "Gram with refresh_interval 2",
+            NaturalGradientConfig {
+                refresh_interval: 2,
+                ..gram
+            },
+        ),
+        (
+            "Gram with 2 samples",
+            NaturalGradientConfig { samples: 2, ..gram },
+        ),
+        (
+            "Gram with rank updates",
+            NaturalGradientConfig {
+                factor_update: FactorUpdate::RankUpdate,
+                ..gram
+            },
+        ),
+    ] {
+        match NaturalGradient::new(&net(), B, cfg) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("per-minibatch"), "{what}: {m}"),
+            Err(e) => panic!("{what}: {e:?}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+    }
 }

@@ -280,6 +280,62 @@ fn low_rank_and_full_preconditioning_agree() {
     }
 }
 
+/// The Gram form (push-through on the forward side, Woodbury on the backward
+/// side) computes the same update as the low-rank solves with the `n x n`
+/// factors, at a minibatch smaller than most layers (b = 6 against widths
+/// 3..13, so some sides take the Gram form and some do not), with and without
+/// the pi split of the damping.
+#[test]
+fn gram_preconditioning_agrees_with_low_rank() {
+    use natgrad::optim::Preconditioning;
+    let (net, x, _) = toy_problem();
+    let b = 6;
+    let xm = MatRef::from_column_major_slice(&x[..12 * b], 12, b);
+    for (damping, pi_correction) in [(1.0, false), (0.1, true)] {
+        let mut deltas = Vec::new();
+        for mode in [Preconditioning::LowRank, Preconditioning::Gram] {
+            let mut n2 = net.clone();
+            let mut ws = Workspace::new(&n2, b, Par::Seq).unwrap();
+            let cfg = NaturalGradientConfig {
+                preconditioning: mode,
+                adaptation: natgrad::optim::DampingAdaptation::Fixed,
+                damping,
+                pi_correction,
+                ..Default::default()
+            };
+            let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
+            // Two steps: the second starts from weights the first has moved.
+            ng.step(&mut n2, &mut ws, xm, xm).unwrap();
+            ng.step(&mut n2, &mut ws, xm, xm).unwrap();
+            deltas.push(
+                (0..n2.num_layers())
+                    .map(|i| {
+                        let d = ng.last_update(i);
+                        (0..d.ncols())
+                            .flat_map(|j| (0..d.nrows()).map(move |r| d[(r, j)]))
+                            .collect::<Vec<f32>>()
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for (l, (a, g)) in deltas[0].iter().zip(&deltas[1]).enumerate() {
+            let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            assert!(scale > 0.0, "layer {l}: no update");
+            for (p, q) in a.iter().zip(g) {
+                // Both sides are f32 solves against matrices with eigenvalues in
+                // [d, d + lambda_max], lambda_max <= 10 here, so each loses
+                // about u (1 + lambda_max / d) <= 1e2 u relative to the largest
+                // entry, with d = sqrt(damping) >= 0.3; 1e-4 leaves room for the
+                // sums over b, n and the second step's different weights.
+                assert!(
+                    (p - q).abs() <= 1e-4 * scale,
+                    "layer {l} (damping {damping}, pi {pi_correction}): {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_minibatches_are_refused_and_leave_everything_untouched() {
     let (net0, x, b) = toy_problem();

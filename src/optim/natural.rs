@@ -15,7 +15,11 @@
 //! rank-b updates), and the update is formed either from the low-rank form of the
 //! minibatch gradient `grad_i = (1/b) E_i Abar^T` (two solves with `b`
 //! right-hand sides and one GEMM) or from the full gradient (two solves with
-//! `n` right-hand sides), whichever needs fewer flops.
+//! `n` right-hand sides), whichever needs fewer flops. With per-minibatch
+//! factors (the paper's setting) a side whose width exceeds the minibatch is
+//! solved through the `b x b` Gram matrix of the minibatch instead of the
+//! `n x n` factor (push-through and Woodbury identities, see
+//! [`Preconditioning::Gram`]): the same update for a fraction of the flops.
 
 use super::{
     check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
@@ -66,12 +70,32 @@ pub enum FactorUpdate {
 /// Which form of the preconditioned update to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preconditioning {
-    /// Per layer, whichever of the two forms below needs fewer flops. Default.
+    /// Per layer, whichever of the forms below needs fewer flops (the Gram form
+    /// only where it applies, see [`Preconditioning::Gram`]). Default.
     Auto,
     /// Solve on the `b`-column error and activation matrices, then one GEMM.
     LowRank,
     /// Solve on the full `n_i x (n_{i-1}+1)` gradient from both sides.
     Full,
+    /// The low-rank form computed through the `b x b` Gram matrices of the
+    /// minibatch instead of the `n x n` factors, on every side where `b <= n`
+    /// (the other sides as [`Preconditioning::LowRank`]). With per-minibatch
+    /// factors, `A = Abar Abar^T / b` and `G = Es Es^T / b` (`Es` the sampled
+    /// errors), the push-through identity gives
+    /// `(A + d I)^{-1} Abar = Abar (Abar^T Abar / b + d I)^{-1}` and Woodbury's
+    /// `(G + d I)^{-1} E = (E - Es (Es^T Es / b + d I)^{-1} Es^T E / b) / d`:
+    /// about `3 n b^2 + b^3 / 3` and `5 n b^2 + 7 b^3 / 3` flops per side
+    /// instead of `3 n^2 b + n^3 / 3`, a large saving when `b` is well below
+    /// `n` (`deep` at minibatch 256). Exact in exact arithmetic; in f32 the
+    /// Woodbury side loses about `u (lambda_max(G) / d)` relative to the
+    /// largest entries of the result, where the solve against `G + d I` loses
+    /// `u (lambda_max(G) / d)` relative to each entry. The `n x n` factors are
+    /// not formed on such sides (`forward_factor`/`backward_factor` keep their
+    /// last formed values). Needs per-minibatch factors: `factor_decay` 0,
+    /// `refresh_interval` 1, `factor_update` `Refactor` and `samples` 1;
+    /// [`NaturalGradient::new`] refuses it otherwise, and `Auto` then never
+    /// chooses it.
+    Gram,
 }
 
 /// Settings of [`NaturalGradient`]. The defaults reproduce the paper's
@@ -152,7 +176,99 @@ struct LayerState {
     update_alpha: Vec<f32>,
     /// `<grad_i, dW_i>` of the last step.
     grad_dot_delta: f64,
+    /// How this step computes the layer's update.
+    plan: LayerPlan,
+    /// Damping added to the backward side at the last factorisation.
+    shift_g: f32,
+    /// Gram-form buffers (empty unless the configuration allows it): the
+    /// Cholesky factor of `Abar^T Abar / b + d I` and of `Es^T Es / b + d I`,
+    /// and `Es^T E` (each up to `min(max_batch, n)^2`).
+    gram_a: Vec<f32>,
+    gram_g: Vec<f32>,
+    gram_m: Vec<f32>,
     scratch: MemBuffer,
+}
+
+/// How one layer's update is computed at the current minibatch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LayerPlan {
+    /// The low-rank form (solves on `E` and `Abar`, then one GEMM) rather than
+    /// solves on the full gradient.
+    low_rank: bool,
+    /// The forward side through the Gram matrix of `Abar` (push-through).
+    a_gram: bool,
+    /// The backward side through the Gram matrix of the sampled errors (Woodbury).
+    g_gram: bool,
+}
+
+impl LayerPlan {
+    /// The cheapest form allowed by `mode` (flop counts of PAPER.md section 3
+    /// and [`Preconditioning::Gram`]); `gram_ok` says whether the configuration
+    /// has per-minibatch factors.
+    fn choose(
+        n_out: usize,
+        n_in1: usize,
+        b: usize,
+        mode: Preconditioning,
+        gram_ok: bool,
+    ) -> LayerPlan {
+        let (o, i, bf) = (n_out as f64, n_in1 as f64, b as f64);
+        // Forming and factorising an n x n factor, and its solve with b columns.
+        let factor = |n: f64| n * n * bf + n * n * n / 3.0;
+        let solve = |n: f64| 2.0 * n * n * bf;
+        let gram_a = |n: f64| 3.0 * n * bf * bf + bf * bf * bf / 3.0;
+        let gram_g = |n: f64| 5.0 * n * bf * bf + 7.0 * bf * bf * bf / 3.0;
+        let a_gram_ok = gram_ok && b <= n_in1;
+        let g_gram_ok = gram_ok && b <= n_out;
+        let update = 2.0 * o * i * bf;
+        let low_rank_direct = LayerPlan {
+            low_rank: true,
+            a_gram: false,
+            g_gram: false,
+        };
+        match mode {
+            Preconditioning::LowRank => low_rank_direct,
+            Preconditioning::Full => LayerPlan {
+                low_rank: false,
+                ..low_rank_direct
+            },
+            Preconditioning::Gram => LayerPlan {
+                low_rank: true,
+                a_gram: a_gram_ok,
+                g_gram: g_gram_ok,
+            },
+            Preconditioning::Auto => {
+                let a_gram = a_gram_ok && gram_a(i) < factor(i) + solve(i);
+                let g_gram = g_gram_ok && gram_g(o) < factor(o) + solve(o);
+                let side = |gram: bool, n: f64, g: f64| if gram { g } else { factor(n) + solve(n) };
+                let low = side(a_gram, i, gram_a(i)) + side(g_gram, o, gram_g(o)) + update;
+                let full = factor(i) + factor(o) + 2.0 * o * i * (o + i);
+                if low <= full {
+                    LayerPlan {
+                        low_rank: true,
+                        a_gram,
+                        g_gram,
+                    }
+                } else {
+                    LayerPlan {
+                        low_rank: false,
+                        ..low_rank_direct
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sum of the diagonal of the column-major `n x n` matrix in `m`.
+fn trace(m: &[f32], n: usize) -> f64 {
+    (0..n).map(|i| m[i * n + i] as f64).sum()
+}
+
+/// `max` of `req(b)` over every `b` in `1..=max_b`: scratch for any minibatch
+/// up to `max_b` (the kernels' requirements need not be monotone in `b`).
+fn max_over_batches(max_b: usize, req: impl Fn(usize) -> StackReq) -> StackReq {
+    StackReq::any_of(&(1..=max_b).map(req).collect::<Vec<_>>())
 }
 
 /// The online natural-gradient optimizer.
@@ -225,6 +341,14 @@ impl NaturalGradient {
                 "the maximum minibatch size must be at least 1".into(),
             ));
         }
+        let gram_ok = gram_applies(&config);
+        if config.preconditioning == Preconditioning::Gram && !gram_ok {
+            return Err(Error::InvalidConfig(
+                "Gram preconditioning needs per-minibatch factors: factor_decay 0, \
+                 refresh_interval 1, factor_update Refactor and samples 1"
+                    .into(),
+            ));
+        }
         // Scratch sized for the most demanding parallelism the kernels may run at.
         let par_sizing = Par::rayon(0);
         let layers = net
@@ -233,13 +357,39 @@ impl NaturalGradient {
             .map(|l| {
                 let (n_in1, n_out) = (l.n_in + 1, l.n_out);
                 let nmax = n_in1.max(n_out);
-                let req = StackReq::any_of(&[
+                let mut req = StackReq::any_of(&[
                     syrk_scratch(nmax, max_batch, par_sizing),
                     cholesky_scratch(nmax, par_sizing),
                     cholesky_update_scratch(nmax, max_batch, par_sizing),
                     solve_scratch(nmax, max_batch.max(nmax), par_sizing),
                     gemm_scratch(n_out, n_in1, max_batch, par_sizing),
                 ]);
+                // Gram sides run at b <= min(max_batch, n) on b x b matrices.
+                let (ga, gg) = if gram_ok {
+                    (max_batch.min(n_in1), max_batch.min(n_out))
+                } else {
+                    (0, 0)
+                };
+                if ga > 0 {
+                    req = req.or(max_over_batches(ga, |b| {
+                        StackReq::any_of(&[
+                            syrk_scratch(b, n_in1, par_sizing),
+                            cholesky_scratch(b, par_sizing),
+                            solve_scratch(b, n_in1, par_sizing),
+                        ])
+                    }));
+                }
+                if gg > 0 {
+                    req = req.or(max_over_batches(gg, |b| {
+                        StackReq::any_of(&[
+                            syrk_scratch(b, n_out, par_sizing),
+                            cholesky_scratch(b, par_sizing),
+                            gemm_scratch(b, b, n_out, par_sizing),
+                            solve_scratch(b, b, par_sizing),
+                            gemm_scratch(n_out, b, b, par_sizing),
+                        ])
+                    }));
+                }
                 let rank = config.factor_update == FactorUpdate::RankUpdate;
                 LayerState {
                     n_in1,
@@ -260,6 +410,17 @@ impl NaturalGradient {
                         Vec::new()
                     },
                     grad_dot_delta: 0.0,
+                    plan: LayerPlan::choose(
+                        n_out,
+                        n_in1,
+                        max_batch,
+                        config.preconditioning,
+                        gram_ok,
+                    ),
+                    shift_g: 1.0,
+                    gram_a: vec![0.0; ga * ga],
+                    gram_g: vec![0.0; gg * gg],
+                    gram_m: vec![0.0; gg * gg],
                     scratch: MemBuffer::new(req),
                 }
             })
@@ -375,14 +536,13 @@ impl NaturalGradient {
     }
 }
 
-/// Whether the low-rank form is cheaper for a layer (flop counts of PAPER.md
-/// section 3: two solves with `b` right-hand sides plus one GEMM, against two
-/// solves with the full gradient).
-fn low_rank_is_cheaper(n_out: usize, n_in1: usize, b: usize) -> bool {
-    let (o, i, b) = (n_out as f64, n_in1 as f64, b as f64);
-    let low = 2.0 * b * (o * o + i * i) + 2.0 * b * o * i;
-    let full = 2.0 * o * i * (o + i);
-    low < full
+/// Whether the configuration has per-minibatch factors, so that the Gram form
+/// of [`Preconditioning::Gram`] computes the same update.
+fn gram_applies(config: &NaturalGradientConfig) -> bool {
+    config.factor_decay == 0.0
+        && config.refresh_interval == 1
+        && config.samples == 1
+        && config.factor_update == FactorUpdate::Refactor
 }
 
 /// Copies the lower triangle of `src` (`n x n`) to `dst` (the whole columns, so
@@ -394,22 +554,42 @@ fn copy_lower(dst: &mut [f32], src: &[f32], n: usize) {
 }
 
 impl LayerState {
-    /// Cholesky of both damped factors; `Err` carries the kernel error.
+    /// Cholesky of both damped factors (or, on Gram sides, of the damped Gram
+    /// matrices of `abar` and `es`, formed here); `Err` carries the kernel error.
     fn factorise(
         &mut self,
+        abar: MatRef<'_, f32>,
+        es: MatRef<'_, f32>,
         shift: f32,
         pi_correction: bool,
         par: Par,
     ) -> Result<(), natgrad_kernels::Error> {
+        let b = abar.ncols();
+        let (n_in1, n_out, plan) = (self.n_in1, self.n_out, self.plan);
+        let stack = MemStack::new(&mut self.scratch);
+        // The undamped matrices, in the buffers they are factorised in; their
+        // traces equal those of A and G (tr X^T X = tr X X^T).
+        let trace_a = if plan.a_gram {
+            let k = view_mut(&mut self.gram_a, b, b, b);
+            syrk_lower(k, 0.0, abar.transpose(), 1.0 / b as f32, par, stack)?;
+            trace(&self.gram_a[..b * b], b)
+        } else {
+            copy_lower(&mut self.a_chol, &self.a_factor, n_in1);
+            trace(&self.a_chol, n_in1)
+        };
+        let trace_g = if plan.g_gram {
+            let k = view_mut(&mut self.gram_g, b, b, b);
+            syrk_lower(k, 0.0, es.transpose(), 1.0 / b as f32, par, stack)?;
+            trace(&self.gram_g[..b * b], b)
+        } else {
+            copy_lower(&mut self.g_chol, &self.g_factor, n_out);
+            trace(&self.g_chol, n_out)
+        };
         // Martens & Grosse (2015, sec. 6.3): split the damping in proportion to the
         // factors' mean eigenvalues, pi = sqrt((tr A / dim A) / (tr G / dim G)), so
         // that neither factor is over- or under-damped when their scales differ.
         let pi = if pi_correction {
-            let mean_diag =
-                |f: &[f32], n: usize| (0..n).map(|i| f[i * n + i] as f64).sum::<f64>() / n as f64;
-            let ratio =
-                mean_diag(&self.a_factor, self.n_in1) / mean_diag(&self.g_factor, self.n_out);
-            let pi = ratio.sqrt() as f32;
+            let pi = ((trace_a / n_in1 as f64) / (trace_g / n_out as f64)).sqrt() as f32;
             if pi.is_finite() && pi > 0.0 {
                 pi.clamp(1e-4, 1e4)
             } else {
@@ -419,20 +599,18 @@ impl LayerState {
             1.0
         };
         let (shift_a, shift_g) = (shift * pi, shift / pi);
-        let stack = MemStack::new(&mut self.scratch);
-        copy_lower(&mut self.a_chol, &self.a_factor, self.n_in1);
-        let a = natgrad_kernels::MatMut::from_column_major_slice_mut(
-            &mut self.a_chol,
-            self.n_in1,
-            self.n_in1,
-        );
+        self.shift_g = shift_g;
+        let a = if plan.a_gram {
+            view_mut(&mut self.gram_a, b, b, b)
+        } else {
+            view_mut(&mut self.a_chol, n_in1, n_in1, n_in1)
+        };
         cholesky_in_place(a, shift_a, par, stack)?;
-        copy_lower(&mut self.g_chol, &self.g_factor, self.n_out);
-        let g = natgrad_kernels::MatMut::from_column_major_slice_mut(
-            &mut self.g_chol,
-            self.n_out,
-            self.n_out,
-        );
+        let g = if plan.g_gram {
+            view_mut(&mut self.gram_g, b, b, b)
+        } else {
+            view_mut(&mut self.g_chol, n_out, n_out, n_out)
+        };
         cholesky_in_place(g, shift_g, par, stack)
     }
 
@@ -537,6 +715,11 @@ impl Optimizer for NaturalGradient {
         };
         let refresh = self.stale || (k - 1) % self.config.refresh_interval as u64 == 0;
         let rank_update = !refresh && self.config.factor_update == FactorUpdate::RankUpdate;
+        let gram_ok = gram_applies(&self.config);
+        for st in &mut self.layers {
+            st.plan =
+                LayerPlan::choose(st.n_out, st.n_in1, b, self.config.preconditioning, gram_ok);
+        }
 
         // 2. Backward factors from errors of targets sampled from the model.
         let samples = self.config.samples;
@@ -554,6 +737,10 @@ impl Optimizer for NaturalGradient {
                 .par_iter_mut()
                 .zip(self.sampled_errs.par_iter())
                 .try_for_each(|(st, e)| -> Result<(), Error> {
+                    if st.plan.g_gram {
+                        // Formed from the sampled errors at factorisation.
+                        return Ok(());
+                    }
                     let stack = MemStack::new(&mut st.scratch);
                     let e = view(e, st.n_out, b, st.n_out);
                     if rank_update {
@@ -583,7 +770,6 @@ impl Optimizer for NaturalGradient {
 
         // 3. Forward factors, factorisation, preconditioned update, per layer in parallel.
         let eta = self.step_scale(num_layers);
-        let preconditioning = self.config.preconditioning;
         let pi_correction = self.config.pi_correction;
         let alpha_a = (1.0 - rho) / b as f32;
         let mut damping = self.damping;
@@ -595,10 +781,11 @@ impl Optimizer for NaturalGradient {
                 .layers
                 .par_iter_mut()
                 .zip(ws.acts[..num_layers].par_iter())
-                .try_for_each(|(st, a)| -> Result<(), natgrad_kernels::Error> {
-                    if first {
+                .zip(self.sampled_errs.par_iter())
+                .try_for_each(|((st, a), es)| -> Result<(), natgrad_kernels::Error> {
+                    let abar = view(a, st.n_in1, b, st.n_in1);
+                    if first && !st.plan.a_gram {
                         let stack = MemStack::new(&mut st.scratch);
-                        let abar = view(a, st.n_in1, b, st.n_in1);
                         if rank_update {
                             let (cols, alphas) = (&mut st.update_cols, &mut st.update_alpha);
                             LayerState::rank_update(
@@ -621,7 +808,8 @@ impl Optimizer for NaturalGradient {
                         syrk_lower(f, rho, abar, alpha_a, par, stack)?;
                     }
                     if refresh || attempt > 0 {
-                        st.factorise(shift, pi_correction, par)?;
+                        let es = view(es, st.n_out, b, st.n_out);
+                        st.factorise(abar, es, shift, pi_correction, par)?;
                     }
                     Ok(())
                 });
@@ -654,47 +842,63 @@ impl Optimizer for NaturalGradient {
             .zip(acts.par_iter_mut())
             .zip(ws.errs.par_iter_mut())
             .zip(ws.grads.par_iter())
-            .try_for_each(|(((st, a), e), g)| -> Result<(), natgrad_kernels::Error> {
-                let stack = MemStack::new(&mut st.scratch);
-                let (n_out, n_in1) = (st.n_out, st.n_in1);
-                let lg = MatRef::from_column_major_slice(&st.g_chol, n_out, n_out);
-                let la = MatRef::from_column_major_slice(&st.a_chol, n_in1, n_in1);
-                let use_low_rank = match preconditioning {
-                    Preconditioning::Auto => low_rank_is_cheaper(n_out, n_in1, b),
-                    Preconditioning::LowRank => true,
-                    Preconditioning::Full => false,
-                };
-                let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
-                if use_low_rank {
-                    // (G + dI)^-1 E and (A + dI)^-1 Abar, in place: neither is needed again.
-                    let mut ev = view_mut(e, n_out, b, n_out);
-                    solve_llt_left_in_place(lg, ev.rb_mut(), par, stack)?;
-                    let mut av = view_mut(a, n_in1, b, n_in1);
-                    solve_llt_left_in_place(la, av.rb_mut(), par, stack)?;
-                    gemm(
-                        delta.rb_mut(),
-                        0.0,
-                        ev.rb(),
-                        av.rb().transpose(),
-                        -eta / b as f32,
-                        par,
-                        stack,
-                    )?;
-                } else {
-                    st.delta.copy_from_slice(g);
+            .zip(self.sampled_errs.par_iter())
+            .try_for_each(
+                |((((st, a), e), g), es)| -> Result<(), natgrad_kernels::Error> {
+                    let stack = MemStack::new(&mut st.scratch);
+                    let (n_out, n_in1, plan) = (st.n_out, st.n_in1, st.plan);
+                    let lg = MatRef::from_column_major_slice(&st.g_chol, n_out, n_out);
+                    let la = MatRef::from_column_major_slice(&st.a_chol, n_in1, n_in1);
                     let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
-                    solve_llt_left_in_place(lg, delta.rb_mut(), par, stack)?;
-                    solve_llt_right_in_place(la, delta.rb_mut(), par, stack)?;
-                    st.delta.iter_mut().for_each(|v| *v *= -eta);
-                }
-                st.grad_dot_delta = st
-                    .delta
-                    .iter()
-                    .zip(g)
-                    .map(|(&d, &g)| d as f64 * g as f64)
-                    .sum();
-                Ok(())
-            })?;
+                    if plan.low_rank {
+                        // (G + dI)^-1 E and (A + dI)^-1 Abar, in place: neither is needed again.
+                        let mut ev = view_mut(e, n_out, b, n_out);
+                        let g_scale = if plan.g_gram {
+                            // Woodbury: (E - Es K^-1 (Es^T E) / b) / d, K = Es^T Es / b + d I.
+                            let es = view(es, n_out, b, n_out);
+                            let lk = MatRef::from_column_major_slice(&st.gram_g[..b * b], b, b);
+                            let mut m = view_mut(&mut st.gram_m, b, b, b);
+                            gemm(m.rb_mut(), 0.0, es.transpose(), ev.rb(), 1.0, par, stack)?;
+                            solve_llt_left_in_place(lk, m.rb_mut(), par, stack)?;
+                            gemm(ev.rb_mut(), 1.0, es, m.rb(), -1.0 / b as f32, par, stack)?;
+                            1.0 / st.shift_g
+                        } else {
+                            solve_llt_left_in_place(lg, ev.rb_mut(), par, stack)?;
+                            1.0
+                        };
+                        let mut av = view_mut(a, n_in1, b, n_in1);
+                        if plan.a_gram {
+                            // Push-through: Abar (Abar^T Abar / b + d I)^-1.
+                            let lk = MatRef::from_column_major_slice(&st.gram_a[..b * b], b, b);
+                            solve_llt_right_in_place(lk, av.rb_mut(), par, stack)?;
+                        } else {
+                            solve_llt_left_in_place(la, av.rb_mut(), par, stack)?;
+                        }
+                        gemm(
+                            delta.rb_mut(),
+                            0.0,
+                            ev.rb(),
+                            av.rb().transpose(),
+                            -eta * g_scale / b as f32,
+                            par,
+                            stack,
+                        )?;
+                    } else {
+                        st.delta.copy_from_slice(g);
+                        let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
+                        solve_llt_left_in_place(lg, delta.rb_mut(), par, stack)?;
+                        solve_llt_right_in_place(la, delta.rb_mut(), par, stack)?;
+                        st.delta.iter_mut().for_each(|v| *v *= -eta);
+                    }
+                    st.grad_dot_delta = st
+                        .delta
+                        .iter()
+                        .zip(g)
+                        .map(|(&d, &g)| d as f64 * g as f64)
+                        .sum();
+                    Ok(())
+                },
+            )?;
         // Summed in layer order, not by rayon's reduction tree, so that the LM
         // decision (and with it a resumed run) is bit-for-bit reproducible.
         let grad_dot_delta: f64 = self.layers.iter().map(|st| st.grad_dot_delta).sum();
