@@ -368,161 +368,188 @@ pub fn gemm_fused_with_isa(
     // from ~99 to ~74 GFLOP/s on one thread).
     let b_direct = b.rs == 1;
 
+    // One task's share of the block of C at columns j0.. and inner steps
+    // p0..: pack its rows of A, run the microkernels. `b_base` is the packed
+    // B block of these (j0, p0) when B is not read in place.
+    let work =
+        |tid: usize, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
+            let nc = NC.min(n - j0);
+            let panels_n = div_ceil(nc, nr);
+            let kcb = kc.min(k_eff - p0);
+            let first = p0 == 0;
+            let last = p0 + kcb == k_eff;
+            let panel_len = nr * kcb;
+            let (ti, tj) = (tid / tn, tid % tn);
+            let (tile0, tile1) = share(tiles_m, tm, ti);
+            let (panel0, panel1) = share(panels_n, tn, tj);
+            if tile0 == tile1 || panel0 == panel1 {
+                return;
+            }
+            let row_begin = tile0 * mr;
+            let row_end = (tile1 * mr).min(m);
+            let col_begin = panel0 * nr;
+            let col_end = (panel1 * nr).min(nc);
+            let rows = row_end - row_begin;
+            let blocks = div_ceil(rows, MC);
+            let mc_max = round_up(div_ceil(rows, blocks), mr);
+            let mut i0 = row_begin;
+            while i0 < row_end {
+                let mc = mc_max.min(row_end - i0);
+                let full = mc / mr;
+                let (a_first, a_panel, a_step, a_edge) = if kcb == 0 {
+                    (
+                        std::ptr::NonNull::dangling().as_ptr() as *const f32,
+                        0,
+                        0,
+                        a_buf.as_ptr() as *const f32,
+                    )
+                } else {
+                    // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
+                    // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
+                    // (mc is a multiple of mr, at most MC and at most the
+                    // task's rows; kcb <= kc_for(k); see `task_grid`).
+                    unsafe { pack::pack_a(a_buf.as_mut_ptr() as *mut f32, a, i0, mc, p0, kcb, mr) };
+                    let base = a_buf.as_ptr() as *const f32;
+                    // SAFETY: the edge panel (if any) follows the `full` full panels.
+                    (base, (mr * kcb) as isize, mr as isize, unsafe {
+                        base.add(full * mr * kcb)
+                    })
+                };
+                let (b_first, b_panel, b_step, b_col) = if kcb == 0 {
+                    (
+                        std::ptr::NonNull::dangling().as_ptr() as *const f32,
+                        0,
+                        0,
+                        0,
+                    )
+                } else if b_direct {
+                    // SAFETY: (p0, j0 + col_begin) is inside B.
+                    (
+                        unsafe { b.at(p0, j0 + col_begin) },
+                        nr as isize * b.cs,
+                        1,
+                        b.cs,
+                    )
+                } else {
+                    // SAFETY: panel `panel0` of the packed B block exists.
+                    (
+                        unsafe { b_base.get().add(panel0 * panel_len) },
+                        panel_len as isize,
+                        nr as isize,
+                        1,
+                    )
+                };
+                let job = BlockJob {
+                    a: a_first,
+                    a_panel,
+                    a_step,
+                    a_edge,
+                    b: b_first,
+                    b_panel,
+                    b_step,
+                    b_col,
+                    kc: kcb,
+                    mr,
+                    nr,
+                    i0,
+                    mc,
+                    j0: j0 + col_begin,
+                    nc: col_end - col_begin,
+                    c,
+                    alpha,
+                    beta: if first { beta } else { 1.0 },
+                    read_c: !first || beta != 0.0,
+                    epilogue: if last {
+                        raw_epilogue
+                    } else {
+                        RawEpilogue::None
+                    },
+                };
+                // The ISA was checked available above, so dispatch cannot fail.
+                let _ = dispatch(isa, BlockOp { job: &job });
+                i0 += mc;
+            }
+        };
+    // Run `each(tid, a_buf)` for every task, in parallel when there are several.
+    let for_tasks = |a_scratch: &mut [MaybeUninit<f32>],
+                     each: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)| {
+        if tasks > 1 && a_len == 0 {
+            // k == 0: nothing to pack, the tasks only scale C.
+            (0..tasks)
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|tid| each(tid, &mut []));
+        } else if tasks > 1 {
+            a_scratch
+                .par_chunks_mut(a_len)
+                .enumerate()
+                .with_max_len(1)
+                .for_each(|(tid, a_buf)| each(tid, a_buf));
+        } else {
+            each(0, a_scratch);
+        }
+    };
+    // The inner-dimension blocks a column block goes through.
+    let blocks = |f: &mut dyn FnMut(usize)| {
+        let mut p0 = 0;
+        loop {
+            f(p0);
+            p0 += kc.min(k_eff - p0);
+            if p0 >= k_eff {
+                break;
+            }
+        }
+    };
+
     let mut j0 = 0;
     while j0 < n {
         let nc = NC.min(n - j0);
         let panels_n = div_ceil(nc, nr);
-        let mut p0 = 0;
-        loop {
-            let kcb = kc.min(k_eff - p0);
-            let first = p0 == 0;
-            let last = p0 + kcb == k_eff;
-            // Pack B[p0.., j0..] into the shared buffer, panels split over threads.
-            let panel_len = nr * kcb;
-            if kcb > 0 && !b_direct {
-                let b_packed = &mut b_scratch[..panels_n * panel_len];
-                let pack_panels = |q0: usize, chunk: &mut [MaybeUninit<f32>]| {
-                    let cols = (chunk.len() / panel_len * nr).min(nc - q0 * nr);
-                    // SAFETY: the block B[p0 .. p0+kcb, j0+q0*nr .. +cols] lies
-                    // inside B (p0 + kcb <= k, j0 + q0 nr + cols <= n), and `chunk`
-                    // holds ceil(cols / nr) panels of nr * kcb floats.
-                    unsafe {
-                        pack::pack_b(
-                            chunk.as_mut_ptr() as *mut f32,
-                            b,
-                            p0,
-                            kcb,
-                            j0 + q0 * nr,
-                            cols,
-                            nr,
-                        )
-                    };
-                };
-                if threads > 1 && panels_n >= threads {
-                    let per = div_ceil(panels_n, threads);
-                    b_packed
-                        .par_chunks_mut(per * panel_len)
-                        .enumerate()
-                        .for_each(|(q, chunk)| pack_panels(q * per, chunk));
-                } else {
-                    pack_panels(0, b_packed);
-                }
-            }
-            let b_packed: &[MaybeUninit<f32>] = &b_scratch[..panels_n * panel_len];
-            let b_ptr = SendPtr(b_packed.as_ptr() as *const f32);
-            let work = |tid: usize, a_buf: &mut [MaybeUninit<f32>]| {
-                let (ti, tj) = (tid / tn, tid % tn);
-                let (tile0, tile1) = share(tiles_m, tm, ti);
-                let (panel0, panel1) = share(panels_n, tn, tj);
-                if tile0 == tile1 || panel0 == panel1 {
-                    return;
-                }
-                let row_begin = tile0 * mr;
-                let row_end = (tile1 * mr).min(m);
-                let col_begin = panel0 * nr;
-                let col_end = (panel1 * nr).min(nc);
-                let rows = row_end - row_begin;
-                let blocks = div_ceil(rows, MC);
-                let mc_max = round_up(div_ceil(rows, blocks), mr);
-                let mut i0 = row_begin;
-                while i0 < row_end {
-                    let mc = mc_max.min(row_end - i0);
-                    let full = mc / mr;
-                    let (a_first, a_panel, a_step, a_edge) = if kcb == 0 {
-                        (
-                            std::ptr::NonNull::dangling().as_ptr() as *const f32,
-                            0,
-                            0,
-                            a_buf.as_ptr() as *const f32,
-                        )
-                    } else {
-                        // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
-                        // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
-                        // (mc is a multiple of mr, at most MC and at most the
-                        // task's rows; kcb <= kc_for(k); see `task_grid`).
+        if b_direct {
+            // Nothing is shared between tasks: each owns its rectangle of C
+            // for the whole inner dimension, so one parallel region (no
+            // barrier per KC block, and a stolen task carries all its blocks).
+            let unused = SendPtr(std::ptr::null());
+            for_tasks(a_scratch, &|tid, a_buf| {
+                blocks(&mut |p0| work(tid, a_buf, j0, p0, unused))
+            });
+        } else {
+            blocks(&mut |p0| {
+                let kcb = kc.min(k_eff - p0);
+                // Pack B[p0.., j0..] into the shared buffer, panels split over threads.
+                let panel_len = nr * kcb;
+                if kcb > 0 {
+                    let b_packed = &mut b_scratch[..panels_n * panel_len];
+                    let pack_panels = |q0: usize, chunk: &mut [MaybeUninit<f32>]| {
+                        let cols = (chunk.len() / panel_len * nr).min(nc - q0 * nr);
+                        // SAFETY: the block B[p0 .. p0+kcb, j0+q0*nr .. +cols] lies
+                        // inside B (p0 + kcb <= k, j0 + q0 nr + cols <= n), and `chunk`
+                        // holds ceil(cols / nr) panels of nr * kcb floats.
                         unsafe {
-                            pack::pack_a(a_buf.as_mut_ptr() as *mut f32, a, i0, mc, p0, kcb, mr)
+                            pack::pack_b(
+                                chunk.as_mut_ptr() as *mut f32,
+                                b,
+                                p0,
+                                kcb,
+                                j0 + q0 * nr,
+                                cols,
+                                nr,
+                            )
                         };
-                        let base = a_buf.as_ptr() as *const f32;
-                        // SAFETY: the edge panel (if any) follows the `full` full panels.
-                        (base, (mr * kcb) as isize, mr as isize, unsafe {
-                            base.add(full * mr * kcb)
-                        })
                     };
-                    let (b_first, b_panel, b_step, b_col) = if kcb == 0 {
-                        (
-                            std::ptr::NonNull::dangling().as_ptr() as *const f32,
-                            0,
-                            0,
-                            0,
-                        )
-                    } else if b_direct {
-                        // SAFETY: (p0, j0 + col_begin) is inside B.
-                        (
-                            unsafe { b.at(p0, j0 + col_begin) },
-                            nr as isize * b.cs,
-                            1,
-                            b.cs,
-                        )
+                    if threads > 1 && panels_n >= threads {
+                        let per = div_ceil(panels_n, threads);
+                        b_packed
+                            .par_chunks_mut(per * panel_len)
+                            .enumerate()
+                            .for_each(|(q, chunk)| pack_panels(q * per, chunk));
                     } else {
-                        // SAFETY: panel `panel0` of the packed B block exists.
-                        (
-                            unsafe { b_ptr.get().add(panel0 * panel_len) },
-                            panel_len as isize,
-                            nr as isize,
-                            1,
-                        )
-                    };
-                    let job = BlockJob {
-                        a: a_first,
-                        a_panel,
-                        a_step,
-                        a_edge,
-                        b: b_first,
-                        b_panel,
-                        b_step,
-                        b_col,
-                        kc: kcb,
-                        mr,
-                        nr,
-                        i0,
-                        mc,
-                        j0: j0 + col_begin,
-                        nc: col_end - col_begin,
-                        c,
-                        alpha,
-                        beta: if first { beta } else { 1.0 },
-                        read_c: !first || beta != 0.0,
-                        epilogue: if last {
-                            raw_epilogue
-                        } else {
-                            RawEpilogue::None
-                        },
-                    };
-                    // The ISA was checked available above, so dispatch cannot fail.
-                    let _ = dispatch(isa, BlockOp { job: &job });
-                    i0 += mc;
+                        pack_panels(0, b_packed);
+                    }
                 }
-            };
-            if tasks > 1 && a_len == 0 {
-                // k == 0: nothing to pack, the tasks only scale C.
-                (0..tasks)
-                    .into_par_iter()
-                    .with_max_len(1)
-                    .for_each(|tid| work(tid, &mut []));
-            } else if tasks > 1 {
-                a_scratch
-                    .par_chunks_mut(a_len)
-                    .enumerate()
-                    .with_max_len(1)
-                    .for_each(|(tid, a_buf)| work(tid, a_buf));
-            } else {
-                work(0, a_scratch);
-            }
-            p0 += kcb;
-            if p0 >= k_eff {
-                break;
-            }
+                let b_base = SendPtr(b_scratch.as_ptr() as *const f32);
+                for_tasks(a_scratch, &|tid, a_buf| work(tid, a_buf, j0, p0, b_base));
+            });
         }
         j0 += nc;
     }
