@@ -32,16 +32,17 @@ pub fn run(args: &[String]) -> Result<(), Error> {
 }
 
 const BENCH_USAGE: &str = "natgrad bench kernels|step --quick --json [--threads 1,2]
-                      [--preset paper|deep] [--batch 20,100,256,1000]
+                      [--preset paper|deep] [--batch 20,100,256,1000] [--phases]
 
 Measures ours against the baselines (kernels: faer, matrixmultiply; steps: SGD)
 in one process, interleaved, median of several repetitions, and prints one JSON
-object per line. --preset and --batch select cells of the step benchmark.";
+object per line. --preset and --batch select cells of the step benchmark;
+--phases also prints the median time of each phase of the natural-gradient step.";
 
 fn bench_main(args: &[String]) -> Result<(), Error> {
     let what = args.first().map(String::as_str);
     let mut threads = vec![1, 2];
-    let (mut quick, mut json) = (false, false);
+    let (mut quick, mut json, mut phases) = (false, false, false);
     let mut presets = vec!["paper".to_string(), "deep".to_string()];
     let mut batches = vec![20, 100, 256, 1000];
     let mut it = args.iter().skip(1);
@@ -49,6 +50,7 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
         match a.as_str() {
             "--quick" => quick = true,
             "--json" => json = true,
+            "--phases" => phases = true,
             "--threads" => {
                 let v = it.next().ok_or_else(|| {
                     Error::Usage(format!("--threads needs a value\n{BENCH_USAGE}"))
@@ -105,7 +107,17 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
         }
         Some("step") => {
             let t = if threads == [1, 2] { vec![2] } else { threads };
-            crate::bench::step::quick_lines(&t, &presets, &batches, &mut emit)
+            crate::bench::step::quick_lines(&t, &presets, &batches, &mut emit)?;
+            if phases {
+                for &threads in &t {
+                    for preset in &presets {
+                        for &batch in &batches {
+                            crate::bench::step::phase_lines(preset, batch, threads, 9, &mut emit)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
         }
         _ => Err(Error::Usage(BENCH_USAGE.into())),
     }

@@ -4,6 +4,7 @@
 
 use crate::mlp::Mlp;
 
+use crate::optim::{NaturalGradient, Optimizer};
 use crate::race::{tuned, OptimizerKind};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
@@ -76,6 +77,74 @@ pub fn measure_cell(
                 kind.name(),
                 ms / sgd_ms,
                 *allocs as f64 / reps as f64
+            ));
+        }
+        Ok(())
+    })?;
+    lines.into_iter().for_each(emit);
+    Ok(())
+}
+
+/// Median milliseconds of each phase of the natural-gradient step (the race's
+/// settings) at one (preset, batch) cell, one JSON line per phase, with the
+/// SGD step's median for scale.
+pub fn phase_lines(
+    preset: &str,
+    batch: usize,
+    threads: usize,
+    reps: usize,
+    emit: &mut dyn FnMut(String),
+) -> Result<(), crate::Error> {
+    let proto = Mlp::preset(preset, 1)?;
+    let n0 = proto.input_size();
+    let mut rng = Rng::new(7);
+    let x: Vec<f32> = (0..n0 * batch).map(|_| rng.uniform_f32()).collect();
+    let xm = MatRef::from_column_major_slice(&x, n0, batch);
+    let par = if threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    };
+    let cfg = match tuned(preset, OptimizerKind::NaturalGradient)? {
+        crate::race::Hyper::Ng(_, cfg) => cfg,
+        _ => unreachable!("tuned(NaturalGradient) is a natural-gradient setting"),
+    };
+    let pool = super::pool(threads);
+    let mut lines = Vec::new();
+    pool.install(|| -> Result<(), crate::Error> {
+        let mut net = proto.clone();
+        let mut ws = Workspace::new(&net, batch, par)?;
+        let mut ng = NaturalGradient::new(&net, batch, cfg)?;
+        ng.step(&mut net, &mut ws, xm, xm)?;
+        let mut cols: [Vec<f64>; 6] = Default::default();
+        for _ in 0..reps {
+            let t = Instant::now();
+            ng.step(&mut net, &mut ws, xm, xm)?;
+            let total = t.elapsed().as_secs_f64();
+            let p = ng.last_phase_secs();
+            for (c, v) in cols.iter_mut().zip([
+                p.loss_and_gradient,
+                p.sampled_backward,
+                p.factorise,
+                p.precondition,
+                p.apply_and_damping,
+                total,
+            ]) {
+                c.push(v);
+            }
+        }
+        let names = [
+            "loss_and_gradient",
+            "sampled_backward",
+            "factorise",
+            "precondition",
+            "apply_and_damping",
+            "total",
+        ];
+        for (name, c) in names.iter().zip(cols.iter_mut()) {
+            lines.push(format!(
+                "{{\"preset\": \"{preset}\", \"batch\": {batch}, \"optimizer\": \"ng\", \"threads\": {threads}, \"phase\": \"{name}\", \"median_ms\": {:.3}}}",
+                1e3 * super::median(c)
             ));
         }
         Ok(())

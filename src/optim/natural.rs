@@ -37,6 +37,7 @@ use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
 use natgrad_kernels::trsm::{solve_llt_left_in_place, solve_llt_right_in_place, solve_scratch};
 use natgrad_kernels::{MatRef, MemBuffer, MemStack, Par, StackReq};
 use rayon::prelude::*;
+use std::time::Instant;
 
 /// How the damping `g` changes during training.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -271,6 +272,25 @@ fn max_over_batches(max_b: usize, req: impl Fn(usize) -> StackReq) -> StackReq {
     StackReq::any_of(&(1..=max_b).map(req).collect::<Vec<_>>())
 }
 
+/// Wall-clock seconds of each phase of the last natural-gradient step (see
+/// [`NaturalGradient::last_phase_secs`]). Reading the clock costs a few tens
+/// of nanoseconds per phase; nothing is allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseSecs {
+    /// Forward pass, loss and backward pass with the weight gradients (an SGD
+    /// step's work).
+    pub loss_and_gradient: f64,
+    /// Backward pass from sampled targets, and the backward factors.
+    pub sampled_backward: f64,
+    /// Forward factors and the Cholesky factorisations (of the factors or of
+    /// the Gram matrices).
+    pub factorise: f64,
+    /// The preconditioned update: solves and GEMMs.
+    pub precondition: f64,
+    /// Applying the update and the Levenberg-Marquardt check (one forward pass).
+    pub apply_and_damping: f64,
+}
+
 /// The online natural-gradient optimizer.
 ///
 /// ```
@@ -307,6 +327,7 @@ pub struct NaturalGradient {
     steps: u64,
     /// Whether the Cholesky factors are stale (damping changed, or never built).
     stale: bool,
+    phases: PhaseSecs,
 }
 
 impl NaturalGradient {
@@ -447,6 +468,7 @@ impl NaturalGradient {
             damping: config.damping,
             steps: 0,
             stale: true,
+            phases: PhaseSecs::default(),
         })
     }
 
@@ -461,6 +483,10 @@ impl NaturalGradient {
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+    /// Where the time of the last successful step went, phase by phase.
+    pub fn last_phase_secs(&self) -> PhaseSecs {
+        self.phases
     }
     /// The largest minibatch this optimizer takes.
     pub fn max_batch(&self) -> usize {
@@ -701,6 +727,9 @@ impl Optimizer for NaturalGradient {
                 self.max_batch
             )));
         }
+        let clock = Instant::now();
+        let mut phases = PhaseSecs::default();
+        let lap = |slot: &mut f64| *slot = clock.elapsed().as_secs_f64();
         // 1. Loss and gradient on the data targets. Everything that can fail on
         //    the caller's input fails here, before any state changes.
         let loss = net.loss_and_gradient(ws, x, y)?;
@@ -721,6 +750,7 @@ impl Optimizer for NaturalGradient {
                 LayerPlan::choose(st.n_out, st.n_in1, b, self.config.preconditioning, gram_ok);
         }
 
+        lap(&mut phases.loss_and_gradient);
         // 2. Backward factors from errors of targets sampled from the model.
         let samples = self.config.samples;
         for s in 0..samples {
@@ -768,6 +798,7 @@ impl Optimizer for NaturalGradient {
                 })?;
         }
 
+        lap(&mut phases.sampled_backward);
         // 3. Forward factors, factorisation, preconditioned update, per layer in parallel.
         let eta = self.step_scale(num_layers);
         let pi_correction = self.config.pi_correction;
@@ -835,6 +866,7 @@ impl Optimizer for NaturalGradient {
         self.damping = damping.clamp(lo, hi);
         self.stale = false;
 
+        lap(&mut phases.factorise);
         // 4. Preconditioned update dW_i into each layer's `delta`.
         let acts = &mut ws.acts[..num_layers];
         self.layers
@@ -915,6 +947,7 @@ impl Optimizer for NaturalGradient {
             ));
         }
 
+        lap(&mut phases.precondition);
         // 5. Apply.
         for (w, st) in net.params_mut().zip(&self.layers) {
             w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w += d);
@@ -957,6 +990,13 @@ impl Optimizer for NaturalGradient {
                 }
             }
         }
+        lap(&mut phases.apply_and_damping);
+        // Cumulative clock readings to per-phase durations.
+        phases.apply_and_damping -= phases.precondition;
+        phases.precondition -= phases.factorise;
+        phases.factorise -= phases.sampled_backward;
+        phases.sampled_backward -= phases.loss_and_gradient;
+        self.phases = phases;
         Ok(StepStats { loss })
     }
 }
