@@ -52,12 +52,16 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
             // from the paper's initial damping 1 or from 0.01.
             let mut v = Vec::new();
             for b in [256, 1000] {
-                for (decay, refresh, lm, damping) in [
-                    (0.0, 1, 1, 1.0),
-                    (0.95, 5, 1, 1.0),
-                    (0.95, 5, 5, 1.0),
-                    (0.0, 1, 1, 0.01),
-                    (0.95, 5, 1, 0.01),
+                // (decay, refresh, LM interval, initial damping, damping floor)
+                for (decay, refresh, lm, damping, floor) in [
+                    (0.0, 1, 1, 1.0, 1e-6),
+                    (0.95, 5, 1, 1.0, 1e-6),
+                    (0.95, 5, 5, 1.0, 1e-6),
+                    (0.0, 1, 1, 0.01, 1e-6),
+                    (0.95, 5, 1, 0.01, 1e-6),
+                    (0.0, 1, 1, 1.0, 0.1),
+                    (0.95, 5, 1, 1.0, 0.1),
+                    (0.95, 5, 1, 1.0, 1.0),
                 ] {
                     v.push(Hyper::Ng(
                         b,
@@ -65,6 +69,7 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                             factor_decay: decay,
                             refresh_interval: refresh,
                             damping,
+                            damping_bounds: (floor, 1e6),
                             adaptation: DampingAdaptation::LevenbergMarquardt { interval: lm },
                             ..NaturalGradientConfig::default()
                         },
