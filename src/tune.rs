@@ -52,22 +52,25 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
             // from the paper's initial damping 1 or from 0.01.
             let mut v = Vec::new();
             for b in [256, 1000] {
-                // (decay, refresh, LM interval, initial damping, damping floor)
-                for (decay, refresh, lm, damping, floor) in [
-                    (0.0, 1, 1, 1.0, 1e-6),
-                    (0.95, 5, 1, 1.0, 1e-6),
-                    (0.95, 5, 5, 1.0, 1e-6),
-                    (0.0, 1, 1, 0.01, 1e-6),
-                    (0.95, 5, 1, 0.01, 1e-6),
-                    (0.0, 1, 1, 1.0, 0.1),
-                    (0.95, 5, 1, 1.0, 0.1),
-                    (0.95, 5, 1, 1.0, 1.0),
+                // (decay, refresh, statistics interval, LM interval, initial
+                // damping, damping floor)
+                for (decay, refresh, stats, lm, damping, floor) in [
+                    (0.0, 1, 1, 1, 1.0, 1e-6),
+                    (0.95, 5, 1, 1, 1.0, 1e-6),
+                    (0.95, 5, 1, 5, 1.0, 1e-6),
+                    (0.0, 1, 1, 1, 0.01, 1e-6),
+                    (0.95, 5, 1, 1, 0.01, 1e-6),
+                    (0.0, 1, 1, 1, 1.0, 0.1),
+                    (0.95, 5, 1, 1, 1.0, 0.1),
+                    (0.95, 5, 1, 1, 1.0, 1.0),
+                    (0.95, 5, 5, 1, 1.0, 1e-6),
                 ] {
                     v.push(Hyper::Ng(
                         b,
                         NaturalGradientConfig {
                             factor_decay: decay,
                             refresh_interval: refresh,
+                            statistics_interval: stats,
                             damping,
                             damping_bounds: (floor, 1e6),
                             adaptation: DampingAdaptation::LevenbergMarquardt { interval: lm },

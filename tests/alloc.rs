@@ -95,6 +95,12 @@ fn steps_allocate_nothing_after_the_first() {
                     preconditioning: Preconditioning::Gram,
                     ..Default::default()
                 }),
+                ng(NaturalGradientConfig {
+                    factor_decay: 0.95,
+                    refresh_interval: 4,
+                    statistics_interval: 2,
+                    ..Default::default()
+                }),
             ];
             for (which, mut opt) in optimizers.into_iter().enumerate() {
                 // The Gram form (the last) applies where the minibatch is at most

@@ -548,6 +548,13 @@ fn zero_counts_in_the_natural_gradient_configuration() {
     );
     ng_refuses("samples 0", NaturalGradientConfig { samples: 0, ..d });
     ng_refuses(
+        "statistics_interval 0",
+        NaturalGradientConfig {
+            statistics_interval: 0,
+            ..d
+        },
+    );
+    ng_refuses(
         "LM interval 0",
         NaturalGradientConfig {
             adaptation: DampingAdaptation::LevenbergMarquardt { interval: 0 },
@@ -948,6 +955,13 @@ fn gram_preconditioning_without_per_minibatch_factors() {
             "Gram with refresh_interval 2",
             NaturalGradientConfig {
                 refresh_interval: 2,
+                ..gram
+            },
+        ),
+        (
+            "Gram with statistics_interval 2",
+            NaturalGradientConfig {
+                statistics_interval: 2,
                 ..gram
             },
         ),

@@ -223,6 +223,12 @@ fn natural_gradient_options_all_descend() {
             ..Default::default()
         },
         NaturalGradientConfig {
+            factor_decay: 0.95,
+            refresh_interval: 5,
+            statistics_interval: 5,
+            ..Default::default()
+        },
+        NaturalGradientConfig {
             preconditioning: Preconditioning::Full,
             ..Default::default()
         },
@@ -332,6 +338,59 @@ fn gram_preconditioning_agrees_with_low_rank() {
                     "layer {l} (damping {damping}, pi {pi_correction}): {p} vs {q}"
                 );
             }
+        }
+    }
+}
+
+/// With `statistics_interval = 3` the factors change on steps 1, 4, 7 only
+/// (bit for bit unchanged in between), while the weights move every step; with
+/// the default they change every step.
+#[test]
+fn factors_change_only_on_statistics_steps() {
+    let (net0, x, b) = toy_problem();
+    let xm = MatRef::from_column_major_slice(&x, 12, b);
+    let snapshot = |ng: &NaturalGradient| -> Vec<f32> {
+        (0..net0.num_layers())
+            .flat_map(|i| {
+                let (a, g) = (ng.forward_factor(i), ng.backward_factor(i));
+                let a: Vec<f32> = (0..a.ncols())
+                    .flat_map(|j| (j..a.nrows()).map(move |r| a[(r, j)]))
+                    .collect();
+                let g: Vec<f32> = (0..g.ncols())
+                    .flat_map(|j| (j..g.nrows()).map(move |r| g[(r, j)]))
+                    .collect();
+                a.into_iter().chain(g)
+            })
+            .collect()
+    };
+    for interval in [1usize, 3] {
+        let mut net = net0.clone();
+        let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+        let cfg = NaturalGradientConfig {
+            factor_decay: 0.9,
+            refresh_interval: 3,
+            statistics_interval: interval,
+            ..Default::default()
+        };
+        let mut ng = NaturalGradient::new(&net, b, cfg).unwrap();
+        let mut before = snapshot(&ng);
+        for step in 1..=7 {
+            let w_before: Vec<f32> = net.params_mut().flat_map(|w| w.to_vec()).collect();
+            ng.step(&mut net, &mut ws, xm, xm).unwrap();
+            let w_after: Vec<f32> = net.params_mut().flat_map(|w| w.to_vec()).collect();
+            assert_ne!(
+                w_before, w_after,
+                "interval {interval}, step {step}: weights did not move"
+            );
+            let after = snapshot(&ng);
+            let stats_step = (step - 1) % interval == 0;
+            assert_eq!(
+                after != before,
+                stats_step,
+                "interval {interval}, step {step}: factors changed = {}",
+                after != before
+            );
+            before = after;
         }
     }
 }

@@ -126,6 +126,14 @@ pub struct NaturalGradientConfig {
     pub refresh_interval: usize,
     /// How factors are kept between refreshes. Default `Refactor`.
     pub factor_update: FactorUpdate,
+    /// Steps between updates of the curvature factors `A` and `G` (>= 1;
+    /// K-FAC's `T_cov`). Default 1: every step, the paper's setting. With
+    /// `T > 1` the sampled backward pass and both covariance accumulations run
+    /// only on every `T`-th step (the first included), and the running average
+    /// then decays by `factor_decay^T` per update, so that its memory measured
+    /// in steps stays the same. The factors then lag the weights by up to
+    /// `T - 1` steps; the gradient is always the current one.
+    pub statistics_interval: usize,
     /// Targets sampled per example for the backward factor (>= 1). Default 1
     /// (the paper's; more samples reduce the variance of `G` at one extra
     /// backward pass each).
@@ -151,6 +159,7 @@ impl Default for NaturalGradientConfig {
             adaptation: DampingAdaptation::LevenbergMarquardt { interval: 1 },
             refresh_interval: 1,
             factor_update: FactorUpdate::Refactor,
+            statistics_interval: 1,
             samples: 1,
             preconditioning: Preconditioning::Auto,
             pi_correction: false,
@@ -352,6 +361,11 @@ impl NaturalGradient {
         if config.samples == 0 {
             return Err(Error::InvalidConfig("samples must be at least 1".into()));
         }
+        if config.statistics_interval == 0 {
+            return Err(Error::InvalidConfig(
+                "statistics_interval must be at least 1".into(),
+            ));
+        }
         if let DampingAdaptation::LevenbergMarquardt { interval: 0 } = config.adaptation {
             return Err(Error::InvalidConfig(
                 "the Levenberg-Marquardt interval must be at least 1".into(),
@@ -366,7 +380,7 @@ impl NaturalGradient {
         if config.preconditioning == Preconditioning::Gram && !gram_ok {
             return Err(Error::InvalidConfig(
                 "Gram preconditioning needs per-minibatch factors: factor_decay 0, \
-                 refresh_interval 1, factor_update Refactor and samples 1"
+                 refresh_interval 1, statistics_interval 1, factor_update Refactor and samples 1"
                     .into(),
             ));
         }
@@ -567,6 +581,7 @@ impl NaturalGradient {
 fn gram_applies(config: &NaturalGradientConfig) -> bool {
     config.factor_decay == 0.0
         && config.refresh_interval == 1
+        && config.statistics_interval == 1
         && config.samples == 1
         && config.factor_update == FactorUpdate::Refactor
 }
@@ -737,13 +752,20 @@ impl Optimizer for NaturalGradient {
         let (b, par) = (ws.batch, ws.par);
         let num_layers = net.num_layers();
         let k = self.steps + 1;
-        let rho = if k == 1 {
+        // Statistics steps: every `statistics_interval`-th, the first included;
+        // `updates` counts them up to this one.
+        let t_stats = self.config.statistics_interval as u64;
+        let stats_step = (k - 1) % t_stats == 0;
+        let updates = (k - 1) / t_stats + 1;
+        let rho = if updates == 1 {
             0.0
         } else {
-            self.config.factor_decay.min(1.0 - 1.0 / k as f32)
+            let per_update = self.config.factor_decay.powi(t_stats as i32);
+            per_update.min(1.0 - 1.0 / updates as f32)
         };
         let refresh = self.stale || (k - 1) % self.config.refresh_interval as u64 == 0;
-        let rank_update = !refresh && self.config.factor_update == FactorUpdate::RankUpdate;
+        let rank_update =
+            stats_step && !refresh && self.config.factor_update == FactorUpdate::RankUpdate;
         let gram_ok = gram_applies(&self.config);
         for st in &mut self.layers {
             st.plan =
@@ -752,7 +774,7 @@ impl Optimizer for NaturalGradient {
 
         lap(&mut phases.loss_and_gradient);
         // 2. Backward factors from errors of targets sampled from the model.
-        let samples = self.config.samples;
+        let samples = if stats_step { self.config.samples } else { 0 };
         for s in 0..samples {
             {
                 let last = net.num_layers() - 1;
@@ -815,7 +837,7 @@ impl Optimizer for NaturalGradient {
                 .zip(self.sampled_errs.par_iter())
                 .try_for_each(|((st, a), es)| -> Result<(), natgrad_kernels::Error> {
                     let abar = view(a, st.n_in1, b, st.n_in1);
-                    if first && !st.plan.a_gram {
+                    if first && stats_step && !st.plan.a_gram {
                         let stack = MemStack::new(&mut st.scratch);
                         if rank_update {
                             let (cols, alphas) = (&mut st.update_cols, &mut st.update_alpha);
