@@ -91,11 +91,12 @@ impl Hyper {
 ///
 /// The grids are in [`crate::tune::candidates`]: SGD at minibatch 20 (plain, the
 /// paper's) and 100 (momentum 0.9) with learning rates from 5e-4 to 0.16; Adam at
-/// minibatch 20 and 100 with rates from 1e-4 to 3e-3; NG at minibatch 256 and
-/// 1000 with eta 1, the 1/L scale and LM damping (the paper's), per-minibatch
+/// minibatch 20 and 100 with rates from 1e-4 to 3e-3; NG at minibatch 256, 500
+/// and 1000 with eta 1, the 1/L scale and LM damping (the paper's), per-minibatch
 /// factors or running averages (decay 0.95, refresh every 5 steps), LM every step
+/// or every 5, initial damping 1 or 0.01, damping floors, statistics every step
 /// or every 5. The validation losses found are noted beside each entry below
-/// (10 s per candidate for SGD and Adam, 20-30 s for NG, on a machine shared
+/// (10 s per candidate for SGD and Adam, 20-40 s for NG, on a machine shared
 /// with other jobs).
 pub fn tuned(preset: &str, kind: OptimizerKind) -> Result<Hyper, Error> {
     let ng_config = |decay: f32, refresh: usize| NaturalGradientConfig {
@@ -156,6 +157,14 @@ pub fn tuned(preset: &str, kind: OptimizerKind) -> Result<Hyper, Error> {
         // 30 steps against 140; the wall-clock scores, 111.1 after 31 steps against
         // 75.1 after 91, came from runs that got 3x fewer steps under machine load).
         // On `paper` 0.01 was worse for every setting (55.4 at best).
+        // Minibatch 500 joined the grid once the Gram form made per-minibatch
+        // steps cheaper where b < n (30 s, per-minibatch factors, damping 0.01,
+        // loaded machine): b=500: 75.07 after 159 steps; b=1000: 80.49 after
+        // 79; b=256: 162.9 after 301. In the race (seeds 1, 2, 3) b=500 gave
+        // 8.51x, never (stuck near the plateau: test loss 195 after 269 steps)
+        // and 7.27x; with initial damping 0.1, final test losses 98.7, 68.7 and
+        // 180.8 (stuck again). b=1000 gave 6.32x, 4.51x, 4.57x and never stalled
+        // (final 76.1, 72.6, 91.2): the robust choice, kept.
         ("deep", OptimizerKind::NaturalGradient) => Hyper::Ng(
             1000,
             NaturalGradientConfig {

@@ -51,7 +51,7 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
             // refresh every 5 steps), with the LM check every step or every 5,
             // from the paper's initial damping 1 or from 0.01.
             let mut v = Vec::new();
-            for b in [256, 1000] {
+            for b in [256, 500, 1000] {
                 // (decay, refresh, statistics interval, LM interval, initial
                 // damping, damping floor)
                 for (decay, refresh, stats, lm, damping, floor) in [
