@@ -250,6 +250,18 @@ fn natural_gradient_options_all_descend() {
     }
 }
 
+/// Each layer's last update, column-major.
+fn last_updates(ng: &NaturalGradient, layers: usize) -> Vec<Vec<f32>> {
+    (0..layers)
+        .map(|i| {
+            let d = ng.last_update(i);
+            (0..d.ncols())
+                .flat_map(|j| (0..d.nrows()).map(move |r| d[(r, j)]))
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
 fn low_rank_and_full_preconditioning_agree() {
     use natgrad::optim::Preconditioning;
@@ -266,16 +278,7 @@ fn low_rank_and_full_preconditioning_agree() {
         };
         let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
         ng.step(&mut n2, &mut ws, xm, xm).unwrap();
-        deltas.push(
-            (0..n2.num_layers())
-                .map(|i| {
-                    let d = ng.last_update(i);
-                    (0..d.ncols())
-                        .flat_map(|j| (0..d.nrows()).map(move |r| d[(r, j)]))
-                        .collect::<Vec<f32>>()
-                })
-                .collect::<Vec<_>>(),
-        );
+        deltas.push(last_updates(&ng, n2.num_layers()));
     }
     for (l, (a, b)) in deltas[0].iter().zip(&deltas[1]).enumerate() {
         let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
@@ -313,16 +316,7 @@ fn gram_preconditioning_agrees_with_low_rank() {
             // Two steps: the second starts from weights the first has moved.
             ng.step(&mut n2, &mut ws, xm, xm).unwrap();
             ng.step(&mut n2, &mut ws, xm, xm).unwrap();
-            deltas.push(
-                (0..n2.num_layers())
-                    .map(|i| {
-                        let d = ng.last_update(i);
-                        (0..d.ncols())
-                            .flat_map(|j| (0..d.nrows()).map(move |r| d[(r, j)]))
-                            .collect::<Vec<f32>>()
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            deltas.push(last_updates(&ng, n2.num_layers()));
         }
         for (l, (a, g)) in deltas[0].iter().zip(&deltas[1]).enumerate() {
             let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);

@@ -566,6 +566,49 @@ fn check_update(l0: &Mat<f32>, w: &Mat<f32>, alpha: &[f32], l1: &Mat<f32>, what:
     }
 }
 
+/// `cholesky_rank_update` on a copy of `l0` with a copy of `w`: held
+/// transposed in an upper-triangular store (row stride != 1) when `strided`,
+/// otherwise inside a padded matrix whose border must stay untouched. Returns
+/// the lower triangle of the result.
+fn updated(
+    isa: Isa,
+    l0: &Mat<f32>,
+    w: &Mat<f32>,
+    alpha: &[f32],
+    par: Par,
+    strided: bool,
+) -> Mat<f32> {
+    let (n, k) = (l0.nrows(), alpha.len());
+    let mut wc = w.clone();
+    let mut mem = scratch(cholesky_update_scratch(n, k, par));
+    if strided {
+        let mut store = l0.transpose().to_owned();
+        cholesky_rank_update_with_isa(
+            isa,
+            store.as_mut().transpose_mut(),
+            wc.as_mut(),
+            alpha,
+            par,
+            MemStack::new(&mut mem),
+        )
+        .unwrap();
+        lower_of(&store.transpose().to_owned())
+    } else {
+        let mut p = Padded::from(l0.as_ref());
+        cholesky_rank_update_with_isa(
+            isa,
+            p.view(),
+            wc.as_mut(),
+            alpha,
+            par,
+            MemStack::new(&mut mem),
+        )
+        .unwrap();
+        p.check_border();
+        lower_of(&p.get())
+    }
+}
+
 #[test]
 fn rank_update_matches_fresh_factorisation() {
     let mut rng = Rng::new(5);
@@ -598,35 +641,7 @@ fn rank_update_matches_fresh_factorisation() {
                         // (eigenvalues of L L^T are >= 1e-2, |a w w^T| <= 1e-3 |w|^2).
                         alpha[0] = -1e-3 / (1.0 + (0..n).map(|i| w[(i, 0)].powi(2)).sum::<f32>());
                     }
-                    let mut wc = w.clone();
-                    let mut mem = scratch(cholesky_update_scratch(n, k, par));
-                    let l1 = if strided {
-                        // L held transposed in an upper-triangular store: row stride != 1.
-                        let mut store = l0.transpose().to_owned();
-                        cholesky_rank_update_with_isa(
-                            isa,
-                            store.as_mut().transpose_mut(),
-                            wc.as_mut(),
-                            &alpha,
-                            par,
-                            MemStack::new(&mut mem),
-                        )
-                        .unwrap();
-                        lower_of(&store.transpose().to_owned())
-                    } else {
-                        let mut p = Padded::from(l0.as_ref());
-                        cholesky_rank_update_with_isa(
-                            isa,
-                            p.view(),
-                            wc.as_mut(),
-                            &alpha,
-                            par,
-                            MemStack::new(&mut mem),
-                        )
-                        .unwrap();
-                        p.check_border();
-                        lower_of(&p.get())
-                    };
+                    let l1 = updated(isa, &l0, &w, &alpha, par, strided);
                     check_update(
                         &l0,
                         &w,
@@ -667,33 +682,7 @@ fn rank_update_far_beyond_the_factor_keeps_accuracy() {
                     reach > 1e3,
                     "the test needs a far-reaching update ({reach})"
                 );
-                let mut wc = w.clone();
-                let mut mem = scratch(cholesky_update_scratch(n, k, Par::Seq));
-                let l1 = if strided {
-                    let mut store = l0.transpose().to_owned();
-                    cholesky_rank_update_with_isa(
-                        isa,
-                        store.as_mut().transpose_mut(),
-                        wc.as_mut(),
-                        &alpha,
-                        Par::Seq,
-                        MemStack::new(&mut mem),
-                    )
-                    .unwrap();
-                    lower_of(&store.transpose().to_owned())
-                } else {
-                    let mut l = l0.clone();
-                    cholesky_rank_update_with_isa(
-                        isa,
-                        l.as_mut(),
-                        wc.as_mut(),
-                        &alpha,
-                        Par::Seq,
-                        MemStack::new(&mut mem),
-                    )
-                    .unwrap();
-                    lower_of(&l)
-                };
+                let l1 = updated(isa, &l0, &w, &alpha, Par::Seq, strided);
                 check_update(
                     &l0,
                     &w,

@@ -29,19 +29,9 @@ pub fn measure_cell(
     reps: usize,
     emit: &mut dyn FnMut(String),
 ) -> Result<(), crate::Error> {
-    let proto = Mlp::preset(preset, 1)?;
-    let n0 = proto.input_size();
-    let mut rng = Rng::new(7);
-    let mut x: Vec<f32> = (0..n0 * batch).map(|_| rng.uniform_f32()).collect();
-    if preset == "paper" {
-        x.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
-    }
-    let xm = MatRef::from_column_major_slice(&x, n0, batch);
-    let par = if threads == 1 {
-        Par::Seq
-    } else {
-        Par::rayon(threads)
-    };
+    let (proto, x) = cell_input(preset, batch)?;
+    let xm = MatRef::from_column_major_slice(&x, proto.input_size(), batch);
+    let par = par_for(threads);
     // Only the measuring threads count (see natgrad_kernels::alloc_counter).
     track_current_thread(true);
     let pool = super::pool(threads);
@@ -91,9 +81,31 @@ pub fn measure_cell(
     Ok(())
 }
 
+/// The preset's network and a minibatch of `batch` random inputs in its data
+/// range (`[0, 1]` for `deep`, `[-1, 1]` for the standardised `paper` data).
+fn cell_input(preset: &str, batch: usize) -> Result<(Mlp, Vec<f32>), crate::Error> {
+    let proto = Mlp::preset(preset, 1)?;
+    let mut rng = Rng::new(7);
+    let mut x: Vec<f32> = (0..proto.input_size() * batch)
+        .map(|_| rng.uniform_f32())
+        .collect();
+    if preset == "paper" {
+        x.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
+    }
+    Ok((proto, x))
+}
+
+fn par_for(threads: usize) -> Par {
+    if threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    }
+}
+
 /// Median milliseconds of each phase of the natural-gradient step (the race's
-/// settings) at one (preset, batch) cell, one JSON line per phase, with the
-/// SGD step's median for scale.
+/// settings) at one (preset, batch) cell, one JSON line per phase and one for
+/// the whole step, on the same inputs as [`measure_cell`].
 pub fn phase_lines(
     preset: &str,
     batch: usize,
@@ -101,16 +113,9 @@ pub fn phase_lines(
     reps: usize,
     emit: &mut dyn FnMut(String),
 ) -> Result<(), crate::Error> {
-    let proto = Mlp::preset(preset, 1)?;
-    let n0 = proto.input_size();
-    let mut rng = Rng::new(7);
-    let x: Vec<f32> = (0..n0 * batch).map(|_| rng.uniform_f32()).collect();
-    let xm = MatRef::from_column_major_slice(&x, n0, batch);
-    let par = if threads == 1 {
-        Par::Seq
-    } else {
-        Par::rayon(threads)
-    };
+    let (proto, x) = cell_input(preset, batch)?;
+    let xm = MatRef::from_column_major_slice(&x, proto.input_size(), batch);
+    let par = par_for(threads);
     let cfg = match tuned(preset, OptimizerKind::NaturalGradient)? {
         crate::race::Hyper::Ng(_, cfg) => cfg,
         _ => unreachable!("tuned(NaturalGradient) is a natural-gradient setting"),
