@@ -39,6 +39,14 @@ in one process, interleaved, median of several repetitions, and prints one JSON
 object per line. --preset and --batch select cells of the step benchmark;
 --phases also prints the median time of each phase of the natural-gradient step.";
 
+/// A comma-separated list of positive integers given to `flag`.
+fn positive_list(flag: &str, v: &str, example: &str) -> Result<Vec<usize>, Error> {
+    v.split(',')
+        .map(|t| t.parse::<usize>().ok().filter(|&t| t > 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::Usage(format!("{flag} takes a list like {example}, got {v:?}")))
+}
+
 fn bench_main(args: &[String]) -> Result<(), Error> {
     let what = args.first().map(String::as_str);
     let mut threads = vec![1, 2];
@@ -55,13 +63,7 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
                 let v = it.next().ok_or_else(|| {
                     Error::Usage(format!("--threads needs a value\n{BENCH_USAGE}"))
                 })?;
-                threads = v
-                    .split(',')
-                    .map(|t| t.parse::<usize>().ok().filter(|&t| t > 0))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        Error::Usage(format!("--threads takes a list like 1,2, got {v:?}"))
-                    })?;
+                threads = positive_list("--threads", v, "1,2")?;
             }
             "--preset" => {
                 let v = it.next().ok_or_else(|| {
@@ -78,13 +80,7 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
                 let v = it
                     .next()
                     .ok_or_else(|| Error::Usage(format!("--batch needs a value\n{BENCH_USAGE}")))?;
-                batches = v
-                    .split(',')
-                    .map(|t| t.parse::<usize>().ok().filter(|&t| t > 0))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        Error::Usage(format!("--batch takes a list like 256,1000, got {v:?}"))
-                    })?;
+                batches = positive_list("--batch", v, "256,1000")?;
             }
             _ => {
                 return Err(Error::Usage(format!(

@@ -203,9 +203,10 @@ pub fn cholesky_update_scratch(n: usize, k: usize, par: Par) -> StackReq {
 ///
 /// Two algorithms, chosen by cost: for `k < n / 8`, `k` sweeps of rank-1
 /// updates (column by column, all `k` columns of `W` applied to each column of
-/// `L` while it is in cache; Givens rotations for `alpha >= 0`, so accuracy does
-/// not depend on how large the update is against `L`); otherwise `L L^T` is rebuilt in place by
-/// the packed triangular product (n^3/3 flops), `W diag(alpha) W^T` added by the
+/// `L` while it is in cache; Givens rotations for `alpha >= 0`, so accuracy
+/// does not depend on how large the update is against `L`); otherwise `L L^T`
+/// is rebuilt in place by the packed triangular product (n^3/3 flops), `W
+/// diag(alpha) W^T` added by the
 /// packed SYRK kernel, and the sum refactorised by [`cholesky_in_place`], all on
 /// `par` threads. Both meet `|L L^T - M| <= c u (|L_old||L_old^T| +
 /// |W||diag(alpha)||W^T| + |L||L^T|)` with `c = O(n + k)` for updates; for

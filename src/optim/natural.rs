@@ -93,7 +93,8 @@ pub enum Preconditioning {
     /// `u (lambda_max(G) / d)` relative to each entry. The `n x n` factors are
     /// not formed on such sides (`forward_factor`/`backward_factor` keep their
     /// last formed values). Needs per-minibatch factors: `factor_decay` 0,
-    /// `refresh_interval` 1, `factor_update` `Refactor` and `samples` 1;
+    /// `refresh_interval` 1, `statistics_interval` 1, `factor_update`
+    /// `Refactor` and `samples` 1;
     /// [`NaturalGradient::new`] refuses it otherwise, and `Auto` then never
     /// chooses it.
     Gram,
