@@ -482,6 +482,41 @@ impl Mlp {
         }
     }
 
+    /// The expectation over sampled targets of the output layer's backward
+    /// factor, `E_y~[e_L e_L^T]` averaged over the minibatch, where the
+    /// likelihood makes it diagonal: writes its diagonal into `out[..n]` and
+    /// returns true. Gaussian: `e = -noise`, so the factor is `I` (every entry
+    /// 1). Bernoulli: the outputs are independent with `Var(y~_k) =
+    /// p_k (1 - p_k)`, `p = sigmoid(s)`, so the entries are the minibatch means
+    /// of `p_k (1 - p_k)`. Categorical: `diag(p) - p p^T` is not diagonal;
+    /// returns false and leaves `out` alone.
+    pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> bool {
+        let n = self.output_size();
+        let b = ws.batch;
+        let out = &mut out[..n];
+        match self.likelihood {
+            Likelihood::Gaussian => {
+                out.fill(1.0);
+                true
+            }
+            Likelihood::Bernoulli => {
+                let acts = &ws.acts[self.layers.len()];
+                out.fill(0.0);
+                for j in 0..b {
+                    let s = &acts[j * (n + 1)..j * (n + 1) + n];
+                    for (o, &v) in out.iter_mut().zip(s) {
+                        let p = Activation::Sigmoid.apply(v);
+                        *o += p * (1.0 - p);
+                    }
+                }
+                let inv = 1.0 / b.max(1) as f32;
+                out.iter_mut().for_each(|o| *o *= inv);
+                true
+            }
+            Likelihood::Categorical => false,
+        }
+    }
+
     /// Back-propagates the output error in `errs[L-1]` down to layer 1:
     /// `e_{i-1} = (W_i^T e_i) .* phi'_{i-1}(a_{i-1})`, using the activations of the
     /// last forward pass. `errs` is either the workspace's own error set or an

@@ -49,21 +49,28 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
             // The paper's setting (per-minibatch factors, refreshed and
             // LM-adapted every step) and the K-FAC-style one (running averages,
             // refresh every 5 steps), with the LM check every step or every 5,
-            // from the paper's initial damping 1 or from 0.01.
+            // from the paper's initial damping 1 or from 0.01, the LM check
+            // on the whole minibatch or on its first quarter, and the output
+            // layer's backward factor exact or sampled.
             let mut v = Vec::new();
             for b in [256, 500, 1000] {
                 // (decay, refresh, statistics interval, LM interval, initial
-                // damping, damping floor)
-                for (decay, refresh, stats, lm, damping, floor) in [
-                    (0.0, 1, 1, 1, 1.0, 1e-6),
-                    (0.95, 5, 1, 1, 1.0, 1e-6),
-                    (0.95, 5, 1, 5, 1.0, 1e-6),
-                    (0.0, 1, 1, 1, 0.01, 1e-6),
-                    (0.95, 5, 1, 1, 0.01, 1e-6),
-                    (0.0, 1, 1, 1, 1.0, 0.1),
-                    (0.95, 5, 1, 1, 1.0, 0.1),
-                    (0.95, 5, 1, 1, 1.0, 1.0),
-                    (0.95, 5, 5, 1, 1.0, 1e-6),
+                // damping, damping floor, LM check fraction, exact output factor)
+                for (decay, refresh, stats, lm, damping, floor, check, exact) in [
+                    (0.0, 1, 1, 1, 1.0, 1e-6, 1.0, false),
+                    (0.95, 5, 1, 1, 1.0, 1e-6, 1.0, false),
+                    (0.95, 5, 1, 5, 1.0, 1e-6, 1.0, false),
+                    (0.0, 1, 1, 1, 0.01, 1e-6, 1.0, false),
+                    (0.95, 5, 1, 1, 0.01, 1e-6, 1.0, false),
+                    (0.0, 1, 1, 1, 1.0, 0.1, 1.0, false),
+                    (0.95, 5, 1, 1, 1.0, 0.1, 1.0, false),
+                    (0.95, 5, 1, 1, 1.0, 1.0, 1.0, false),
+                    (0.95, 5, 5, 1, 1.0, 1e-6, 1.0, false),
+                    (0.0, 1, 1, 1, 1.0, 1e-6, 0.25, false),
+                    (0.0, 1, 1, 1, 0.01, 1e-6, 0.25, false),
+                    (0.95, 5, 1, 1, 1.0, 1e-6, 0.25, false),
+                    (0.0, 1, 1, 1, 0.01, 1e-6, 0.25, true),
+                    (0.95, 5, 1, 1, 1.0, 1e-6, 0.25, true),
                 ] {
                     v.push(Hyper::Ng(
                         b,
@@ -74,6 +81,8 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                             damping,
                             damping_bounds: (floor, 1e6),
                             adaptation: DampingAdaptation::LevenbergMarquardt { interval: lm },
+                            damping_check_fraction: check,
+                            exact_output_factor: exact,
                             ..NaturalGradientConfig::default()
                         },
                     ));

@@ -101,6 +101,11 @@ fn steps_allocate_nothing_after_the_first() {
                     statistics_interval: 2,
                     ..Default::default()
                 }),
+                ng(NaturalGradientConfig {
+                    exact_output_factor: true,
+                    damping_check_fraction: 0.25,
+                    ..Default::default()
+                }),
             ];
             for (which, mut opt) in optimizers.into_iter().enumerate() {
                 // The Gram form (the last) applies where the minibatch is at most

@@ -537,6 +537,20 @@ fn factor_decay_outside_zero_one() {
 }
 
 #[test]
+fn damping_check_fraction_outside_zero_one() {
+    let d = NaturalGradientConfig::default();
+    for f in [0.0, -0.5, 1.5, f32::NAN, f32::INFINITY] {
+        ng_refuses(
+            &format!("damping_check_fraction {f}"),
+            NaturalGradientConfig {
+                damping_check_fraction: f,
+                ..d
+            },
+        );
+    }
+}
+
+#[test]
 fn zero_counts_in_the_natural_gradient_configuration() {
     let d = NaturalGradientConfig::default();
     ng_refuses(

@@ -242,6 +242,17 @@ fn natural_gradient_options_all_descend() {
             damping: 0.1,
             ..Default::default()
         },
+        NaturalGradientConfig {
+            damping_check_fraction: 0.25,
+            ..Default::default()
+        },
+        NaturalGradientConfig {
+            exact_output_factor: true,
+            factor_decay: 0.95,
+            refresh_interval: 5,
+            factor_update: FactorUpdate::RankUpdate,
+            ..Default::default()
+        },
     ];
     for cfg in variants {
         let mut ng = NaturalGradient::new(&net, b, cfg).unwrap();
@@ -330,6 +341,163 @@ fn gram_preconditioning_agrees_with_low_rank() {
                 assert!(
                     (p - q).abs() <= 1e-4 * scale,
                     "layer {l} (damping {damping}, pi {pi_correction}): {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
+/// The Levenberg-Marquardt check on a fraction of the minibatch decides from
+/// the loss change on the minibatch's first `ceil(f b)` columns against the
+/// change predicted from the whole minibatch's gradient. Recomputed here step
+/// by step from outside the optimizer (the network before and after the step,
+/// the gradient, the update), for fractions 1/4 and 1; a check that read other
+/// columns, or compared the subset's loss after the step with the whole
+/// minibatch's before it, takes other decisions.
+#[test]
+fn damping_check_on_a_fraction_of_the_minibatch() {
+    let (net, x, b) = toy_problem();
+    let xm = MatRef::from_column_major_slice(&x, 12, b);
+    for fraction in [0.25f32, 1.0] {
+        let c = (fraction as f64 * b as f64).ceil() as usize;
+        let mut n2 = net.clone();
+        let mut ws = Workspace::new(&n2, b, Par::Seq).unwrap();
+        // A small initial damping, so that early steps overshoot (raises) and
+        // later ones fit the model (lowerings).
+        let cfg = NaturalGradientConfig {
+            damping_check_fraction: fraction,
+            damping: 1e-4,
+            ..Default::default()
+        };
+        let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
+        let eta = cfg.learning_rate / n2.num_layers() as f32;
+        let loss_on_first_cols = |m: &Mlp| -> f64 {
+            let mut w = Workspace::new(m, c, Par::Seq).unwrap();
+            let (xs, ys) = (xm.subcols(0, c), xm.subcols(0, c));
+            m.forward(&mut w, xs).unwrap();
+            m.loss(&mut w, ys, false).unwrap()
+        };
+        let (mut raised, mut lowered) = (0, 0);
+        for k in 0..40 {
+            let before = n2.clone();
+            let old = ng.damping();
+            ng.step(&mut n2, &mut ws, xm, xm).unwrap();
+            let mut wg = Workspace::new(&before, b, Par::Seq).unwrap();
+            before.loss_and_gradient(&mut wg, xm, xm).unwrap();
+            let gdd: f64 = last_updates(&ng, n2.num_layers())
+                .iter()
+                .zip(wg.grads())
+                .map(|(d, g)| {
+                    d.iter()
+                        .zip(g)
+                        .map(|(&d, &g)| d as f64 * g as f64)
+                        .sum::<f64>()
+                })
+                .sum();
+            let predicted = gdd * (1.0 - eta as f64 / 2.0);
+            let ratio = (loss_on_first_cols(&n2) - loss_on_first_cols(&before)) / predicted;
+            // Rounding can tip a ratio this close to a threshold either way.
+            if (ratio - 0.25).abs() < 1e-3 || (ratio - 0.75).abs() < 1e-3 {
+                continue;
+            }
+            let want = if predicted >= 0.0 || ratio < 0.25 {
+                raised += 1;
+                old * 1.5
+            } else if ratio > 0.75 {
+                lowered += 1;
+                old * (2.0 / 3.0)
+            } else {
+                old
+            };
+            let (lo, hi) = cfg.damping_bounds;
+            let want = want.clamp(lo, hi);
+            let got = ng.damping();
+            assert!(
+                (got - want).abs() <= 1e-6 * want,
+                "fraction {fraction}, step {k}: damping {got}, expected {want} (ratio {ratio})"
+            );
+        }
+        assert!(
+            raised > 0 && lowered > 0,
+            "fraction {fraction}: {raised} raises, {lowered} lowerings; both branches must be exercised"
+        );
+    }
+}
+
+/// With the exact output factor the output layer's `G` is exactly `I` for a
+/// Gaussian likelihood and `diag(mean p (1 - p))` for a Bernoulli one, which the
+/// sampled estimate approaches with many samples; the full and low-rank forms
+/// of the update, which apply that diagonal differently (to the gradient or to
+/// the errors), agree.
+#[test]
+fn exact_output_factor_is_the_expectation_of_the_sampled_one() {
+    use natgrad::optim::{DampingAdaptation, Preconditioning};
+    for lik in [Likelihood::Gaussian, Likelihood::Bernoulli] {
+        let net = Mlp::new(
+            &[6, 5, 4],
+            &[Activation::Tanh, Activation::Identity],
+            lik,
+            Init::GlorotUniform,
+            5,
+        )
+        .unwrap();
+        let b = 2000;
+        let x = random(6 * b, 21, 1.0);
+        let y = targets(lik, 4, b, 22);
+        let xm = MatRef::from_column_major_slice(&x, 6, b);
+        let ym = MatRef::from_column_major_slice(&y, 4, b);
+        let factor_and_update = |exact: bool, samples: usize, mode: Preconditioning| {
+            let mut n2 = net.clone();
+            let mut ws = Workspace::new(&n2, b, Par::Seq).unwrap();
+            let cfg = NaturalGradientConfig {
+                exact_output_factor: exact,
+                samples,
+                preconditioning: mode,
+                adaptation: DampingAdaptation::Fixed,
+                ..Default::default()
+            };
+            let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
+            ng.step(&mut n2, &mut ws, xm, ym).unwrap();
+            let g = ng.backward_factor(1);
+            let g: Vec<f32> = (0..4)
+                .flat_map(|j| (0..4).map(move |i| if i >= j { g[(i, j)] } else { g[(j, i)] }))
+                .collect();
+            (g, last_updates(&ng, 2))
+        };
+        let (exact, full) = factor_and_update(true, 1, Preconditioning::Full);
+        let (_, low) = factor_and_update(true, 1, Preconditioning::LowRank);
+        let (sampled, _) = factor_and_update(false, 16, Preconditioning::Auto);
+        // Off the diagonal: exactly 0. On it: 1 (Gaussian), or a mean of
+        // p (1 - p) in (0, 1/4] (Bernoulli).
+        for j in 0..4 {
+            for i in 0..4 {
+                let v = exact[j * 4 + i];
+                if i != j {
+                    assert_eq!(v, 0.0, "{lik:?}: G({i},{j})");
+                } else if lik == Likelihood::Gaussian {
+                    assert_eq!(v, 1.0, "{lik:?}: G({i},{i})");
+                } else {
+                    assert!(v > 0.0 && v <= 0.25, "{lik:?}: G({i},{i}) = {v}");
+                }
+                // The sampled estimate from 16 x 2000 draws: each entry is a mean
+                // of 32000 terms of variance at most 2 (Gaussian: e_i e_j with
+                // unit normals; Bernoulli: at most 1/16), so its standard error
+                // is below 0.008; 5 standard errors.
+                let s = sampled[j * 4 + i];
+                assert!(
+                    (s - v).abs() <= 0.04,
+                    "{lik:?}: G({i},{j}) sampled {s} vs exact {v}"
+                );
+            }
+        }
+        for (l, (a, c)) in full.iter().zip(&low).enumerate() {
+            let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            assert!(scale > 0.0, "{lik:?} layer {l}: no update");
+            for (p, q) in a.iter().zip(c) {
+                // As in low_rank_and_full_preconditioning_agree.
+                assert!(
+                    (p - q).abs() <= 1e-3 * scale,
+                    "{lik:?} layer {l}: {p} vs {q}"
                 );
             }
         }
