@@ -175,6 +175,11 @@ pub fn tuned(preset: &str, kind: OptimizerKind) -> Result<Hyper, Error> {
         // 0.1 at b=1000 (to soften the overshoot near step 10, visible in every
         // deep race as a spike of the test loss): SGD's final loss after 36.9
         // steps instead of 23.9 (seed 1) and 33.8 instead of 33.6 (seed 2).
+        // Around this setting (`natgrad tune --budget 12 --seed 1|2|3`, the
+        // time NG takes to reach SGD's final loss in the race): validation
+        // loss 113.3 / 116.3 / 152.2; with the pi split of the damping 207.3 /
+        // 207.2 / 207.3 (stuck on the plateau); with twice the step size
+        // 161.8 / 117.5 / 171.1; both 207.3 / 207.2 / 207.4. Not taken.
         ("deep", OptimizerKind::NaturalGradient) => Hyper::Ng(
             1000,
             NaturalGradientConfig {

@@ -88,6 +88,24 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     ));
                 }
             }
+            // Around the deep race's setting (b=1000, per-minibatch factors,
+            // initial damping 0.01, LM check on a quarter): the pi split of the
+            // damping, and twice the step size.
+            let base = NaturalGradientConfig {
+                damping: 0.01,
+                damping_check_fraction: 0.25,
+                ..NaturalGradientConfig::default()
+            };
+            for (pi_correction, learning_rate) in [(true, 1.0), (false, 2.0), (true, 2.0)] {
+                v.push(Hyper::Ng(
+                    1000,
+                    NaturalGradientConfig {
+                        pi_correction,
+                        learning_rate,
+                        ..base
+                    },
+                ));
+            }
             v
         }
     }
@@ -119,8 +137,9 @@ pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
 /// Runs every candidate of `kind` on `preset` and prints one JSON line each.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let usage =
-        "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR]";
+        "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]";
     let (mut preset, mut kind, mut budget, mut dir, mut filter) = (None, None, 20.0, None, None);
+    let mut seed = 1u64;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it
@@ -140,6 +159,11 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
             }
             "--data" => dir = Some(std::path::PathBuf::from(v)),
             "--filter" => filter = Some(v.clone()),
+            "--seed" => {
+                seed = v.parse().map_err(|_| {
+                    Error::Usage(format!("--seed takes a non-negative integer, got {v:?}"))
+                })?
+            }
             _ => return Err(Error::Usage(format!("unknown argument {a:?}\n{usage}"))),
         }
     }
@@ -148,13 +172,13 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         _ => return Err(Error::Usage(usage.into())),
     };
     let data = crate::data::load(dir.as_deref())?;
-    let initial = Mlp::preset(&preset, 1)?;
+    let initial = Mlp::preset(&preset, seed)?;
     let split = fit_validation(&data, &initial)?;
     let threads = rayon::current_num_threads();
     let opts = RunOptions {
         budget_secs: budget,
         eval_every_secs: budget / 10.0,
-        seed: 1,
+        seed,
         par: if threads == 1 {
             Par::Seq
         } else {
@@ -165,7 +189,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let wanted = |h: &Hyper| {
         filter
             .as_ref()
-            .is_none_or(|f| format!("{h:?}").contains(f.as_str()))
+            .is_none_or(|f| f.split('&').all(|part| format!("{h:?}").contains(part)))
     };
     for hyper in candidates(kind).into_iter().filter(wanted) {
         let score = match run_one(kind, hyper, &initial, &split, &opts, &mut |_, _| {}) {
