@@ -159,11 +159,12 @@ pub struct NaturalGradientConfig {
     /// and solve (`paper` at minibatch 1000: about 1.3 of the step's 12
     /// GFLOP). The errors propagated to the layers below are still sampled;
     /// Categorical outputs (`diag(p) - p p^T`) always use the sampled
-    /// estimate. Default false: on `paper` the exact factor validated about
-    /// 10% worse than the sampled one (`natgrad tune`, 20 and 40 s: 53.5
-    /// against 47.0, 50.8 against 45.3) despite 20% more steps, and on `deep`
-    /// no better (78.9 against 79.9); the noise of the sampled estimate
-    /// (a rank-`b` matrix when `b < n_L`) lengthens the output layer's steps.
+    /// estimate. Default false (the paper's): on `paper` (Gaussian) the exact
+    /// factor validated about 10% worse than the sampled one (`natgrad tune`,
+    /// 20 and 40 s: 53.5 against 47.0, 50.8 against 45.3) despite 20% more
+    /// steps; the noise of the sampled estimate (a rank-`b` matrix when
+    /// `b < n_L`) lengthens the output layer's steps. On `deep` (Bernoulli) it
+    /// was better and the race uses it (see [`crate::race::tuned`]).
     pub exact_output_factor: bool,
     /// Split the damping between the factors in proportion to their scales
     /// (K-FAC's pi correction: `A + pi sqrt(g) I`, `G + sqrt(g)/pi I`). Default
