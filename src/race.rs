@@ -150,6 +150,9 @@ pub fn tuned(preset: &str, kind: OptimizerKind) -> Result<Hyper, Error> {
         // race (NG's train loss is the lowest, its test loss is not).
         // Statistics every 5 steps (K-FAC's T_cov; same 40 s, same machine
         // state): 48.81 against 45.02, despite 19% more steps: not taken.
+        // With the LM check on a quarter (`tune --budget 15`, seeds 1/2): 49.2 /
+        // 49.5; step size 0.5: 51.4 / 52.3; 2.0: 81.7 / 93.0; the pi split:
+        // 366.3 / 82.4. Kept.
         ("paper", OptimizerKind::NaturalGradient) => ng(256, 0.95, 5),
         // deep, 10 s per candidate: every SGD setting sits on the 208 plateau
         // except b=100 mu=0.9 lr 0.04: 192.2 (0.08: 193.2, 0.16: 210, 0.02: 207.6).

@@ -106,6 +106,25 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     },
                 ));
             }
+            // Around the paper race's setting (b=256, running averages 0.95,
+            // refresh 5, LM check on a quarter): other step sizes, and the pi
+            // split.
+            let base = NaturalGradientConfig {
+                factor_decay: 0.95,
+                refresh_interval: 5,
+                damping_check_fraction: 0.25,
+                ..NaturalGradientConfig::default()
+            };
+            for (pi_correction, learning_rate) in [(false, 0.5), (false, 2.0), (true, 1.0)] {
+                v.push(Hyper::Ng(
+                    256,
+                    NaturalGradientConfig {
+                        pi_correction,
+                        learning_rate,
+                        ..base
+                    },
+                ));
+            }
             v
         }
     }
