@@ -641,11 +641,11 @@ fn gram_applies(config: &NaturalGradientConfig) -> bool {
 /// `diag_chol` (`n` the rows of `M`): the solve `L L^T X = M` for a diagonal `L`.
 fn scale_rows_by_inverse_square(diag_chol: &[f32], mut m: natgrad_kernels::MatMut<'_, f32>) {
     let n = m.nrows();
-    for i in 0..n {
-        let l = diag_chol[i * n + i];
-        let s = 1.0 / (l * l);
-        for j in 0..m.ncols() {
-            m[(i, j)] *= s;
+    // Column by column: `M` is column-major.
+    for j in 0..m.ncols() {
+        for i in 0..n {
+            let l = diag_chol[i * n + i];
+            m[(i, j)] /= l * l;
         }
     }
 }
