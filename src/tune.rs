@@ -88,42 +88,36 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     ));
                 }
             }
-            // Around the deep race's setting (b=1000, per-minibatch factors,
-            // initial damping 0.01, LM check on a quarter): the pi split of the
-            // damping, and twice the step size.
-            let base = NaturalGradientConfig {
+            // Around the race's settings: deep (b=1000, per-minibatch factors,
+            // initial damping 0.01) with the pi split of the damping and twice
+            // the step size; paper (b=256, running averages 0.95, refresh 5)
+            // with other step sizes and the pi split. Both with the LM check
+            // on a quarter. (pi correction, step size) per candidate.
+            let deep = NaturalGradientConfig {
                 damping: 0.01,
                 damping_check_fraction: 0.25,
                 ..NaturalGradientConfig::default()
             };
-            for (pi_correction, learning_rate) in [(true, 1.0), (false, 2.0), (true, 2.0)] {
-                v.push(Hyper::Ng(
-                    1000,
-                    NaturalGradientConfig {
-                        pi_correction,
-                        learning_rate,
-                        ..base
-                    },
-                ));
-            }
-            // Around the paper race's setting (b=256, running averages 0.95,
-            // refresh 5, LM check on a quarter): other step sizes, and the pi
-            // split.
-            let base = NaturalGradientConfig {
+            let paper = NaturalGradientConfig {
                 factor_decay: 0.95,
                 refresh_interval: 5,
                 damping_check_fraction: 0.25,
                 ..NaturalGradientConfig::default()
             };
-            for (pi_correction, learning_rate) in [(false, 0.5), (false, 2.0), (true, 1.0)] {
-                v.push(Hyper::Ng(
-                    256,
-                    NaturalGradientConfig {
-                        pi_correction,
-                        learning_rate,
-                        ..base
-                    },
-                ));
+            for (b, base, variants) in [
+                (1000, deep, [(true, 1.0), (false, 2.0), (true, 2.0)]),
+                (256, paper, [(false, 0.5), (false, 2.0), (true, 1.0)]),
+            ] {
+                for (pi_correction, learning_rate) in variants {
+                    v.push(Hyper::Ng(
+                        b,
+                        NaturalGradientConfig {
+                            pi_correction,
+                            learning_rate,
+                            ..base
+                        },
+                    ));
+                }
             }
             v
         }
