@@ -273,6 +273,22 @@ fn last_updates(ng: &NaturalGradient, layers: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Asserts that two sets of per-layer updates agree entry by entry within
+/// `rel` times the largest entry of each layer's first update, which must not
+/// be all zero. `what` names the comparison in the messages.
+fn assert_updates_agree(first: &[Vec<f32>], second: &[Vec<f32>], rel: f32, what: &str) {
+    for (l, (a, b)) in first.iter().zip(second).enumerate() {
+        let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        assert!(scale > 0.0, "{what}, layer {l}: no update");
+        for (p, q) in a.iter().zip(b) {
+            assert!(
+                (p - q).abs() <= rel * scale,
+                "{what}, layer {l}: {p} vs {q}"
+            );
+        }
+    }
+}
+
 #[test]
 fn low_rank_and_full_preconditioning_agree() {
     use natgrad::optim::Preconditioning;
@@ -291,13 +307,8 @@ fn low_rank_and_full_preconditioning_agree() {
         ng.step(&mut n2, &mut ws, xm, xm).unwrap();
         deltas.push(last_updates(&ng, n2.num_layers()));
     }
-    for (l, (a, b)) in deltas[0].iter().zip(&deltas[1]).enumerate() {
-        let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        for (p, q) in a.iter().zip(b) {
-            // Both are two f32 solves with condition <= (1 + max eig) / sqrt(g) ~ 1e2 here.
-            assert!((p - q).abs() <= 1e-3 * scale, "layer {l}: {p} vs {q}");
-        }
-    }
+    // Both are two f32 solves with condition <= (1 + max eig) / sqrt(g) ~ 1e2 here.
+    assert_updates_agree(&deltas[0], &deltas[1], 1e-3, "low rank vs full");
 }
 
 /// The Gram form (push-through on the forward side, Woodbury on the backward
@@ -329,21 +340,17 @@ fn gram_preconditioning_agrees_with_low_rank() {
             ng.step(&mut n2, &mut ws, xm, xm).unwrap();
             deltas.push(last_updates(&ng, n2.num_layers()));
         }
-        for (l, (a, g)) in deltas[0].iter().zip(&deltas[1]).enumerate() {
-            let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-            assert!(scale > 0.0, "layer {l}: no update");
-            for (p, q) in a.iter().zip(g) {
-                // Both sides are f32 solves against matrices with eigenvalues in
-                // [d, d + lambda_max], lambda_max <= 10 here, so each loses
-                // about u (1 + lambda_max / d) <= 1e2 u relative to the largest
-                // entry, with d = sqrt(damping) >= 0.3; 1e-4 leaves room for the
-                // sums over b, n and the second step's different weights.
-                assert!(
-                    (p - q).abs() <= 1e-4 * scale,
-                    "layer {l} (damping {damping}, pi {pi_correction}): {p} vs {q}"
-                );
-            }
-        }
+        // Both sides are f32 solves against matrices with eigenvalues in
+        // [d, d + lambda_max], lambda_max <= 10 here, so each loses about
+        // u (1 + lambda_max / d) <= 1e2 u relative to the largest entry, with
+        // d = sqrt(damping) >= 0.3; 1e-4 leaves room for the sums over b, n
+        // and the second step's different weights.
+        assert_updates_agree(
+            &deltas[0],
+            &deltas[1],
+            1e-4,
+            &format!("low rank vs Gram (damping {damping}, pi {pi_correction})"),
+        );
     }
 }
 
@@ -490,17 +497,8 @@ fn exact_output_factor_is_the_expectation_of_the_sampled_one() {
                 );
             }
         }
-        for (l, (a, c)) in full.iter().zip(&low).enumerate() {
-            let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-            assert!(scale > 0.0, "{lik:?} layer {l}: no update");
-            for (p, q) in a.iter().zip(c) {
-                // As in low_rank_and_full_preconditioning_agree.
-                assert!(
-                    (p - q).abs() <= 1e-3 * scale,
-                    "{lik:?} layer {l}: {p} vs {q}"
-                );
-            }
-        }
+        // As in low_rank_and_full_preconditioning_agree.
+        assert_updates_agree(&full, &low, 1e-3, &format!("{lik:?}, full vs low rank"));
     }
 }
 
