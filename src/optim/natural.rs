@@ -650,6 +650,30 @@ fn scale_rows_by_inverse_square(diag_chol: &[f32], mut m: natgrad_kernels::MatMu
     }
 }
 
+/// One side's undamped matrix, written where it is factorised, and its trace:
+/// on a Gram side the `b x b` matrix `X^T X / b` into `gram`, otherwise the
+/// `n x n` factor copied into `chol` (`x` is that side's `n x b` minibatch
+/// matrix). The traces agree: `tr X^T X = tr X X^T`.
+fn undamped_side(
+    use_gram: bool,
+    gram: &mut [f32],
+    chol: &mut [f32],
+    factor: &[f32],
+    x: MatRef<'_, f32>,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64, natgrad_kernels::Error> {
+    let (n, b) = (x.nrows(), x.ncols());
+    if use_gram {
+        let k = view_mut(gram, b, b, b);
+        syrk_lower(k, 0.0, x.transpose(), 1.0 / b as f32, par, stack)?;
+        Ok(trace(&gram[..b * b], b))
+    } else {
+        copy_lower(chol, factor, n);
+        Ok(trace(chol, n))
+    }
+}
+
 /// Copies the lower triangle of `src` (`n x n`) to `dst` (the whole columns, so
 /// the copy is one contiguous pass per column).
 fn copy_lower(dst: &mut [f32], src: &[f32], n: usize) {
@@ -674,23 +698,27 @@ impl LayerState {
         let stack = MemStack::new(&mut self.scratch);
         // The undamped matrices, in the buffers they are factorised in; their
         // traces equal those of A and G (tr X^T X = tr X X^T).
-        let trace_a = if plan.a_gram {
-            let k = view_mut(&mut self.gram_a, b, b, b);
-            syrk_lower(k, 0.0, abar.transpose(), 1.0 / b as f32, par, stack)?;
-            trace(&self.gram_a[..b * b], b)
-        } else {
-            copy_lower(&mut self.a_chol, &self.a_factor, n_in1);
-            trace(&self.a_chol, n_in1)
-        };
+        let trace_a = undamped_side(
+            plan.a_gram,
+            &mut self.gram_a,
+            &mut self.a_chol,
+            &self.a_factor,
+            abar,
+            par,
+            stack,
+        )?;
         let trace_g = if self.g_diag {
             trace(&self.g_factor, n_out)
-        } else if plan.g_gram {
-            let k = view_mut(&mut self.gram_g, b, b, b);
-            syrk_lower(k, 0.0, es.transpose(), 1.0 / b as f32, par, stack)?;
-            trace(&self.gram_g[..b * b], b)
         } else {
-            copy_lower(&mut self.g_chol, &self.g_factor, n_out);
-            trace(&self.g_chol, n_out)
+            undamped_side(
+                plan.g_gram,
+                &mut self.gram_g,
+                &mut self.g_chol,
+                &self.g_factor,
+                es,
+                par,
+                stack,
+            )?
         };
         // Martens & Grosse (2015, sec. 6.3): split the damping in proportion to the
         // factors' mean eigenvalues, pi = sqrt((tr A / dim A) / (tr G / dim G)), so
