@@ -34,6 +34,15 @@ pub enum Likelihood {
     Categorical,
 }
 
+impl Likelihood {
+    /// Whether the output layer's backward factor `E_y~[e_L e_L^T]` is
+    /// diagonal (independent outputs): Gaussian and Bernoulli, not Categorical
+    /// (`diag(p) - p p^T`). See [`Mlp::output_fisher_diagonal`].
+    pub fn has_diagonal_output_fisher(self) -> bool {
+        !matches!(self, Likelihood::Categorical)
+    }
+}
+
 /// Weight initialisation schemes (biases always start at zero).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -488,9 +497,13 @@ impl Mlp {
     /// returns true. Gaussian: `e = -noise`, so the factor is `I` (every entry
     /// 1). Bernoulli: the outputs are independent with `Var(y~_k) =
     /// p_k (1 - p_k)`, `p = sigmoid(s)`, so the entries are the minibatch means
-    /// of `p_k (1 - p_k)`. Categorical: `diag(p) - p p^T` is not diagonal;
-    /// returns false and leaves `out` alone.
+    /// of `p_k (1 - p_k)`. Categorical: `diag(p) - p p^T` is not diagonal
+    /// ([`Likelihood::has_diagonal_output_fisher`] is false); returns false and
+    /// leaves `out` alone.
     pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> bool {
+        if !self.likelihood.has_diagonal_output_fisher() {
+            return false;
+        }
         let n = self.output_size();
         let b = ws.batch;
         let out = &mut out[..n];
@@ -513,7 +526,7 @@ impl Mlp {
                 out.iter_mut().for_each(|o| *o *= inv);
                 true
             }
-            Likelihood::Categorical => false,
+            Likelihood::Categorical => unreachable!("checked above"),
         }
     }
 

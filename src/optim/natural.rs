@@ -24,7 +24,7 @@
 use super::{
     check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
 };
-use crate::mlp::{Likelihood, Mlp};
+use crate::mlp::Mlp;
 use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -875,7 +875,7 @@ impl Optimizer for NaturalGradient {
             stats_step && !refresh && self.config.factor_update == FactorUpdate::RankUpdate;
         let gram_ok = gram_applies(&self.config);
         let out_diag =
-            self.config.exact_output_factor && net.likelihood() != Likelihood::Categorical;
+            self.config.exact_output_factor && net.likelihood().has_diagonal_output_fisher();
         for (l, st) in self.layers.iter_mut().enumerate() {
             st.g_diag = out_diag && l + 1 == num_layers;
             st.plan = LayerPlan::choose(
