@@ -605,6 +605,8 @@ impl<F> Worker<'_, '_, F> {
                     let (lo, hi) = (lo.max(c0), hi.min(c1));
                     if chunk == 0 || lo < hi {
                         let len = hi.saturating_sub(lo);
+                        // SAFETY: the tile is inside this thread's block of C.
+                        unsafe { self.prefetch_tile(i, j, rows, cols) };
                         // SAFETY: sliver offsets are inside the packed buffers:
                         // sliver i/mr holds k*mr values, `lo + len <= k`.
                         let acc = unsafe {
@@ -626,6 +628,38 @@ impl<F> Worker<'_, '_, F> {
                 j += NR;
             }
         }
+    }
+
+    /// Asks for the cache lines of the C tile at `(i, j)` before the inner
+    /// loop runs, so that the write-back (which reads C unless `beta == 0` and
+    /// must own the lines to store) does not wait for L3 or memory: the factors
+    /// a step accumulates into were last touched a whole step earlier.
+    ///
+    /// # Safety
+    /// The tile (`rows x cols` at `(i, j)`) is inside C.
+    #[inline(always)]
+    unsafe fn prefetch_tile(&self, i: usize, j: usize, rows: usize, cols: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.raw.rs == 1 {
+            for c in 0..cols {
+                let mut r = 0;
+                while r < rows {
+                    let ptr = self
+                        .raw
+                        .ptr
+                        .wrapping_offset((i + r) as isize + (j + c) as isize * self.raw.cs);
+                    // SAFETY: a prefetch never faults and has no architectural effect.
+                    unsafe {
+                        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                            ptr as *const i8,
+                        )
+                    };
+                    r += 16;
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (i, j, rows, cols);
     }
 
     /// `C[tile] <- beta C[tile] + alpha acc` (only `row >= col` when `crosses`).
