@@ -18,6 +18,7 @@ use crate::Error;
 use natgrad_kernels::gemm::{gemm_fused, Epilogue};
 use natgrad_kernels::rng::Rng;
 use natgrad_kernels::{Activation, MatRef, MemStack};
+use rayon::prelude::*;
 
 /// The model's predictive distribution `p(y | x)`, which defines the loss
 /// (its negative log-likelihood, averaged over the minibatch) and the
@@ -451,43 +452,32 @@ impl Mlp {
     /// `e_L = d(-log p(y~ | x))/d s_L` with `y~ ~ p(. | x)`:
     /// Gaussian `e = f(x) - y~ = -noise` (a standard normal vector),
     /// Bernoulli `e = sigmoid(s) - y~`, Categorical `e = softmax(s) - onehot(y~)`.
+    ///
+    /// Draws one 64-bit seed from `rng`; the minibatch is then sampled in
+    /// chunks of [`SAMPLE_CHUNK_COLS`] columns, chunk `c` from its own stream
+    /// `Rng::new(seed + c)`, in parallel under the workspace's `Par`. The
+    /// samples depend on `rng` and the minibatch only, not on the number of
+    /// threads.
     pub fn sample_output_error(&self, ws: &Workspace, errs_out: &mut [f32], rng: &mut Rng) {
         let n = self.output_size();
         let b = ws.batch;
         let acts = &ws.acts[self.layers.len()];
         let errs_out = &mut errs_out[..n * b];
-        match self.likelihood {
-            Likelihood::Gaussian => rng.fill_normal(errs_out),
-            Likelihood::Bernoulli => {
-                for j in 0..b {
-                    for i in 0..n {
-                        let p = Activation::Sigmoid.apply(acts[j * (n + 1) + i]);
-                        let y = if rng.uniform_f32() < p { 1.0 } else { 0.0 };
-                        errs_out[j * n + i] = p - y;
-                    }
-                }
-            }
-            Likelihood::Categorical => {
-                for j in 0..b {
-                    let s = &acts[j * (n + 1)..j * (n + 1) + n];
-                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
-                    let u = rng.uniform_f32() * z;
-                    let mut acc = 0.0;
-                    let mut pick = n - 1;
-                    for (i, &v) in s.iter().enumerate() {
-                        acc += (v - m).exp();
-                        if u < acc {
-                            pick = i;
-                            break;
-                        }
-                    }
-                    for i in 0..n {
-                        errs_out[j * n + i] =
-                            (s[i] - m).exp() / z - if i == pick { 1.0 } else { 0.0 };
-                    }
-                }
-            }
+        let seed = rng.next_u64();
+        let likelihood = self.likelihood;
+        let chunk_len = SAMPLE_CHUNK_COLS * n;
+        let sample = |(c, out): (usize, &mut [f32])| {
+            let mut rng = Rng::new(seed.wrapping_add(c as u64));
+            let j0 = c * SAMPLE_CHUNK_COLS;
+            sample_columns(likelihood, n, &acts[j0 * (n + 1)..], out, &mut rng);
+        };
+        if ws.par.degree() > 1 && b > SAMPLE_CHUNK_COLS {
+            errs_out
+                .par_chunks_mut(chunk_len)
+                .enumerate()
+                .for_each(sample);
+        } else {
+            errs_out.chunks_mut(chunk_len).enumerate().for_each(sample);
         }
     }
 
@@ -630,6 +620,49 @@ impl Mlp {
             start += len;
         }
         Ok(total / n as f64)
+    }
+}
+
+/// Columns of the minibatch sampled from one random stream by
+/// [`Mlp::sample_output_error`] (a fixed size, so that the samples do not
+/// depend on the number of threads).
+pub const SAMPLE_CHUNK_COLS: usize = 16;
+
+/// The sampled output errors of `out.len() / n` consecutive columns whose
+/// pre-activations (stride `n + 1`) start at `acts`.
+fn sample_columns(likelihood: Likelihood, n: usize, acts: &[f32], out: &mut [f32], rng: &mut Rng) {
+    match likelihood {
+        Likelihood::Gaussian => rng.fill_normal(out),
+        Likelihood::Bernoulli => {
+            for (j, e) in out.chunks_exact_mut(n).enumerate() {
+                let s = &acts[j * (n + 1)..j * (n + 1) + n];
+                for (e, &s) in e.iter_mut().zip(s) {
+                    let p = Activation::Sigmoid.apply(s);
+                    let y = if rng.uniform_f32() < p { 1.0 } else { 0.0 };
+                    *e = p - y;
+                }
+            }
+        }
+        Likelihood::Categorical => {
+            for (j, e) in out.chunks_exact_mut(n).enumerate() {
+                let s = &acts[j * (n + 1)..j * (n + 1) + n];
+                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
+                let u = rng.uniform_f32() * z;
+                let mut acc = 0.0;
+                let mut pick = n - 1;
+                for (i, &v) in s.iter().enumerate() {
+                    acc += (v - m).exp();
+                    if u < acc {
+                        pick = i;
+                        break;
+                    }
+                }
+                for (i, e) in e.iter_mut().enumerate() {
+                    *e = (s[i] - m).exp() / z - if i == pick { 1.0 } else { 0.0 };
+                }
+            }
+        }
     }
 }
 
