@@ -4,7 +4,8 @@
 
 use faer::{Mat, MatMut, MatRef};
 use natgrad_kernels::cholesky::{
-    cholesky_in_place_with_isa, cholesky_rank_update, cholesky_rank_update_with_isa,
+    cholesky_in_place_with_isa, cholesky_inverse_in_place, cholesky_inverse_in_place_with_isa,
+    cholesky_inverse_scratch, cholesky_rank_update, cholesky_rank_update_with_isa,
     cholesky_scratch, cholesky_update_scratch,
 };
 use natgrad_kernels::rng::Rng;
@@ -428,6 +429,99 @@ fn cholesky_reports_the_failing_pivot() {
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
 }
 
+// ---------------------------------------------------------------- inverse
+
+/// The inverse from a Cholesky factor: `T = L^{-1}` with `|T L - I| <=
+/// gamma_n |T||L|` (substitution, or the blocked `T21 = -T22 L21 T11`, whose
+/// products each add a `gamma_n`), then `X = T^T T` with one more `gamma_n`.
+/// To first order `|X L L^T - I| <= 3 gamma_n |X||L||L^T|`, and the computed
+/// `X` is symmetric. Checked against `L L^T` formed in f64 from the f32 `L`,
+/// so the bound covers the inverse alone.
+#[test]
+fn cholesky_inverse_has_bounded_residual() {
+    let mut rng = Rng::new(8);
+    let sizes = [0, 1, 2, 5, 16, 31, 32, 33, 47, 64, 65, 100, 129, 200, 257];
+    for isa in Isa::available() {
+        for par in pars() {
+            for &n in &sizes {
+                for &cond in &[1.0, 1e3, 1e6] {
+                    let a = spd(&mut rng, n, cond);
+                    let mut l = a.clone();
+                    let mut mem =
+                        scratch(cholesky_scratch(n, par).or(cholesky_inverse_scratch(n, par)));
+                    cholesky_in_place_with_isa(isa, l.as_mut(), 0.0, par, MemStack::new(&mut mem))
+                        .unwrap();
+                    let l = lower_of(&l);
+                    let mut p = Padded::from(l.as_ref());
+                    // The strict upper triangle is not read.
+                    for j in 0..n {
+                        for i in 0..j {
+                            p.view()[(i, j)] = f32::NAN;
+                        }
+                    }
+                    cholesky_inverse_in_place_with_isa(isa, p.view(), par, MemStack::new(&mut mem))
+                        .unwrap();
+                    p.check_border();
+                    let x = p.get();
+                    let what = format!("{isa:?} {par:?} n={n} cond={cond:e}");
+                    let llt = Mat::<f64>::from_fn(n, n, |i, j| {
+                        (0..=i.min(j))
+                            .map(|q| l[(i, q)] as f64 * l[(j, q)] as f64)
+                            .sum()
+                    });
+                    let abs_llt = Mat::<f64>::from_fn(n, n, |i, j| {
+                        (0..=i.min(j))
+                            .map(|q| (l[(i, q)] as f64 * l[(j, q)] as f64).abs())
+                            .sum()
+                    });
+                    for j in 0..n {
+                        for i in 0..n {
+                            assert_eq!(x[(i, j)], x[(j, i)], "{what}: not symmetric at ({i},{j})");
+                            let (mut r, mut bound) = (if i == j { -1.0 } else { 0.0 }, 0.0f64);
+                            for q in 0..n {
+                                r += x[(i, q)] as f64 * llt[(q, j)];
+                                bound += (x[(i, q)] as f64).abs() * abs_llt[(q, j)];
+                            }
+                            let tol = 3.0 * gamma(n.max(1)) * bound;
+                            assert!(
+                                r.abs() <= tol,
+                                "{what} ({i},{j}): |XA - I| = {:e} > {tol:e}",
+                                r.abs()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cholesky_inverse_refuses_bad_factors() {
+    let n = 70;
+    let mut mem = scratch(cholesky_inverse_scratch(n, Par::Seq));
+    for (pivot, value) in [(0, 0.0f32), (33, -1.0), (69, f32::NAN), (5, f32::INFINITY)] {
+        let mut l = Mat::<f32>::identity(n, n);
+        l[(pivot, pivot)] = value;
+        match cholesky_inverse_in_place(l.as_mut(), Par::Seq, MemStack::new(&mut mem)) {
+            Err(Error::NotPositiveDefinite { pivot: p, .. }) => assert_eq!(p, pivot),
+            other => panic!("expected NotPositiveDefinite at {pivot}, got {other:?}"),
+        }
+    }
+    let mut l = Mat::<f32>::identity(n, n);
+    l[(50, 10)] = f32::NAN;
+    let r = cholesky_inverse_in_place(l.as_mut(), Par::Seq, MemStack::new(&mut mem));
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    // A tiny diagonal: the inverse overflows.
+    let mut l = Mat::<f32>::identity(n, n);
+    l[(40, 40)] = 1e-30;
+    let r = cholesky_inverse_in_place(l.as_mut(), Par::Seq, MemStack::new(&mut mem));
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    let mut l = Mat::<f32>::identity(3, 4);
+    let r = cholesky_inverse_in_place(l.as_mut(), Par::Seq, MemStack::new(&mut mem));
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+}
+
 // ------------------------------------------------------------------ solves
 
 /// Two substitutions, each `(T + dT) x = b`, `|dT| <= gamma_{n+3} |T|`, give
@@ -767,6 +861,7 @@ fn calls_with_enough_scratch_allocate_nothing() {
             solve_scratch(n, m, par),
             cholesky_update_scratch(n, b, par),
             cholesky_update_scratch(n, 4, par),
+            cholesky_inverse_scratch(n, par),
         ]);
         let mut mem = MemBuffer::new(req);
         pool.install(|| {
@@ -798,6 +893,7 @@ fn calls_with_enough_scratch_allocate_nothing() {
                 MemStack::new(&mut mem),
             )
             .unwrap();
+            cholesky_inverse_in_place(l.as_mut(), par, MemStack::new(&mut mem)).unwrap();
             let after = ALLOCS.load(Ordering::Relaxed);
             COUNTING.with(|c| c.set(false));
             assert_eq!(after - before, 0, "{par:?}: {} allocations", after - before);
