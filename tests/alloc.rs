@@ -10,8 +10,8 @@ use natgrad::kernels::rng::Rng;
 use natgrad::kernels::{Activation, MatRef, Par};
 use natgrad::mlp::{Init, Likelihood, Mlp};
 use natgrad::optim::{
-    Adam, AdamConfig, FactorUpdate, NaturalGradient, NaturalGradientConfig, Optimizer,
-    Preconditioning, Sgd, SgdConfig,
+    Adam, AdamConfig, FactorUpdate, InverseApplication, NaturalGradient, NaturalGradientConfig,
+    Optimizer, Preconditioning, Sgd, SgdConfig,
 };
 use natgrad::workspace::Workspace;
 
@@ -104,6 +104,19 @@ fn steps_allocate_nothing_after_the_first() {
                 ng(NaturalGradientConfig {
                     exact_output_factor: true,
                     damping_check_fraction: 0.25,
+                    ..Default::default()
+                }),
+                ng(NaturalGradientConfig {
+                    inverse: InverseApplication::Explicit,
+                    preconditioning: Preconditioning::Full,
+                    factor_decay: 0.95,
+                    refresh_interval: 3,
+                    ..Default::default()
+                }),
+                ng(NaturalGradientConfig {
+                    inverse: InverseApplication::Explicit,
+                    preconditioning: Preconditioning::LowRank,
+                    exact_output_factor: true,
                     ..Default::default()
                 }),
             ];

@@ -551,6 +551,19 @@ fn damping_check_fraction_outside_zero_one() {
 }
 
 #[test]
+fn explicit_inverses_with_rank_updates() {
+    use natgrad::optim::InverseApplication;
+    ng_refuses(
+        "explicit inverses with rank updates",
+        NaturalGradientConfig {
+            inverse: InverseApplication::Explicit,
+            factor_update: FactorUpdate::RankUpdate,
+            ..NaturalGradientConfig::default()
+        },
+    );
+}
+
+#[test]
 fn zero_counts_in_the_natural_gradient_configuration() {
     let d = NaturalGradientConfig::default();
     ng_refuses(

@@ -12,8 +12,8 @@ mod sgd;
 
 pub use adam::{Adam, AdamConfig};
 pub use natural::{
-    DampingAdaptation, FactorUpdate, NaturalGradient, NaturalGradientConfig, PhaseSecs,
-    Preconditioning,
+    DampingAdaptation, FactorUpdate, InverseApplication, NaturalGradient, NaturalGradientConfig,
+    PhaseSecs, Preconditioning,
 };
 pub use sgd::{Sgd, SgdConfig};
 

@@ -29,7 +29,8 @@ use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use natgrad_kernels::cholesky::{
-    cholesky_in_place, cholesky_rank_update, cholesky_scratch, cholesky_update_scratch,
+    cholesky_in_place, cholesky_inverse_in_place, cholesky_inverse_scratch, cholesky_rank_update,
+    cholesky_scratch, cholesky_update_scratch,
 };
 use natgrad_kernels::gemm::{gemm, gemm_scratch};
 use natgrad_kernels::rng::Rng;
@@ -100,6 +101,31 @@ pub enum Preconditioning {
     Gram,
 }
 
+/// How `(A + sqrt(g) I)^{-1}` and `(G + sqrt(g) I)^{-1}` are applied in the
+/// preconditioned update, per side (forward or backward factor) of each layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InverseApplication {
+    /// Per side, explicit where it is cheaper than the solves over a refresh
+    /// interval, decided once at construction from the layer sizes, the
+    /// maximum minibatch and the configuration. Forming the inverse costs
+    /// `2 n^3 / 3` flops per refresh at about the solves' speed; applying it
+    /// saves about half the `2 n^2 m` flops of the solves per step (a GEMM
+    /// runs at about twice their speed on this crate's kernels), `m` the
+    /// right-hand sides (the minibatch in the low-rank form, the other side's
+    /// size in the full form). So: explicit when `m > 2 n / (3 T)`, `T` the
+    /// refresh interval. Default.
+    Auto,
+    /// Two triangular solves with the Cholesky factor at every step.
+    Solves,
+    /// At every refresh the inverse is formed from the Cholesky factor
+    /// ([`natgrad_kernels::cholesky::cholesky_inverse_in_place`]); each step
+    /// multiplies by it (one GEMM per side). Not on Gram sides or the
+    /// diagonal output factor (which have their own cheaper forms), and
+    /// refused with `factor_update` `RankUpdate` (the Cholesky factor then
+    /// changes at every step).
+    Explicit,
+}
+
 /// Settings of [`NaturalGradient`]. The defaults reproduce the paper's
 /// configuration (PAPER.md section 2) except where noted.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -166,6 +192,12 @@ pub struct NaturalGradientConfig {
     /// `b < n_L`) lengthens the output layer's steps. On `deep` (Bernoulli) it
     /// was better and the race uses it (see [`crate::race::tuned`]).
     pub exact_output_factor: bool,
+    /// How the damped inverses are applied: triangular solves with the
+    /// Cholesky factors, or a GEMM with the explicit inverse formed at each
+    /// refresh. Default `Auto` (explicit where its cost model says it is
+    /// cheaper; the update is the same in exact arithmetic, and in f32 both
+    /// lose about `n u kappa` relative to the largest entries).
+    pub inverse: InverseApplication,
     /// Split the damping between the factors in proportion to their scales
     /// (K-FAC's pi correction: `A + pi sqrt(g) I`, `G + sqrt(g)/pi I`). Default
     /// false: the paper splits it evenly.
@@ -190,6 +222,7 @@ impl Default for NaturalGradientConfig {
             samples: 1,
             preconditioning: Preconditioning::Auto,
             exact_output_factor: false,
+            inverse: InverseApplication::Auto,
             pi_correction: false,
             seed: 0,
         }
@@ -222,6 +255,15 @@ struct LayerState {
     g_diag: bool,
     /// Damping added to the backward side at the last factorisation.
     shift_g: f32,
+    /// Whether `a_chol` / `g_chol` hold the explicit damped inverse (full
+    /// symmetric) instead of the Cholesky factor, on sides that are not Gram
+    /// or diagonal (see [`InverseApplication`]; fixed at construction).
+    a_inv: bool,
+    g_inv: bool,
+    /// Products with the explicit inverses land here: `n_out x b` then
+    /// `n_in1 x b` in the low-rank form, `n_out x n_in1` in the full form
+    /// (empty when neither side is explicit).
+    inv_tmp: Vec<f32>,
     /// Gram-form buffers (empty unless the configuration allows it): the
     /// Cholesky factor of `Abar^T Abar / b + d I` and of `Es^T Es / b + d I`,
     /// and `Es^T E` (each up to `min(max_batch, n)^2`).
@@ -431,14 +473,36 @@ impl NaturalGradient {
                     .into(),
             ));
         }
+        if config.inverse == InverseApplication::Explicit
+            && config.factor_update == FactorUpdate::RankUpdate
+        {
+            return Err(Error::InvalidConfig(
+                "explicit inverses need factor_update Refactor (rank updates change the \
+                 Cholesky factor at every step)"
+                    .into(),
+            ));
+        }
+        let out_diag = config.exact_output_factor && net.likelihood().has_diagonal_output_fisher();
+        let num_layers = net.num_layers();
         // Scratch sized for the most demanding parallelism the kernels may run at.
         let par_sizing = Par::rayon(0);
         let layers = net
             .layers()
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(index, l)| {
                 let (n_in1, n_out) = (l.n_in + 1, l.n_out);
                 let nmax = n_in1.max(n_out);
+                let g_diag = out_diag && index + 1 == num_layers;
+                let plan = LayerPlan::choose(
+                    n_out,
+                    n_in1,
+                    max_batch,
+                    config.preconditioning,
+                    gram_ok,
+                    g_diag,
+                );
+                let (a_inv, g_inv) = explicit_sides(&config, n_out, n_in1, max_batch, plan, g_diag);
                 let mut req = StackReq::any_of(&[
                     syrk_scratch(nmax, max_batch, par_sizing),
                     cholesky_scratch(nmax, par_sizing),
@@ -446,6 +510,15 @@ impl NaturalGradient {
                     solve_scratch(nmax, max_batch.max(nmax), par_sizing),
                     gemm_scratch(n_out, n_in1, max_batch, par_sizing),
                 ]);
+                if a_inv || g_inv {
+                    req = req.or(StackReq::any_of(&[
+                        cholesky_inverse_scratch(nmax, par_sizing),
+                        gemm_scratch(n_out, max_batch, n_out, par_sizing),
+                        gemm_scratch(n_in1, max_batch, n_in1, par_sizing),
+                        gemm_scratch(n_out, n_in1, n_out, par_sizing),
+                        gemm_scratch(n_out, n_in1, n_in1, par_sizing),
+                    ]));
+                }
                 // Gram sides run at b <= min(max_batch, n) on b x b matrices.
                 let (ga, gg) = if gram_ok {
                     (max_batch.min(n_in1), max_batch.min(n_out))
@@ -492,16 +565,16 @@ impl NaturalGradient {
                         Vec::new()
                     },
                     grad_dot_delta: 0.0,
-                    plan: LayerPlan::choose(
-                        n_out,
-                        n_in1,
-                        max_batch,
-                        config.preconditioning,
-                        gram_ok,
-                        false,
-                    ),
-                    g_diag: false,
+                    plan,
+                    g_diag,
                     shift_g: 1.0,
+                    a_inv,
+                    g_inv,
+                    inv_tmp: if a_inv || g_inv {
+                        vec![0.0; (n_out * n_in1).max((n_out + n_in1) * max_batch)]
+                    } else {
+                        Vec::new()
+                    },
                     gram_a: vec![0.0; ga * ga],
                     gram_g: vec![0.0; gg * gg],
                     gram_m: vec![0.0; gg * gg],
@@ -637,6 +710,36 @@ fn gram_applies(config: &NaturalGradientConfig) -> bool {
         && config.factor_update == FactorUpdate::Refactor
 }
 
+/// Which sides of a layer hold explicit inverses (see [`InverseApplication`]):
+/// `(forward, backward)`. `plan` is the layer's plan at the maximum minibatch.
+fn explicit_sides(
+    config: &NaturalGradientConfig,
+    n_out: usize,
+    n_in1: usize,
+    max_batch: usize,
+    plan: LayerPlan,
+    g_diag: bool,
+) -> (bool, bool) {
+    if config.factor_update == FactorUpdate::RankUpdate {
+        return (false, false);
+    }
+    let (a_ok, g_ok) = (!plan.a_gram, !plan.g_gram && !g_diag);
+    match config.inverse {
+        InverseApplication::Solves => (false, false),
+        InverseApplication::Explicit => (a_ok, g_ok),
+        InverseApplication::Auto => {
+            let t = config.refresh_interval as f64;
+            let pays = |n: usize, m: usize| m as f64 > 2.0 * n as f64 / (3.0 * t);
+            let (m_a, m_g) = if plan.low_rank {
+                (max_batch, max_batch)
+            } else {
+                (n_out, n_in1)
+            };
+            (a_ok && pays(n_in1, m_a), g_ok && pays(n_out, m_g))
+        }
+    }
+}
+
 /// `M <- D^-2 M` for `D` the diagonal of the column-major `n x n` matrix in
 /// `diag_chol` (`n` the rows of `M`): the solve `L L^T X = M` for a diagonal `L`.
 fn scale_rows_by_inverse_square(diag_chol: &[f32], mut m: natgrad_kernels::MatMut<'_, f32>) {
@@ -671,6 +774,58 @@ fn undamped_side(
     } else {
         copy_lower(chol, factor, n);
         Ok(trace(chol, n))
+    }
+}
+
+/// The explicit inverse from the Cholesky factor in `l`, in place. An inverse
+/// that overflows f32 is reported as a failed factorisation, so that the step
+/// raises the damping and retries like for a non-positive pivot.
+fn invert(
+    l: natgrad_kernels::MatMut<'_, f32>,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<(), natgrad_kernels::Error> {
+    match cholesky_inverse_in_place(l, par, stack) {
+        Err(natgrad_kernels::Error::InvalidArgument { .. }) => {
+            Err(natgrad_kernels::Error::NotPositiveDefinite {
+                pivot: 0,
+                value: f64::INFINITY,
+            })
+        }
+        other => other,
+    }
+}
+
+/// The backward side of the full-form update: `out = (G + dI)^{-1} grad`.
+struct GSide<'a> {
+    /// `g_chol` holds the explicit inverse.
+    inv: bool,
+    /// `g_chol` holds a diagonal Cholesky factor (a row scaling).
+    diag: bool,
+    /// The layer's `g_chol`, `n_out x n_out`.
+    g_chol: &'a [f32],
+}
+
+impl GSide<'_> {
+    fn apply(
+        &self,
+        grad: MatRef<'_, f32>,
+        mut out: natgrad_kernels::MatMut<'_, f32>,
+        par: Par,
+        stack: &mut MemStack,
+    ) -> Result<(), natgrad_kernels::Error> {
+        let n = grad.nrows();
+        let lg = MatRef::from_column_major_slice(self.g_chol, n, n);
+        if self.inv {
+            return gemm(out, 0.0, lg, grad, 1.0, par, stack);
+        }
+        out.copy_from(grad);
+        if self.diag {
+            scale_rows_by_inverse_square(self.g_chol, out);
+            Ok(())
+        } else {
+            solve_llt_left_in_place(lg, out, par, stack)
+        }
     }
 }
 
@@ -735,12 +890,15 @@ impl LayerState {
         };
         let (shift_a, shift_g) = (shift * pi, shift / pi);
         self.shift_g = shift_g;
-        let a = if plan.a_gram {
-            view_mut(&mut self.gram_a, b, b, b)
+        if plan.a_gram {
+            cholesky_in_place(view_mut(&mut self.gram_a, b, b, b), shift_a, par, stack)?;
         } else {
-            view_mut(&mut self.a_chol, n_in1, n_in1, n_in1)
-        };
-        cholesky_in_place(a, shift_a, par, stack)?;
+            let mut a = view_mut(&mut self.a_chol, n_in1, n_in1, n_in1);
+            cholesky_in_place(a.rb_mut(), shift_a, par, stack)?;
+            if self.a_inv {
+                invert(a, par, stack)?;
+            }
+        }
         if self.g_diag {
             for i in 0..n_out {
                 let d = self.g_factor[i * n_out + i] + shift_g;
@@ -754,12 +912,16 @@ impl LayerState {
             }
             return Ok(());
         }
-        let g = if plan.g_gram {
-            view_mut(&mut self.gram_g, b, b, b)
+        if plan.g_gram {
+            cholesky_in_place(view_mut(&mut self.gram_g, b, b, b), shift_g, par, stack)
         } else {
-            view_mut(&mut self.g_chol, n_out, n_out, n_out)
-        };
-        cholesky_in_place(g, shift_g, par, stack)
+            let mut g = view_mut(&mut self.g_chol, n_out, n_out, n_out);
+            cholesky_in_place(g.rb_mut(), shift_g, par, stack)?;
+            if self.g_inv {
+                invert(g, par, stack)?;
+            }
+            Ok(())
+        }
     }
 
     /// `L L^T <- rho L L^T + alpha X X^T` for one factor, via scaling and a rank update.
@@ -1032,11 +1194,15 @@ impl Optimizer for NaturalGradient {
                 |((((st, a), e), g), es)| -> Result<(), natgrad_kernels::Error> {
                     let stack = MemStack::new(&mut st.scratch);
                     let (n_out, n_in1, plan) = (st.n_out, st.n_in1, st.plan);
+                    // The Cholesky factors, or the explicit inverses on `a_inv`/`g_inv` sides.
                     let lg = MatRef::from_column_major_slice(&st.g_chol, n_out, n_out);
                     let la = MatRef::from_column_major_slice(&st.a_chol, n_in1, n_in1);
                     let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
                     if plan.low_rank {
-                        // (G + dI)^-1 E and (A + dI)^-1 Abar, in place: neither is needed again.
+                        let split = if st.inv_tmp.is_empty() { 0 } else { n_out * b };
+                        let (tmp_e, tmp_a) = st.inv_tmp.split_at_mut(split);
+                        // (G + dI)^-1 E and (A + dI)^-1 Abar, in place where solved
+                        // (neither is needed again), into `inv_tmp` where explicit.
                         let mut ev = view_mut(e, n_out, b, n_out);
                         let g_scale = if st.g_diag {
                             scale_rows_by_inverse_square(&st.g_chol, ev.rb_mut());
@@ -1050,6 +1216,11 @@ impl Optimizer for NaturalGradient {
                             solve_llt_left_in_place(lk, m.rb_mut(), par, stack)?;
                             gemm(ev.rb_mut(), 1.0, es, m.rb(), -1.0 / b as f32, par, stack)?;
                             1.0 / st.shift_g
+                        } else if st.g_inv {
+                            let mut out = view_mut(tmp_e, n_out, b, n_out);
+                            gemm(out.rb_mut(), 0.0, lg, ev.rb(), 1.0, par, stack)?;
+                            ev = out;
+                            1.0
                         } else {
                             solve_llt_left_in_place(lg, ev.rb_mut(), par, stack)?;
                             1.0
@@ -1059,6 +1230,10 @@ impl Optimizer for NaturalGradient {
                             // Push-through: Abar (Abar^T Abar / b + d I)^-1.
                             let lk = MatRef::from_column_major_slice(&st.gram_a[..b * b], b, b);
                             solve_llt_right_in_place(lk, av.rb_mut(), par, stack)?;
+                        } else if st.a_inv {
+                            let mut out = view_mut(tmp_a, n_in1, b, n_in1);
+                            gemm(out.rb_mut(), 0.0, la, av.rb(), 1.0, par, stack)?;
+                            av = out;
                         } else {
                             solve_llt_left_in_place(la, av.rb_mut(), par, stack)?;
                         }
@@ -1072,15 +1247,23 @@ impl Optimizer for NaturalGradient {
                             stack,
                         )?;
                     } else {
-                        st.delta.copy_from_slice(g);
-                        let mut delta = view_mut(&mut st.delta, n_out, n_in1, n_out);
-                        if st.g_diag {
-                            scale_rows_by_inverse_square(&st.g_chol, delta.rb_mut());
+                        // H = (G + dI)^-1 grad, into `inv_tmp` when the A side then
+                        // multiplies by its explicit inverse, else into `delta`.
+                        let gm = MatRef::from_column_major_slice(g, n_out, n_in1);
+                        let g_side = GSide {
+                            inv: st.g_inv,
+                            diag: st.g_diag,
+                            g_chol: &st.g_chol,
+                        };
+                        if st.a_inv {
+                            let mut h = view_mut(&mut st.inv_tmp, n_out, n_in1, n_out);
+                            g_side.apply(gm, h.rb_mut(), par, stack)?;
+                            gemm(delta.rb_mut(), 0.0, h.rb(), la, -eta, par, stack)?;
                         } else {
-                            solve_llt_left_in_place(lg, delta.rb_mut(), par, stack)?;
+                            g_side.apply(gm, delta.rb_mut(), par, stack)?;
+                            solve_llt_right_in_place(la, delta.rb_mut(), par, stack)?;
+                            st.delta.iter_mut().for_each(|v| *v *= -eta);
                         }
-                        solve_llt_right_in_place(la, delta.rb_mut(), par, stack)?;
-                        st.delta.iter_mut().for_each(|v| *v *= -eta);
                     }
                     st.grad_dot_delta = st
                         .delta
