@@ -258,6 +258,11 @@ impl Mlp {
     pub fn layers(&self) -> &[Layer] {
         &self.layers
     }
+    /// The layers' parameters, each `n_out x (n_in + 1)` column-major with
+    /// the bias column last (the layout of the gradients).
+    pub fn params(&self) -> impl Iterator<Item = &[f32]> {
+        self.layers.iter().map(|l| l.params.as_slice())
+    }
     /// Mutable access to the layers' parameters (shapes cannot change).
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
         self.layers.iter_mut().map(|l| l.params.as_mut_slice())

@@ -33,7 +33,7 @@
 //! | `Mlp::from_layers` with a wrong parameter count, disagreeing widths, a zero width, no layer, or a non-identity output under Bernoulli/Categorical | `Shape` | same |
 //! | `Mlp::new` with fewer than two widths, a zero width, a wrong number of activations, a non-identity output under Bernoulli/Categorical, an init gain that is negative or not finite; unknown preset | `InvalidConfig` | `invalid_network_definitions` |
 //! | learning rate `<= 0`, NaN or infinite (SGD, Adam, natural gradient) | `InvalidConfig` | `learning_rates_not_finite_or_not_positive` |
-//! | momentum, `beta1`, `beta2` outside `[0, 1)`; weight decay negative or not finite; Adam `epsilon <= 0` | `InvalidConfig` | `other_first_order_settings_out_of_their_domain` |
+//! | momentum, `beta1`, `beta2` outside `[0, 1)`; weight decay negative or not finite (also the natural gradient's); Adam `epsilon <= 0` | `InvalidConfig` | `other_first_order_settings_out_of_their_domain` |
 //! | damping `<= 0`, NaN, infinite or outside `damping_bounds`; bounds not positive, not finite or inverted | `InvalidConfig` | `damping_not_positive_or_not_finite_or_out_of_its_bounds` |
 //! | `factor_decay` outside `[0, 1)` or NaN | `InvalidConfig` | `factor_decay_outside_zero_one` |
 //! | `damping_check_fraction` outside `(0, 1]` or NaN | `InvalidConfig` | `damping_check_fraction_outside_zero_one` |

@@ -117,6 +117,7 @@ fn steps_allocate_nothing_after_the_first() {
                     inverse: InverseApplication::Explicit,
                     preconditioning: Preconditioning::LowRank,
                     exact_output_factor: true,
+                    weight_decay: 1e-2,
                     ..Default::default()
                 }),
             ];

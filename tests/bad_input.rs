@@ -456,6 +456,14 @@ fn other_first_order_settings_out_of_their_domain() {
             Adam::new(&net, c).is_err_and(|e| is_config(&e)),
             "adam wd {wd}"
         );
+        let c = NaturalGradientConfig {
+            weight_decay: wd,
+            ..NaturalGradientConfig::default()
+        };
+        assert!(
+            NaturalGradient::new(&net, B, c).is_err_and(|e| is_config(&e)),
+            "ng wd {wd}"
+        );
     }
     for beta in [-0.1, 1.0, f32::NAN] {
         let c = AdamConfig {

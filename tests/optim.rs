@@ -416,7 +416,9 @@ fn gram_preconditioning_agrees_with_low_rank() {
 fn damping_check_on_a_fraction_of_the_minibatch() {
     let (net, x, b) = toy_problem();
     let xm = MatRef::from_column_major_slice(&x, 12, b);
-    for fraction in [0.25f32, 1.0] {
+    // With an L2 penalty the model's gradient is g + wd theta and the actual
+    // change includes the penalty's change.
+    for (fraction, wd) in [(0.25f32, 0.0f32), (1.0, 0.0), (0.25, 0.05)] {
         let c = (fraction as f64 * b as f64).ceil() as usize;
         let mut n2 = net.clone();
         let mut ws = Workspace::new(&n2, b, Par::Seq).unwrap();
@@ -425,6 +427,7 @@ fn damping_check_on_a_fraction_of_the_minibatch() {
         let cfg = NaturalGradientConfig {
             damping_check_fraction: fraction,
             damping: 1e-4,
+            weight_decay: wd,
             ..Default::default()
         };
         let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
@@ -433,7 +436,12 @@ fn damping_check_on_a_fraction_of_the_minibatch() {
             let mut w = Workspace::new(m, c, Par::Seq).unwrap();
             let (xs, ys) = (xm.subcols(0, c), xm.subcols(0, c));
             m.forward(&mut w, xs).unwrap();
-            m.loss(&mut w, ys, false).unwrap()
+            let penalty: f64 = m
+                .params()
+                .flat_map(|p| p.iter())
+                .map(|&v| 0.5 * wd as f64 * v as f64 * v as f64)
+                .sum();
+            m.loss(&mut w, ys, false).unwrap() + penalty
         };
         let (mut raised, mut lowered) = (0, 0);
         for k in 0..40 {
@@ -445,10 +453,12 @@ fn damping_check_on_a_fraction_of_the_minibatch() {
             let gdd: f64 = last_updates(&ng, n2.num_layers())
                 .iter()
                 .zip(wg.grads())
-                .map(|(d, g)| {
+                .zip(before.params())
+                .map(|((d, g), w)| {
                     d.iter()
                         .zip(g)
-                        .map(|(&d, &g)| d as f64 * g as f64)
+                        .zip(w)
+                        .map(|((&d, &g), &w)| d as f64 * (g + wd * w) as f64)
                         .sum::<f64>()
                 })
                 .sum();
@@ -472,7 +482,7 @@ fn damping_check_on_a_fraction_of_the_minibatch() {
             let got = ng.damping();
             assert!(
                 (got - want).abs() <= 1e-6 * want,
-                "fraction {fraction}, step {k}: damping {got}, expected {want} (ratio {ratio})"
+                "fraction {fraction}, wd {wd}, step {k}: damping {got}, expected {want} (ratio {ratio})"
             );
         }
         assert!(

@@ -198,6 +198,12 @@ pub struct NaturalGradientConfig {
     /// cheaper; the update is the same in exact arithmetic, and in f32 both
     /// lose about `n u kappa` relative to the largest entries).
     pub inverse: InverseApplication,
+    /// L2 penalty `(lambda / 2) ||theta||^2` on every parameter (biases
+    /// included, as in [`crate::optim::Sgd`] and [`crate::optim::Adam`]):
+    /// `lambda theta` joins the gradient before it is preconditioned, and the
+    /// Levenberg-Marquardt check counts the penalty's change in the actual
+    /// loss change. Default 0 (the paper has none).
+    pub weight_decay: f32,
     /// Split the damping between the factors in proportion to their scales
     /// (K-FAC's pi correction: `A + pi sqrt(g) I`, `G + sqrt(g)/pi I`). Default
     /// false: the paper splits it evenly.
@@ -223,6 +229,7 @@ impl Default for NaturalGradientConfig {
             preconditioning: Preconditioning::Auto,
             exact_output_factor: false,
             inverse: InverseApplication::Auto,
+            weight_decay: 0.0,
             pi_correction: false,
             seed: 0,
         }
@@ -431,6 +438,7 @@ impl NaturalGradient {
         config: NaturalGradientConfig,
     ) -> Result<NaturalGradient, Error> {
         check_range("learning_rate", config.learning_rate, 0.0, f32::MAX, true)?;
+        check_range("weight_decay", config.weight_decay, 0.0, f32::MAX, false)?;
         check_range("factor_decay", config.factor_decay, 0.0, 0.999_999, false)?;
         let (lo, hi) = config.damping_bounds;
         check_range("damping_bounds.0", lo, 0.0, f32::MAX, true)?;
@@ -1018,6 +1026,12 @@ impl Optimizer for NaturalGradient {
         //    the caller's input fails here, before any state changes.
         let loss = net.loss_and_gradient(ws, x, y)?;
         check_grads_finite(&ws.grads)?;
+        let wd = self.config.weight_decay;
+        if wd > 0.0 {
+            for (g, w) in ws.grads.iter_mut().zip(net.params()) {
+                g.iter_mut().zip(w).for_each(|(g, &w)| *g += wd * w);
+            }
+        }
         let (b, par) = (ws.batch, ws.par);
         let num_layers = net.num_layers();
         let k = self.steps + 1;
@@ -1316,9 +1330,26 @@ impl Optimizer for NaturalGradient {
                     (net.loss(ws, ys, false)?, xs, ys)
                 };
                 let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
+                // The penalty's change, (wd/2)(||w + d||^2 - ||w||^2) = wd (w.d + d.d/2)
+                // with w the weights after the step.
+                let penalty_change = if wd > 0.0 {
+                    let dot: f64 = net
+                        .params()
+                        .zip(&self.layers)
+                        .map(|(w, st)| {
+                            w.iter()
+                                .zip(&st.delta)
+                                .map(|(&w, &d)| (w as f64 - 0.5 * d as f64) * d as f64)
+                                .sum::<f64>()
+                        })
+                        .sum();
+                    wd as f64 * dot
+                } else {
+                    0.0
+                };
                 match after {
                     Ok(new_loss) if predicted < 0.0 => {
-                        let ratio = (new_loss - loss_before) / predicted;
+                        let ratio = (new_loss - loss_before + penalty_change) / predicted;
                         if ratio < 0.25 {
                             self.damping = (self.damping * 1.5).min(hi);
                         } else if ratio > 0.75 {
