@@ -30,6 +30,21 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     )
                 })
             })
+            // An L2 penalty around the race's settings (paper, deep), as for
+            // the natural gradient.
+            .chain([(1e-3, 0.9), (0.04, 0.9)].into_iter().flat_map(|(lr, mu)| {
+                [1e-3, 1e-2, 3e-2].map(|weight_decay| {
+                    Hyper::Sgd(
+                        100,
+                        SgdConfig {
+                            learning_rate: lr,
+                            momentum: mu,
+                            weight_decay,
+                            ..SgdConfig::default()
+                        },
+                    )
+                })
+            }))
             .collect(),
         OptimizerKind::Adam => [1e-4, 3e-4, 1e-3, 3e-3]
             .into_iter()
@@ -44,6 +59,18 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     )
                 })
             })
+            .chain([1e-3, 3e-3].into_iter().flat_map(|lr| {
+                [1e-3, 1e-2, 3e-2].map(|weight_decay| {
+                    Hyper::Adam(
+                        100,
+                        AdamConfig {
+                            learning_rate: lr,
+                            weight_decay,
+                            ..AdamConfig::default()
+                        },
+                    )
+                })
+            }))
             .collect(),
         OptimizerKind::NaturalGradient => {
             // The paper's setting (per-minibatch factors, refreshed and
@@ -114,6 +141,16 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                         NaturalGradientConfig {
                             pi_correction,
                             learning_rate,
+                            ..base
+                        },
+                    ));
+                }
+                // An L2 penalty against the train/test gap seen on `paper`.
+                for weight_decay in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1] {
+                    v.push(Hyper::Ng(
+                        b,
+                        NaturalGradientConfig {
+                            weight_decay,
                             ..base
                         },
                     ));
