@@ -600,6 +600,8 @@ fn every_truncation_and_byte_change_gives_ok_or_a_typed_error() {
 fn embedded_dataset_is_real_mnist_sized() {
     let dataset = load_embedded().unwrap();
     assert_eq!(dataset.name, "embedded-mnist-10k");
+    // The race's settings for the embedded set assume its size.
+    assert_eq!(dataset.train.count, natgrad::race::EMBEDDED_TRAIN_COUNT);
     for (split, count) in [(&dataset.train, 8000), (&dataset.test, 2000)] {
         assert_eq!(split.count, count);
         assert_eq!((split.rows, split.cols), (28, 28));
