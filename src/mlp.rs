@@ -401,47 +401,45 @@ impl Mlp {
                 y.ncols()
             )));
         }
-        check_finite_mat(y, "target minibatch")?;
         let l = self.layers.len();
+        let likelihood = self.likelihood;
         let (acts, errs) = (&ws.acts[l], &mut ws.errs[l - 1]);
-        let mut total = 0.0f64;
-        for j in 0..b {
-            let s = &acts[j * (n + 1)..j * (n + 1) + n];
-            let e = &mut errs[j * n..(j + 1) * n];
-            match self.likelihood {
-                Likelihood::Gaussian => {
-                    for i in 0..n {
-                        let d = s[i] - y[(i, j)];
-                        total += 0.5 * (d as f64) * (d as f64);
-                        if write_error {
-                            e[i] = d;
-                        }
+        let chunks = b.div_ceil(LOSS_CHUNK_COLS);
+        let partials = &mut ws.loss_partials[..chunks];
+        // Column chunks in parallel, each summed in f64 into its own slot, the
+        // slots then added in order: the loss does not depend on the threads.
+        let chunk = |(c, (e, p)): (usize, (&mut [f32], &mut f64))| {
+            let j0 = c * LOSS_CHUNK_COLS;
+            let mut total = 0.0f64;
+            for (jj, e) in e.chunks_exact_mut(n).enumerate() {
+                let j = j0 + jj;
+                let s = &acts[j * (n + 1)..j * (n + 1) + n];
+                total += match y.col(j).try_as_col_major() {
+                    Some(yc) => {
+                        let yc = &yc.as_slice()[..n];
+                        column_loss(likelihood, s, |i| yc[i], e, write_error)
                     }
-                }
-                Likelihood::Bernoulli => {
-                    for i in 0..n {
-                        let (si, yi) = (s[i], y[(i, j)]);
-                        // softplus(s) - y s, computed without overflow.
-                        let sp = si.max(0.0) + (-si.abs()).exp().ln_1p();
-                        total += (sp - yi * si) as f64;
-                        if write_error {
-                            e[i] = Activation::Sigmoid.apply(si) - yi;
-                        }
-                    }
-                }
-                Likelihood::Categorical => {
-                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
-                    let lse = m + z.ln();
-                    let ysum: f32 = (0..n).map(|i| y[(i, j)]).sum();
-                    for i in 0..n {
-                        total += (y[(i, j)] * (lse - s[i])) as f64;
-                        if write_error {
-                            e[i] = (s[i] - lse).exp() * ysum - y[(i, j)];
-                        }
-                    }
-                }
+                    None => column_loss(likelihood, s, |i| y[(i, j)], e, write_error),
+                };
             }
+            *p = total;
+        };
+        let errs = &mut errs[..n * b];
+        if ws.par.degree() > 1 && chunks > 1 {
+            errs.par_chunks_mut(n * LOSS_CHUNK_COLS)
+                .zip(partials.par_iter_mut())
+                .enumerate()
+                .for_each(chunk);
+        } else {
+            errs.chunks_mut(n * LOSS_CHUNK_COLS)
+                .zip(partials.iter_mut())
+                .enumerate()
+                .for_each(chunk);
+        }
+        let total: f64 = partials.iter().sum();
+        if !total.is_finite() {
+            // Name a non-finite target if there is one; else the weights diverged.
+            check_finite_mat(y, "target minibatch")?;
         }
         let loss = total / b.max(1) as f64;
         if !loss.is_finite() {
@@ -625,6 +623,76 @@ impl Mlp {
             start += len;
         }
         Ok(total / n as f64)
+    }
+}
+
+/// Columns of the minibatch whose loss [`Mlp::loss`] sums on one thread
+/// into one partial sum.
+pub const LOSS_CHUNK_COLS: usize = 16;
+
+/// `sum_{i < n} term(i)` over eight interleaved f64 accumulators.
+#[inline(always)]
+fn sum8(n: usize, term: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let full = n / 8 * 8;
+    for i0 in (0..full).step_by(8) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += term(i0 + k);
+        }
+    }
+    let tail: f64 = (full..n).map(&term).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The loss of one output column: pre-activations `s`, targets `y(i)`,
+/// output error written into `e` when `write_error`. Summed in f64 over eight
+/// interleaved accumulators (independent chains the compiler can vectorise).
+#[inline(always)]
+fn column_loss(
+    likelihood: Likelihood,
+    s: &[f32],
+    y: impl Fn(usize) -> f32 + Copy,
+    e: &mut [f32],
+    write_error: bool,
+) -> f64 {
+    let n = s.len();
+    let e = &mut e[..n];
+    match likelihood {
+        Likelihood::Gaussian => {
+            if write_error {
+                for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
+                    *e = s - y(i);
+                }
+            }
+            0.5 * sum8(n, |i| {
+                let d = (s[i] - y(i)) as f64;
+                d * d
+            })
+        }
+        Likelihood::Bernoulli => {
+            if write_error {
+                for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
+                    *e = Activation::Sigmoid.apply(s) - y(i);
+                }
+            }
+            // softplus(s) - y s, computed without overflow.
+            sum8(n, |i| {
+                let (si, yi) = (s[i], y(i));
+                (si.max(0.0) + (-si.abs()).exp().ln_1p() - yi * si) as f64
+            })
+        }
+        Likelihood::Categorical => {
+            let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
+            let lse = m + z.ln();
+            let ysum: f32 = (0..n).map(y).sum();
+            if write_error {
+                for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
+                    *e = (s - lse).exp() * ysum - y(i);
+                }
+            }
+            sum8(n, |i| (y(i) * (lse - s[i])) as f64)
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Workspace {
     pub(crate) errs: Vec<Vec<f32>>,
     pub(crate) grads: Vec<Vec<f32>>,
     pub(crate) scratch: MemBuffer,
+    /// Per-chunk partial sums of the loss (see [`Mlp::loss`](crate::mlp::Mlp::loss)).
+    pub(crate) loss_partials: Vec<f64>,
     pub(crate) par: Par,
 }
 
@@ -68,6 +70,7 @@ impl Workspace {
             errs,
             grads,
             scratch: MemBuffer::new(req),
+            loss_partials: vec![0.0; max_batch.div_ceil(crate::mlp::LOSS_CHUNK_COLS)],
             par,
         })
     }
