@@ -145,7 +145,8 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                         },
                     ));
                 }
-                // An L2 penalty against the train/test gap seen on `paper`.
+                // An L2 penalty against the train/test gap seen on `paper`, at
+                // the setting's minibatch and at half of it.
                 for weight_decay in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1] {
                     v.push(Hyper::Ng(
                         b,
@@ -155,6 +156,13 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                         },
                     ));
                 }
+                v.push(Hyper::Ng(
+                    b / 2,
+                    NaturalGradientConfig {
+                        weight_decay: 1e-2,
+                        ..base
+                    },
+                ));
             }
             v
         }
