@@ -277,16 +277,7 @@ pub(crate) fn rank_update_rebuild(
 ) -> Result<(), Error> {
     {
         // Packing reads all of L before the product overwrites it.
-        let lo = Operand {
-            mat: l.rb(),
-            shape: packed::Shape::Lower,
-            col_scale: None,
-        };
-        let up = Operand {
-            mat: l.rb().transpose(),
-            shape: packed::Shape::Upper,
-            col_scale: None,
-        };
+        let (lo, up) = (Operand::lower(l.rb()), Operand::upper(l.rb().transpose()));
         let (pk, _) = packed::pack(isa, lo, up, par, stack);
         packed::compute(isa, l.rb_mut(), 0.0, 1.0, &pk, true, par);
     }
@@ -640,17 +631,13 @@ pub fn cholesky_inverse_in_place_with_isa(
     invert_lower(isa, l.rb_mut(), par, stack);
     // X = T^T T: T^T is upper triangular, T lower; lower triangle of X only.
     let t = l.rb();
-    let upper = Operand {
-        mat: t.transpose(),
-        shape: packed::Shape::Upper,
-        col_scale: None,
-    };
-    let lower = Operand {
-        mat: t,
-        shape: packed::Shape::Lower,
-        col_scale: None,
-    };
-    let (p, _) = packed::pack(isa, upper, lower, par, stack);
+    let (p, _) = packed::pack(
+        isa,
+        Operand::upper(t.transpose()),
+        Operand::lower(t),
+        par,
+        stack,
+    );
     packed::compute(isa, l.rb_mut(), 0.0, 1.0, &p, true, par);
     let mut finite = true;
     for j in 0..n {
@@ -683,18 +670,10 @@ fn invert_lower(isa: Isa, l: MatMut<'_, f32>, par: Par, stack: &mut MemStack) {
     invert_lower(isa, l22.rb_mut(), par, stack);
     // T21 = -T22 (L21 T11). Both products pack their operands before writing
     // C, so L21 may be overwritten in place.
-    let t11 = Operand {
-        mat: l11.rb(),
-        shape: packed::Shape::Lower,
-        col_scale: None,
-    };
+    let t11 = Operand::lower(l11.rb());
     let (p, _) = packed::pack(isa, Operand::full(l21.rb()), t11, par, stack);
     packed::compute(isa, l21.rb_mut(), 0.0, 1.0, &p, false, par);
-    let t22 = Operand {
-        mat: l22.rb(),
-        shape: packed::Shape::Lower,
-        col_scale: None,
-    };
+    let t22 = Operand::lower(l22.rb());
     let (p, _) = packed::pack(isa, t22, Operand::full(l21.rb()), par, stack);
     packed::compute(isa, l21.rb_mut(), 0.0, -1.0, &p, false, par);
 }

@@ -58,9 +58,23 @@ pub(crate) struct Operand<'a> {
 
 impl<'a> Operand<'a> {
     pub(crate) fn full(mat: MatRef<'a, f32>) -> Self {
+        Self::shaped(mat, Shape::Full)
+    }
+
+    /// Only the lower triangle (`row >= col`) of `mat` is read.
+    pub(crate) fn lower(mat: MatRef<'a, f32>) -> Self {
+        Self::shaped(mat, Shape::Lower)
+    }
+
+    /// Only the upper triangle (`row <= col`) of `mat` is read.
+    pub(crate) fn upper(mat: MatRef<'a, f32>) -> Self {
+        Self::shaped(mat, Shape::Upper)
+    }
+
+    fn shaped(mat: MatRef<'a, f32>, shape: Shape) -> Self {
         Operand {
             mat,
-            shape: Shape::Full,
+            shape,
             col_scale: None,
         }
     }
