@@ -479,16 +479,8 @@ pub(crate) fn product(
             Shape::Lower => Shape::Upper,
             Shape::Upper => Shape::Lower,
         };
-        let at = Operand {
-            mat: b.mat.transpose(),
-            shape: flip(b.shape),
-            col_scale: None,
-        };
-        let bt = Operand {
-            mat: a.mat.transpose(),
-            shape: flip(a.shape),
-            col_scale: None,
-        };
+        let at = Operand::shaped(b.mat.transpose(), flip(b.shape));
+        let bt = Operand::shaped(a.mat.transpose(), flip(a.shape));
         let (packed, _) = pack(isa, at, bt, par, stack);
         compute(isa, c.transpose_mut(), beta, alpha, &packed, false, par);
         return;
