@@ -824,7 +824,9 @@ impl GSide<'_> {
     ) -> Result<(), natgrad_kernels::Error> {
         let n = grad.nrows();
         let lg = MatRef::from_column_major_slice(self.g_chol, n, n);
-        if self.inv {
+        // A diagonal side is checked first, as in `factorise` and the low-rank
+        // form: it is never inverted explicitly.
+        if self.inv && !self.diag {
             return gemm(out, 0.0, lg, grad, 1.0, par, stack);
         }
         out.copy_from(grad);
@@ -1330,8 +1332,8 @@ impl Optimizer for NaturalGradient {
                     (net.loss(ws, ys, false)?, xs, ys)
                 };
                 let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
-                // The penalty's change, (wd/2)(||w + d||^2 - ||w||^2) = wd (w.d + d.d/2)
-                // with w the weights after the step.
+                // The penalty's change, (wd/2)(||w0 + d||^2 - ||w0||^2) = wd (w0.d + d.d/2)
+                // = wd (w.d - d.d/2) with w = w0 + d the weights after the step.
                 let penalty_change = if wd > 0.0 {
                     let dot: f64 = net
                         .params()
