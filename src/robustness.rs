@@ -37,6 +37,7 @@
 //! | damping `<= 0`, NaN, infinite or outside `damping_bounds`; bounds not positive, not finite or inverted | `InvalidConfig` | `damping_not_positive_or_not_finite_or_out_of_its_bounds` |
 //! | `factor_decay` outside `[0, 1)` or NaN | `InvalidConfig` | `factor_decay_outside_zero_one` |
 //! | `damping_check_fraction` outside `(0, 1]` or NaN | `InvalidConfig` | `damping_check_fraction_outside_zero_one` |
+//! | `weight_decay > 0` with `Preconditioning::LowRank` or `Gram` (the penalty's gradient is not of the minibatch's low rank) | `InvalidConfig` | `weight_decay_with_the_low_rank_or_gram_form` |
 //! | `inverse: Explicit` with `factor_update: RankUpdate` | `InvalidConfig` | `explicit_inverses_with_rank_updates` |
 //! | `refresh_interval == 0`, `statistics_interval == 0`, `samples == 0`, Levenberg-Marquardt `interval == 0`, `max_batch == 0` (optimizer or workspace) | `InvalidConfig` | `zero_counts_in_the_natural_gradient_configuration` |
 //! | `Preconditioning::Gram` without per-minibatch factors (`factor_decay` not 0, `refresh_interval` or `statistics_interval` not 1, `samples` not 1, or rank updates) | `InvalidConfig` | `gram_preconditioning_without_per_minibatch_factors` |

@@ -111,13 +111,13 @@ fn steps_allocate_nothing_after_the_first() {
                     preconditioning: Preconditioning::Full,
                     factor_decay: 0.95,
                     refresh_interval: 3,
+                    weight_decay: 1e-2,
                     ..Default::default()
                 }),
                 ng(NaturalGradientConfig {
                     inverse: InverseApplication::Explicit,
                     preconditioning: Preconditioning::LowRank,
                     exact_output_factor: true,
-                    weight_decay: 1e-2,
                     ..Default::default()
                 }),
             ];

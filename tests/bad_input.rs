@@ -559,6 +559,21 @@ fn damping_check_fraction_outside_zero_one() {
 }
 
 #[test]
+fn weight_decay_with_the_low_rank_or_gram_form() {
+    use natgrad::optim::Preconditioning;
+    for preconditioning in [Preconditioning::LowRank, Preconditioning::Gram] {
+        ng_refuses(
+            &format!("weight decay with {preconditioning:?}"),
+            NaturalGradientConfig {
+                preconditioning,
+                weight_decay: 1e-3,
+                ..NaturalGradientConfig::default()
+            },
+        );
+    }
+}
+
+#[test]
 fn explicit_inverses_with_rank_updates() {
     use natgrad::optim::InverseApplication;
     ng_refuses(

@@ -402,6 +402,73 @@ fn low_rank_and_full_preconditioning_agree() {
     assert_updates_agree(&deltas[0], &deltas[1], 1e-3, "low rank vs full");
 }
 
+/// An L2 penalty joins the gradient before it is preconditioned, whatever form
+/// `Auto` picks: on a minibatch narrower than the layers (where without the
+/// penalty `Auto` takes the low-rank form, which has no room for `wd W`) the
+/// update equals the full form's, and differs from the unpenalised one by far
+/// more than the tolerance. The low-rank and Gram forms are refused with a
+/// penalty.
+#[test]
+fn weight_decay_is_preconditioned_in_every_form() {
+    use natgrad::optim::{DampingAdaptation, Preconditioning};
+    let (net, x, _) = toy_problem();
+    let b = 4;
+    let xm = MatRef::from_column_major_slice(&x[..12 * b], 12, b);
+    let update = |mode: Preconditioning, wd: f32| {
+        let mut n2 = net.clone();
+        let mut ws = Workspace::new(&n2, b, Par::Seq).unwrap();
+        let cfg = NaturalGradientConfig {
+            preconditioning: mode,
+            weight_decay: wd,
+            damping: 0.1,
+            adaptation: DampingAdaptation::Fixed,
+            ..Default::default()
+        };
+        let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
+        ng.step(&mut n2, &mut ws, xm, xm).unwrap();
+        last_updates(&ng, n2.num_layers())
+    };
+    let wd = 0.5;
+    let auto = update(Preconditioning::Auto, wd);
+    assert_updates_agree(
+        &auto,
+        &update(Preconditioning::Full, wd),
+        1e-3,
+        "Auto vs full with a penalty",
+    );
+    // Without the penalty the update differs by much more than that tolerance.
+    let plain = update(Preconditioning::Auto, 0.0);
+    let gap = auto
+        .iter()
+        .flatten()
+        .zip(plain.iter().flatten())
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    let scale = auto
+        .iter()
+        .flatten()
+        .map(|v| v.abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        gap > 0.05 * scale,
+        "the penalty moved the update by only {gap} (scale {scale})"
+    );
+    for mode in [Preconditioning::LowRank, Preconditioning::Gram] {
+        let cfg = NaturalGradientConfig {
+            preconditioning: mode,
+            weight_decay: wd,
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                NaturalGradient::new(&net, b, cfg),
+                Err(natgrad::Error::InvalidConfig(_))
+            ),
+            "{mode:?} with a penalty must be refused"
+        );
+    }
+}
+
 /// Explicit inverses formed at a refresh and applied by GEMM give the same
 /// updates as the triangular solves, at the refresh step and at the steps
 /// between refreshes that reuse them, in the low-rank and the full form, with

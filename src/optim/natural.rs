@@ -202,7 +202,10 @@ pub struct NaturalGradientConfig {
     /// included, as in [`crate::optim::Sgd`] and [`crate::optim::Adam`]):
     /// `lambda theta` joins the gradient before it is preconditioned, and the
     /// Levenberg-Marquardt check counts the penalty's change in the actual
-    /// loss change. Default 0 (the paper has none).
+    /// loss change. Default 0 (the paper has none). The penalty's gradient is
+    /// not of the minibatch's low rank, so with `lambda > 0` every layer is
+    /// preconditioned in the full form (`Auto`), and the low-rank and Gram
+    /// forms are refused.
     pub weight_decay: f32,
     /// Split the damping between the factors in proportion to their scales
     /// (K-FAC's pi correction: `A + pi sqrt(g) I`, `G + sqrt(g)/pi I`). Default
@@ -296,7 +299,11 @@ impl LayerPlan {
     /// The cheapest form allowed by `mode` (flop counts of PAPER.md section 3
     /// and [`Preconditioning::Gram`]); `gram_ok` says whether the configuration
     /// has per-minibatch factors.
-    /// `g_diag`: the backward factor is diagonal (a row scaling).
+    /// `g_diag`: the backward factor is diagonal (a row scaling). `penalty`:
+    /// an L2 penalty joins the gradient; its term `wd W` is not of the
+    /// minibatch's low rank, so only the full form preconditions it (`Auto`
+    /// then takes the full form; `LowRank` and `Gram` are refused at
+    /// construction).
     fn choose(
         n_out: usize,
         n_in1: usize,
@@ -304,6 +311,7 @@ impl LayerPlan {
         mode: Preconditioning,
         gram_ok: bool,
         g_diag: bool,
+        penalty: bool,
     ) -> LayerPlan {
         let (o, i, bf) = (n_out as f64, n_in1 as f64, b as f64);
         // Forming and factorising an n x n factor, and its solve with b columns.
@@ -329,6 +337,10 @@ impl LayerPlan {
                 low_rank: true,
                 a_gram: a_gram_ok,
                 g_gram: g_gram_ok,
+            },
+            Preconditioning::Auto if penalty => LayerPlan {
+                low_rank: false,
+                ..low_rank_direct
             },
             Preconditioning::Auto => {
                 let a_gram = a_gram_ok && gram_a(i) < factor(i) + solve(i);
@@ -481,6 +493,18 @@ impl NaturalGradient {
                     .into(),
             ));
         }
+        if config.weight_decay > 0.0
+            && matches!(
+                config.preconditioning,
+                Preconditioning::LowRank | Preconditioning::Gram
+            )
+        {
+            return Err(Error::InvalidConfig(format!(
+                "{:?} preconditioning cannot apply weight_decay (its term wd W is not of the \
+                 minibatch's low rank): use Auto or Full",
+                config.preconditioning
+            )));
+        }
         if config.inverse == InverseApplication::Explicit
             && config.factor_update == FactorUpdate::RankUpdate
         {
@@ -509,6 +533,7 @@ impl NaturalGradient {
                     config.preconditioning,
                     gram_ok,
                     g_diag,
+                    config.weight_decay > 0.0,
                 );
                 let (a_inv, g_inv) = explicit_sides(&config, n_out, n_in1, max_batch, plan, g_diag);
                 let mut req = StackReq::any_of(&[
@@ -1063,6 +1088,7 @@ impl Optimizer for NaturalGradient {
                 self.config.preconditioning,
                 gram_ok,
                 st.g_diag,
+                self.config.weight_decay > 0.0,
             );
         }
 
