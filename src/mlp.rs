@@ -267,6 +267,10 @@ impl Mlp {
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
         self.layers.iter_mut().map(|l| l.params.as_mut_slice())
     }
+    /// The layers, mutable (crate-internal: widths must not change).
+    pub(crate) fn layers_mut(&mut self) -> &mut [Layer] {
+        &mut self.layers
+    }
     /// Number of layers `L`.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
@@ -336,8 +340,13 @@ impl Mlp {
         let a0 = &mut ws.acts[0];
         for j in 0..b {
             let col = &mut a0[j * (n0 + 1)..(j + 1) * (n0 + 1)];
-            for (i, v) in col[..n0].iter_mut().enumerate() {
-                *v = x[(i, j)];
+            match x.col(j).try_as_col_major() {
+                Some(src) => col[..n0].copy_from_slice(src.as_slice()),
+                None => {
+                    for (i, v) in col[..n0].iter_mut().enumerate() {
+                        *v = x[(i, j)];
+                    }
+                }
             }
             col[n0] = 1.0;
         }

@@ -257,6 +257,8 @@ struct LayerState {
     update_alpha: Vec<f32>,
     /// `<grad_i, dW_i>` of the last step.
     grad_dot_delta: f64,
+    /// `<W_i, dW_i> - |dW_i|^2 / 2` after the last step (with a penalty).
+    penalty_dot: f64,
     /// How this step computes the layer's update.
     plan: LayerPlan,
     /// Whether `G` is diagonal (the output layer with
@@ -598,6 +600,7 @@ impl NaturalGradient {
                         Vec::new()
                     },
                     grad_dot_delta: 0.0,
+                    penalty_dot: 0.0,
                     plan,
                     g_diag,
                     shift_g: 1.0,
@@ -1055,9 +1058,10 @@ impl Optimizer for NaturalGradient {
         check_grads_finite(&ws.grads)?;
         let wd = self.config.weight_decay;
         if wd > 0.0 {
-            for (g, w) in ws.grads.iter_mut().zip(net.params()) {
-                g.iter_mut().zip(w).for_each(|(g, &w)| *g += wd * w);
-            }
+            ws.grads
+                .par_iter_mut()
+                .zip(net.layers().par_iter())
+                .for_each(|(g, l)| g.iter_mut().zip(&l.params).for_each(|(g, &w)| *g += wd * w));
         }
         let (b, par) = (ws.batch, ws.par);
         let num_layers = net.num_layers();
@@ -1333,10 +1337,28 @@ impl Optimizer for NaturalGradient {
         }
 
         lap(&mut phases.precondition);
-        // 5. Apply.
-        for (w, st) in net.params_mut().zip(&self.layers) {
-            w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w += d);
-        }
+        // 5. Apply, layers in parallel, and each layer's share of the
+        //    penalty's change `wd (w.d - d.d/2)` (see below).
+        net.layers_mut()
+            .par_iter_mut()
+            .zip(self.layers.par_iter_mut())
+            .for_each(|(layer, st)| {
+                layer
+                    .params
+                    .iter_mut()
+                    .zip(&st.delta)
+                    .for_each(|(w, d)| *w += d);
+                st.penalty_dot = if wd > 0.0 {
+                    layer
+                        .params
+                        .iter()
+                        .zip(&st.delta)
+                        .map(|(&w, &d)| (w as f64 - 0.5 * d as f64) * d as f64)
+                        .sum()
+                } else {
+                    0.0
+                };
+            });
         self.steps = k;
 
         // 6. Levenberg-Marquardt adaptation of the damping.
@@ -1360,21 +1382,9 @@ impl Optimizer for NaturalGradient {
                 let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
                 // The penalty's change, (wd/2)(||w0 + d||^2 - ||w0||^2) = wd (w0.d + d.d/2)
                 // = wd (w.d - d.d/2) with w = w0 + d the weights after the step.
-                let penalty_change = if wd > 0.0 {
-                    let dot: f64 = net
-                        .params()
-                        .zip(&self.layers)
-                        .map(|(w, st)| {
-                            w.iter()
-                                .zip(&st.delta)
-                                .map(|(&w, &d)| (w as f64 - 0.5 * d as f64) * d as f64)
-                                .sum::<f64>()
-                        })
-                        .sum();
-                    wd as f64 * dot
-                } else {
-                    0.0
-                };
+                // Summed in layer order, as `grad_dot_delta`.
+                let penalty_change =
+                    wd as f64 * self.layers.iter().map(|st| st.penalty_dot).sum::<f64>();
                 match after {
                     Ok(new_loss) if predicted < 0.0 => {
                         let ratio = (new_loss - loss_before + penalty_change) / predicted;
