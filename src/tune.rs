@@ -164,6 +164,39 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     },
                 ));
             }
+            // Around paper's setting once the penalty reached every layer
+            // (the low-rank form had dropped it): the exact output factor,
+            // statistics every 2 steps, refresh every 10, minibatch 500.
+            let penalised = NaturalGradientConfig {
+                weight_decay: 1e-2,
+                ..paper
+            };
+            for (b, cfg) in [
+                (
+                    256,
+                    NaturalGradientConfig {
+                        exact_output_factor: true,
+                        ..penalised
+                    },
+                ),
+                (
+                    256,
+                    NaturalGradientConfig {
+                        statistics_interval: 2,
+                        ..penalised
+                    },
+                ),
+                (
+                    256,
+                    NaturalGradientConfig {
+                        refresh_interval: 10,
+                        ..penalised
+                    },
+                ),
+                (500, penalised),
+            ] {
+                v.push(Hyper::Ng(b, cfg));
+            }
             v
         }
     }
