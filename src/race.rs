@@ -713,7 +713,11 @@ impl Default for RaceOptions {
                 OptimizerKind::Adam,
                 OptimizerKind::Sgd,
             ],
-            budget_secs: 50.0,
+            // 35 s each: the default race (three runs, evaluation included)
+            // then takes about 2 minutes, so that a fresh clone's first
+            // `cargo run --release` (build about 1 min 50 s here) stays
+            // within 4 minutes.
+            budget_secs: 35.0,
             data: None,
             out: "race-out".into(),
             threads: rayon::current_num_threads(),
@@ -732,7 +736,7 @@ const RACE_USAGE: &str =
              [--checkpoint-every SECS] [--resume]
 
 Trains the autoencoder of each preset with every optimizer for the same
-wall-clock budget (default 50 s each; the default race takes about 3 minutes),
+wall-clock budget (default 35 s each; the default race takes about 2 minutes),
 from the same initial weights and data order, and writes DIR/curves.csv,
 DIR/race.png and DIR/summary.json (DIR/<preset>/ when racing several presets).
 Without --data it uses the embedded 10,000-digit MNIST subset.
