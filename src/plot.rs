@@ -239,14 +239,18 @@ fn draw_chart(
         .x_label_area_size(40)
         .y_label_area_size(70);
     if chart.log_y {
+        let (lo, hi) = (y0 / 2.0, y1 * 2.0);
+        // Our own key points: plotters' log axis labels only from the first
+        // power of ten inside the range, which left the whole lower decade
+        // (where the final losses lie) unlabelled.
+        let ticks = log_ticks(lo, hi);
         let mut ctx = builder
-            .build_cartesian_2d(x0..x1, (y0 / 2.0..y1 * 2.0).log_scale())
+            .build_cartesian_2d(x0..x1, (lo..hi).log_scale().with_key_points(ticks))
             .map_err(be)?;
         ctx.configure_mesh()
             .x_desc(chart.x_label.as_str())
             .y_desc(chart.y_label.as_str())
-            .y_labels(16)
-            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .y_label_formatter(&|v| tick_label(*v))
             .draw()
             .map_err(be)?;
         draw_series(&mut ctx, chart, &points)?;
@@ -277,6 +281,34 @@ fn draw_chart(
             .map_err(be)?;
     }
     Ok(())
+}
+
+/// Tick values for a logarithmic axis over `[lo, hi]` (`0 < lo < hi`): 1, 2
+/// and 5 times each power of ten in the range, and 3 as well when the range
+/// spans fewer than three decades.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades = (hi / lo).log10();
+    let steps: &[f64] = if decades < 3.0 {
+        &[1.0, 2.0, 3.0, 5.0]
+    } else {
+        &[1.0, 2.0, 5.0]
+    };
+    let first = lo.log10().floor() as i32;
+    let last = hi.log10().ceil() as i32;
+    (first..=last)
+        .flat_map(|e| steps.iter().map(move |m| m * 10f64.powi(e)))
+        .filter(|v| (lo..=hi).contains(v))
+        .collect()
+}
+
+/// A tick value as plain digits between 0.01 and 10,000, else in `1e5` form.
+fn tick_label(v: f64) -> String {
+    if (0.01..10_000.0).contains(&v.abs()) {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
 }
 
 fn draw_series<'a, X, Y>(
@@ -365,6 +397,19 @@ mod tests {
             assert_eq!(line[0], 0, "filter byte of row {y}");
             assert_eq!(&line[1..], &rgb[y * row..(y + 1) * row]);
         }
+    }
+
+    #[test]
+    fn log_ticks_label_every_decade_in_range() {
+        let t = super::log_ticks(13.0, 800.0);
+        assert_eq!(t, [20.0, 30.0, 50.0, 100.0, 200.0, 300.0, 500.0]);
+        let wide = super::log_ticks(0.5, 5000.0);
+        assert_eq!(wide.first(), Some(&0.5));
+        assert_eq!(wide.last(), Some(&5000.0));
+        assert!(!wide.contains(&3.0), "3x ticks only on narrow ranges");
+        assert_eq!(super::tick_label(30.0), "30");
+        assert_eq!(super::tick_label(0.25), "0.25");
+        assert_eq!(super::tick_label(1e6), "1e6");
     }
 
     #[test]
