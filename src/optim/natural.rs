@@ -1343,19 +1343,16 @@ impl Optimizer for NaturalGradient {
             .par_iter_mut()
             .zip(self.layers.par_iter_mut())
             .for_each(|(layer, st)| {
-                layer
-                    .params
-                    .iter_mut()
-                    .zip(&st.delta)
-                    .for_each(|(w, d)| *w += d);
+                let apply = layer.params.iter_mut().zip(&st.delta);
                 st.penalty_dot = if wd > 0.0 {
-                    layer
-                        .params
-                        .iter()
-                        .zip(&st.delta)
-                        .map(|(&w, &d)| (w as f64 - 0.5 * d as f64) * d as f64)
+                    apply
+                        .map(|(w, &d)| {
+                            *w += d;
+                            (*w as f64 - 0.5 * d as f64) * d as f64
+                        })
                         .sum()
                 } else {
+                    apply.for_each(|(w, d)| *w += d);
                     0.0
                 };
             });
