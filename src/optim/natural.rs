@@ -1337,14 +1337,19 @@ impl Optimizer for NaturalGradient {
         }
 
         lap(&mut phases.precondition);
-        // 5. Apply, layers in parallel, and each layer's share of the
-        //    penalty's change `wd (w.d - d.d/2)` (see below).
+        // 5. Apply, layers in parallel, and on steps with a Levenberg-Marquardt
+        //    check each layer's share of the penalty's change `wd (w.d - d.d/2)`
+        //    (see below).
+        let lm_check = matches!(
+            self.config.adaptation,
+            DampingAdaptation::LevenbergMarquardt { interval } if k % interval as u64 == 0
+        );
         net.layers_mut()
             .par_iter_mut()
             .zip(self.layers.par_iter_mut())
             .for_each(|(layer, st)| {
                 let apply = layer.params.iter_mut().zip(&st.delta);
-                st.penalty_dot = if wd > 0.0 {
+                st.penalty_dot = if wd > 0.0 && lm_check {
                     apply
                         .map(|(w, &d)| {
                             *w += d;
@@ -1359,54 +1364,52 @@ impl Optimizer for NaturalGradient {
         self.steps = k;
 
         // 6. Levenberg-Marquardt adaptation of the damping.
-        if let DampingAdaptation::LevenbergMarquardt { interval } = self.config.adaptation {
-            if k % interval as u64 == 0 {
-                // The local model M(d) = g.d + 1/2 d^T (F + dI) d, with d = -eta P g and
-                // P = (F + dI)^{-1} the damped Kronecker preconditioner, is
-                // M = g.d (1 - eta / 2): no extra curvature product is needed.
-                let predicted = grad_dot_delta * (1.0 - eta as f64 / 2.0);
-                let old = self.damping;
-                let c = (self.config.damping_check_fraction as f64 * b as f64).ceil() as usize;
-                let (loss_before, x, y) = if c >= b {
-                    (loss, x, y)
-                } else {
-                    // The output of this step's forward pass is still in the
-                    // workspace: the loss before the step on the first c columns.
-                    let (xs, ys) = (x.subcols(0, c), y.subcols(0, c));
-                    ws.set_batch(c)?;
-                    (net.loss(ws, ys, false)?, xs, ys)
-                };
-                let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
-                // The penalty's change, (wd/2)(||w0 + d||^2 - ||w0||^2) = wd (w0.d + d.d/2)
-                // = wd (w.d - d.d/2) with w = w0 + d the weights after the step.
-                // Summed in layer order, as `grad_dot_delta`.
-                let penalty_change =
-                    wd as f64 * self.layers.iter().map(|st| st.penalty_dot).sum::<f64>();
-                match after {
-                    Ok(new_loss) if predicted < 0.0 => {
-                        let ratio = (new_loss - loss_before + penalty_change) / predicted;
-                        if ratio < 0.25 {
-                            self.damping = (self.damping * 1.5).min(hi);
-                        } else if ratio > 0.75 {
-                            self.damping = (self.damping * (2.0 / 3.0)).max(lo);
-                        }
-                    }
-                    Ok(_) => self.damping = (self.damping * 1.5).min(hi),
-                    Err(_) => {
-                        // The step made the loss non-finite: take it back and damp harder.
-                        for (w, st) in net.params_mut().zip(&self.layers) {
-                            w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w -= d);
-                        }
-                        self.damping = (self.damping * 10.0).min(hi);
+        if lm_check {
+            // The local model M(d) = g.d + 1/2 d^T (F + dI) d, with d = -eta P g and
+            // P = (F + dI)^{-1} the damped Kronecker preconditioner, is
+            // M = g.d (1 - eta / 2): no extra curvature product is needed.
+            let predicted = grad_dot_delta * (1.0 - eta as f64 / 2.0);
+            let old = self.damping;
+            let c = (self.config.damping_check_fraction as f64 * b as f64).ceil() as usize;
+            let (loss_before, x, y) = if c >= b {
+                (loss, x, y)
+            } else {
+                // The output of this step's forward pass is still in the
+                // workspace: the loss before the step on the first c columns.
+                let (xs, ys) = (x.subcols(0, c), y.subcols(0, c));
+                ws.set_batch(c)?;
+                (net.loss(ws, ys, false)?, xs, ys)
+            };
+            let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
+            // The penalty's change, (wd/2)(||w0 + d||^2 - ||w0||^2) = wd (w0.d + d.d/2)
+            // = wd (w.d - d.d/2) with w = w0 + d the weights after the step.
+            // Summed in layer order, as `grad_dot_delta`.
+            let penalty_change =
+                wd as f64 * self.layers.iter().map(|st| st.penalty_dot).sum::<f64>();
+            match after {
+                Ok(new_loss) if predicted < 0.0 => {
+                    let ratio = (new_loss - loss_before + penalty_change) / predicted;
+                    if ratio < 0.25 {
+                        self.damping = (self.damping * 1.5).min(hi);
+                    } else if ratio > 0.75 {
+                        self.damping = (self.damping * (2.0 / 3.0)).max(lo);
                     }
                 }
-                // A larger damping (the model over-promised) takes effect at once;
-                // a smaller one waits for the next scheduled refresh, so that the LM
-                // rule does not force a refactorisation at nearly every step and
-                // defeat `refresh_interval`.
-                if self.damping > old {
-                    self.stale = true;
+                Ok(_) => self.damping = (self.damping * 1.5).min(hi),
+                Err(_) => {
+                    // The step made the loss non-finite: take it back and damp harder.
+                    for (w, st) in net.params_mut().zip(&self.layers) {
+                        w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w -= d);
+                    }
+                    self.damping = (self.damping * 10.0).min(hi);
                 }
+            }
+            // A larger damping (the model over-promised) takes effect at once;
+            // a smaller one waits for the next scheduled refresh, so that the LM
+            // rule does not force a refactorisation at nearly every step and
+            // defeat `refresh_interval`.
+            if self.damping > old {
+                self.stale = true;
             }
         }
         lap(&mut phases.apply_and_damping);
