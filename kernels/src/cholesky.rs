@@ -278,7 +278,7 @@ pub(crate) fn rank_update_rebuild(
     {
         // Packing reads all of L before the product overwrites it.
         let (lo, up) = (Operand::lower(l.rb()), Operand::upper(l.rb().transpose()));
-        let (pk, _) = packed::pack(isa, lo, up, par, stack);
+        let (pk, _) = packed::pack_any(isa, lo, up, true, par, stack);
         packed::compute(isa, l.rb_mut(), 0.0, 1.0, &pk, true, par);
     }
     let ws = Operand {

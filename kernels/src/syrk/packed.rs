@@ -122,6 +122,8 @@ pub(crate) struct Packed<'s> {
     nr: usize,
     a_shape: Shape,
     b_shape: Shape,
+    /// `B` is `A^T` and is read out of `A`'s packed slivers (see [`pack_self`]).
+    shared: bool,
 }
 
 /// Raw view of a matrix for the threads: each thread writes disjoint blocks.
@@ -220,6 +222,91 @@ pub(crate) fn pack<'s>(
             nr,
             a_shape: a.shape,
             b_shape: b.shape,
+            shared: false,
+        },
+        stack,
+    )
+}
+
+/// The register tile of the shared layout at AVX-512: `NR` divides `MR`, so
+/// the `NR` columns of a `B = A^T` tile are `NR` consecutive rows inside one
+/// packed `A` sliver.
+const SHARED_TILE: (usize, usize) = (32, 8);
+
+/// True when `b` is `a^T` (same memory, swapped strides) with matching
+/// shapes, so that [`pack_self`] can serve both operands from one packing.
+fn is_self_transpose(a: &Operand<'_>, b: &Operand<'_>) -> bool {
+    let (am, bm) = (a.mat, b.mat);
+    let shapes = matches!(
+        (a.shape, b.shape),
+        (Shape::Full, Shape::Full) | (Shape::Lower, Shape::Upper)
+    );
+    shapes
+        && a.col_scale.is_none()
+        && b.col_scale.is_none()
+        && am.nrows() == bm.ncols()
+        && am.ncols() == bm.nrows()
+        && am.row_stride() == bm.col_stride()
+        && am.col_stride() == bm.row_stride()
+        && std::ptr::eq(am.as_ptr(), bm.as_ptr())
+}
+
+/// Packs `a` alone for the product `A A^T` at AVX-512: `A` in [`SHARED_TILE`]
+/// slivers, and `B = A^T` read out of the same slivers (the `NR` values of a
+/// `B` step are `NR` consecutive entries of an `A` step, a stride of `MR`
+/// apart from one step to the next). This halves the packing traffic, which
+/// dominates SYRK when `n` is small against `k`.
+fn pack_self<'s>(
+    isa: Isa,
+    a: Operand<'_>,
+    b_shape: Shape,
+    par: Par,
+    stack: &'s mut MemStack,
+) -> (Packed<'s>, &'s mut MemStack) {
+    let (m, k) = (a.mat.nrows(), a.mat.ncols());
+    let (mr, nr) = SHARED_TILE;
+    let a_len = round_up(m, mr) * k;
+    let (abuf, stack) = stack.make_aligned_uninit::<f32>(a_len, 64);
+    let a_dst = RawMat {
+        ptr: abuf.as_mut_ptr().cast::<f32>(),
+        rs: 0,
+        cs: 0,
+    };
+    let slivers = m.div_ceil(mr);
+    let threads = threads_for(par, m * m * k);
+    let pack_one = |s: usize| {
+        // SAFETY: sliver `s` occupies `[s*k*mr, (s+1)*k*mr)` of `abuf`,
+        // written by this call only.
+        unsafe { pack_a_sliver(a, s * mr, mr, a_dst.get().add(s * k * mr)) };
+    };
+    if threads == 1 || slivers < 2 {
+        with_isa(isa, || (0..slivers).for_each(&pack_one));
+    } else {
+        let next = AtomicUsize::new(0);
+        rayon::broadcast_or_scope(threads, || {
+            with_isa(isa, || loop {
+                let s = next.fetch_add(1, Ordering::Relaxed);
+                if s >= slivers {
+                    break;
+                }
+                pack_one(s);
+            })
+        });
+    }
+    // SAFETY: every element of the buffer was written above (padding included).
+    let a_s = unsafe { std::slice::from_raw_parts(a_dst.ptr as *const f32, a_len) };
+    (
+        Packed {
+            a: a_s,
+            b: a_s,
+            m,
+            n: m,
+            k,
+            mr,
+            nr,
+            a_shape: a.shape,
+            b_shape,
+            shared: true,
         },
         stack,
     )
@@ -443,7 +530,7 @@ pub(crate) fn compute(
             total,
             next,
         };
-        dispatch(isa, worker);
+        dispatch(isa, packed.shared, worker);
     };
     if threads == 1 {
         run(None);
@@ -485,18 +572,38 @@ pub(crate) fn product(
         compute(isa, c.transpose_mut(), beta, alpha, &packed, false, par);
         return;
     }
-    let (packed, _) = pack(isa, a, b, par, stack);
+    let (packed, _) = pack_any(isa, a, b, lower_only, par, stack);
     compute(isa, c, beta, alpha, &packed, lower_only, par);
+}
+
+/// [`pack`], or [`pack_self`] when `b` is `a^T`, the product is lower-only
+/// (square `C`) and the ISA is AVX-512.
+pub(crate) fn pack_any<'s>(
+    isa: Isa,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    lower_only: bool,
+    par: Par,
+    stack: &'s mut MemStack,
+) -> (Packed<'s>, &'s mut MemStack) {
+    if lower_only && isa == Isa::Avx512 && is_self_transpose(&a, &b) {
+        pack_self(isa, a, b.shape, par, stack)
+    } else {
+        pack(isa, a, b, par, stack)
+    }
 }
 
 /// Runs `op` at `isa` (falling back to scalar code if `isa` is not available,
 /// which the public entry points have already refused).
-fn dispatch<W: WorkerOp>(isa: Isa, op: W) {
+fn dispatch<W: WorkerOp>(isa: Isa, shared: bool, op: W) {
     #[cfg(target_arch = "x86_64")]
     {
         match isa {
             Isa::Avx512 => {
                 if let Some(simd) = pulp::x86::V4::try_new() {
+                    if shared {
+                        return Simd::vectorize(simd, Tiled::<W, 2, 8>(op));
+                    }
                     return Simd::vectorize(simd, Tiled::<W, 2, 12>(op));
                 }
             }
@@ -508,7 +615,8 @@ fn dispatch<W: WorkerOp>(isa: Isa, op: W) {
             Isa::Scalar => {}
         }
     }
-    let _ = isa;
+    let _ = (isa, shared);
+    debug_assert!(!shared, "the shared layout is only packed at AVX-512");
     Simd::vectorize(pulp::Scalar::new(), Tiled::<W, 4, 4>(op))
 }
 
@@ -616,11 +724,19 @@ impl<F> Worker<'_, '_, F> {
                         // SAFETY: sliver offsets are inside the packed buffers:
                         // sliver i/mr holds k*mr values, `lo + len <= k`.
                         let acc = unsafe {
+                            let (b, b_step) = if p.shared {
+                                // Rows j..j+NR of A: inside sliver j / mr
+                                // (NR divides mr and j is a multiple of NR).
+                                (p.b.as_ptr().add((j / mr) * k * mr + lo * mr + j % mr), mr)
+                            } else {
+                                (p.b.as_ptr().add((j / NR) * k * NR + lo * NR), NR)
+                            };
                             kernel::<S, MRV, NR>(
                                 simd,
                                 len,
                                 p.a.as_ptr().add((i / mr) * k * mr + lo * mr),
-                                p.b.as_ptr().add((j / NR) * k * NR + lo * NR),
+                                b,
+                                b_step,
                             )
                         };
                         let crosses = self.lower_only && i < j + cols - 1;
@@ -746,14 +862,18 @@ impl<F> Worker<'_, '_, F> {
 /// The register-blocked inner product: `sum_p a[p] (x) b[p]` over `kc` steps of
 /// packed slivers (`MRV` vectors of A, `NR` scalars of B per step).
 ///
+/// Step `p` of B is the `NR` values at `b + p b_step`.
+///
 /// # Safety
-/// `a` is valid for `kc * MRV * lanes` reads and `b` for `kc * NR` reads.
+/// `a` is valid for `kc * MRV * lanes` reads and `b + p b_step` for `NR`
+/// reads, `p < kc`.
 #[inline(always)]
 unsafe fn kernel<S: Simd, const MRV: usize, const NR: usize>(
     simd: S,
     kc: usize,
     a: *const f32,
     b: *const f32,
+    b_step: usize,
 ) -> [[S::f32s; MRV]; NR] {
     let lanes = S::F32_LANES;
     let mr = MRV * lanes;
@@ -774,7 +894,7 @@ unsafe fn kernel<S: Simd, const MRV: usize, const NR: usize>(
                 }
             }
             a = a.add(mr);
-            b = b.add(NR);
+            b = b.add(b_step);
         }
     }
     acc
