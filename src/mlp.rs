@@ -714,7 +714,7 @@ pub const SAMPLE_CHUNK_COLS: usize = 16;
 /// pre-activations (stride `n + 1`) start at `acts`.
 fn sample_columns(likelihood: Likelihood, n: usize, acts: &[f32], out: &mut [f32], rng: &mut Rng) {
     match likelihood {
-        Likelihood::Gaussian => rng.fill_normal(out),
+        Likelihood::Gaussian => rng.fill_normal_fast(out),
         Likelihood::Bernoulli => {
             for (j, e) in out.chunks_exact_mut(n).enumerate() {
                 let s = &acts[j * (n + 1)..j * (n + 1) + n];
