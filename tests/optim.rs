@@ -601,11 +601,43 @@ fn damping_check_on_a_fraction_of_the_minibatch() {
                 .sum();
             m.loss(&mut w, ys, false).unwrap() + penalty
         };
+        let data_loss_on_first_cols = |m: &Mlp| -> f64 {
+            let mut w = Workspace::new(m, c, Par::Seq).unwrap();
+            m.forward(&mut w, xm.subcols(0, c)).unwrap();
+            m.loss(&mut w, xm.subcols(0, c), false).unwrap()
+        };
         let (mut raised, mut lowered) = (0, 0);
         for k in 0..40 {
             let before = n2.clone();
             let old = ng.damping();
             ng.step(&mut n2, &mut ws, xm, xm).unwrap();
+            // The step as proposed: a data loss on the checked columns that
+            // more than doubles takes it back (weights restored up to the
+            // rounding of (w + d) - d) and damps tenfold.
+            let mut proposed = before.clone();
+            let updates = last_updates(&ng, n2.num_layers());
+            for (w, d) in proposed.params_mut().zip(&updates) {
+                w.iter_mut().zip(d).for_each(|(w, d)| *w += d);
+            }
+            let (l0, l1) = (
+                data_loss_on_first_cols(&before),
+                data_loss_on_first_cols(&proposed),
+            );
+            if (l1 - l0 - l0.abs()).abs() < 1e-6 * l0.abs() {
+                continue;
+            }
+            if l1 - l0 > l0.abs() {
+                raised += 1;
+                let want = (old * 10.0).min(cfg.damping_bounds.1);
+                assert!((ng.damping() - want).abs() <= 1e-6 * want, "step {k}");
+                for ((w, w0), d) in n2.params().zip(before.params()).zip(&updates) {
+                    for ((&w, &w0), &d) in w.iter().zip(w0).zip(d) {
+                        let bound = f32::EPSILON * (2.0 * w0.abs() + d.abs());
+                        assert!((w - w0).abs() <= bound, "step {k}: {w} vs {w0} (d {d})");
+                    }
+                }
+                continue;
+            }
             let mut wg = Workspace::new(&before, b, Par::Seq).unwrap();
             before.loss_and_gradient(&mut wg, xm, xm).unwrap();
             let gdd: f64 = last_updates(&ng, n2.num_layers())
@@ -1063,4 +1095,50 @@ fn online_factors_match_the_exact_deep_linear_factors() {
             }
         }
     }
+}
+
+/// A step that more than doubles the loss it is checked on is taken back by
+/// the Levenberg-Marquardt rule, and the damping grows tenfold: a learning
+/// rate of 1000 with almost no damping overshoots on the first step.
+#[test]
+fn levenberg_marquardt_takes_back_a_step_that_blows_up() {
+    let (mut net, x, b) = toy_problem();
+    let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+    let xm = MatRef::from_column_major_slice(&x, 12, b);
+    let before: Vec<Vec<f32>> = net.params().map(<[f32]>::to_vec).collect();
+    let mut ng = NaturalGradient::new(
+        &net,
+        b,
+        NaturalGradientConfig {
+            learning_rate: 1000.0,
+            damping: 1e-4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let loss = ng.step(&mut net, &mut ws, xm, xm).unwrap().loss;
+    assert!(
+        (ng.damping() - 1e-3).abs() < 1e-9,
+        "damping {}",
+        ng.damping()
+    );
+    // Restored up to the rounding of (w + d) - d, which is at most
+    // u (2 |w| + |d|) to first order (u = f32::EPSILON / 2).
+    let updates = last_updates(&ng, net.num_layers());
+    let mut moved = false;
+    for ((w, w0), d) in net.params().zip(&before).zip(&updates) {
+        for ((&w, &w0), &d) in w.iter().zip(w0).zip(d) {
+            let bound = f32::EPSILON * (2.0 * w0.abs() + d.abs());
+            assert!((w - w0).abs() <= bound, "{w} vs {w0} (d {d})");
+            moved |= d.abs() > 1.0;
+        }
+    }
+    // The step it took back was a large one.
+    assert!(moved);
+    // Training goes on from there and descends.
+    let mut last = loss;
+    for _ in 0..100 {
+        last = ng.step(&mut net, &mut ws, xm, xm).unwrap().loss;
+    }
+    assert!(last < 0.5 * loss, "loss {loss} -> {last}");
 }

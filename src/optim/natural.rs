@@ -48,8 +48,12 @@ pub enum DampingAdaptation {
     /// The paper's Levenberg-Marquardt rule, applied every `interval` steps:
     /// after the step, the reduction ratio `rho = (actual loss change on the
     /// minibatch) / (change predicted by the local quadratic model)` sets
-    /// `g *= 3/2` when `rho < 1/4` and `g *= 2/3` when `rho > 3/4`. Each check
-    /// costs one extra forward pass on the minibatch.
+    /// `g *= 3/2` when `rho < 1/4` and `g *= 2/3` when `rho > 3/4`. A step
+    /// that makes the checked loss (without the L2 penalty) non-finite, or
+    /// increases it by more than its own size (`new - old > |old|`), is taken
+    /// back (`w <- (w + d) - d`, exact up to rounding) and `g *= 10`. Each
+    /// check costs one extra forward pass on the minibatch (or the fraction
+    /// `damping_check_fraction` of it).
     LevenbergMarquardt {
         /// Steps between two checks (1 = every step, as in the paper).
         interval: usize,
@@ -1069,7 +1073,7 @@ impl Optimizer for NaturalGradient {
         // Statistics steps: every `statistics_interval`-th, the first included;
         // `updates` counts them up to this one.
         let t_stats = self.config.statistics_interval as u64;
-        let stats_step = (k - 1) % t_stats == 0;
+        let stats_step = (k - 1).is_multiple_of(t_stats);
         let updates = (k - 1) / t_stats + 1;
         let rho = if updates == 1 {
             0.0
@@ -1077,7 +1081,7 @@ impl Optimizer for NaturalGradient {
             let per_update = self.config.factor_decay.powi(t_stats as i32);
             per_update.min(1.0 - 1.0 / updates as f32)
         };
-        let refresh = self.stale || (k - 1) % self.config.refresh_interval as u64 == 0;
+        let refresh = self.stale || (k - 1).is_multiple_of(self.config.refresh_interval as u64);
         let rank_update =
             stats_step && !refresh && self.config.factor_update == FactorUpdate::RankUpdate;
         let gram_ok = gram_applies(&self.config);
@@ -1322,13 +1326,11 @@ impl Optimizer for NaturalGradient {
             )?;
         // Summed in layer order, not by rayon's reduction tree, so that the LM
         // decision (and with it a resumed run) is bit-for-bit reproducible.
+        // It also checks every entry of every update: a NaN or infinite
+        // `d` makes its term `d g` NaN or infinite (`inf * 0` is NaN), and
+        // with it the sum; f32 products summed in f64 cannot overflow.
         let grad_dot_delta: f64 = self.layers.iter().map(|st| st.grad_dot_delta).sum();
-        if !grad_dot_delta.is_finite()
-            || self
-                .layers
-                .iter()
-                .any(|st| st.delta.iter().any(|v| !v.is_finite()))
-        {
+        if !grad_dot_delta.is_finite() {
             return Err(Error::NonFinite(
                 "the natural-gradient update is not finite (curvature too ill-conditioned for the damping); \
                  the step was not taken"
@@ -1342,7 +1344,7 @@ impl Optimizer for NaturalGradient {
         //    (see below).
         let lm_check = matches!(
             self.config.adaptation,
-            DampingAdaptation::LevenbergMarquardt { interval } if k % interval as u64 == 0
+            DampingAdaptation::LevenbergMarquardt { interval } if k.is_multiple_of(interval as u64)
         );
         net.layers_mut()
             .par_iter_mut()
@@ -1386,7 +1388,20 @@ impl Optimizer for NaturalGradient {
             // Summed in layer order, as `grad_dot_delta`.
             let penalty_change =
                 wd as f64 * self.layers.iter().map(|st| st.penalty_dot).sum::<f64>();
+            let take_back = |net: &mut Mlp, layers: &[LayerState]| {
+                for (w, st) in net.params_mut().zip(layers) {
+                    w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w -= d);
+                }
+            };
             match after {
+                Ok(new_loss) if new_loss - loss_before > loss_before.abs() => {
+                    // The step more than doubled the checked loss: far outside
+                    // the region where the model holds (stale factors and a
+                    // small damping can do this). Take it back and damp
+                    // harder, as for a non-finite loss.
+                    take_back(net, &self.layers);
+                    self.damping = (self.damping * 10.0).min(hi);
+                }
                 Ok(new_loss) if predicted < 0.0 => {
                     let ratio = (new_loss - loss_before + penalty_change) / predicted;
                     if ratio < 0.25 {
@@ -1398,9 +1413,7 @@ impl Optimizer for NaturalGradient {
                 Ok(_) => self.damping = (self.damping * 1.5).min(hi),
                 Err(_) => {
                     // The step made the loss non-finite: take it back and damp harder.
-                    for (w, st) in net.params_mut().zip(&self.layers) {
-                        w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w -= d);
-                    }
+                    take_back(net, &self.layers);
                     self.damping = (self.damping * 10.0).min(hi);
                 }
             }
