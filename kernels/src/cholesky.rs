@@ -536,8 +536,8 @@ fn triangular_inverse_scratch(n: usize) -> StackReq {
     let n1 = trsm::split(n);
     let n2 = n - n1;
     StackReq::any_of(&[
-        triangular_inverse_scratch(n1),
-        triangular_inverse_scratch(n2),
+        // The two halves may be inverted at the same time.
+        triangular_inverse_scratch(n1).and(triangular_inverse_scratch(n2)),
         packed::pack_scratch(n2, n1, n1),
         packed::pack_scratch(n2, n1, n2),
     ])
@@ -631,10 +631,11 @@ pub fn cholesky_inverse_in_place_with_isa(
     invert_lower(isa, l.rb_mut(), par, stack);
     // X = T^T T: T^T is upper triangular, T lower; lower triangle of X only.
     let t = l.rb();
-    let (p, _) = packed::pack(
+    let (p, _) = packed::pack_any(
         isa,
         Operand::upper(t.transpose()),
         Operand::lower(t),
+        true,
         par,
         stack,
     );
@@ -657,6 +658,10 @@ pub fn cholesky_inverse_in_place_with_isa(
     }
 }
 
+/// Below this order the two halves of [`invert_lower`] run one after the
+/// other (each is then too small to be worth a second thread).
+const PARALLEL_INVERSE_MIN: usize = 96;
+
 /// `L <- L^{-1}` for the lower triangle of `l` (the strict upper triangle is
 /// not touched).
 fn invert_lower(isa: Isa, l: MatMut<'_, f32>, par: Par, stack: &mut MemStack) {
@@ -666,8 +671,20 @@ fn invert_lower(isa: Isa, l: MatMut<'_, f32>, par: Par, stack: &mut MemStack) {
     }
     let n1 = trsm::split(n);
     let (mut l11, _, mut l21, mut l22) = l.split_at_mut(n1, n1);
-    invert_lower(isa, l11.rb_mut(), par, stack);
-    invert_lower(isa, l22.rb_mut(), par, stack);
+    if par.degree() > 1 && n >= PARALLEL_INVERSE_MIN {
+        // The diagonal blocks are independent: invert them at the same time,
+        // each with its own part of the scratch.
+        let req = triangular_inverse_scratch(n1);
+        let (buf, rest) = stack.make_aligned_uninit::<u8>(req.unaligned_bytes_required(), 64);
+        let first = MemStack::new(buf);
+        ::rayon::join(
+            || invert_lower(isa, l11.rb_mut(), par, first),
+            || invert_lower(isa, l22.rb_mut(), par, rest),
+        );
+    } else {
+        invert_lower(isa, l11.rb_mut(), par, stack);
+        invert_lower(isa, l22.rb_mut(), par, stack);
+    }
     // T21 = -T22 (L21 T11). Both products pack their operands before writing
     // C, so L21 may be overwritten in place.
     let t11 = Operand::lower(l11.rb());

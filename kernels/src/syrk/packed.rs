@@ -239,7 +239,7 @@ fn is_self_transpose(a: &Operand<'_>, b: &Operand<'_>) -> bool {
     let (am, bm) = (a.mat, b.mat);
     let shapes = matches!(
         (a.shape, b.shape),
-        (Shape::Full, Shape::Full) | (Shape::Lower, Shape::Upper)
+        (Shape::Full, Shape::Full) | (Shape::Lower, Shape::Upper) | (Shape::Upper, Shape::Lower)
     );
     shapes
         && a.col_scale.is_none()
