@@ -408,7 +408,11 @@ pub fn gemm_fused_with_isa(
                     // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
                     // (mc is a multiple of mr, at most MC and at most the
                     // task's rows; kcb <= kc_for(k); see `task_grid`).
-                    unsafe { pack::pack_a(a_buf.as_mut_ptr() as *mut f32, a, i0, mc, p0, kcb, mr) };
+                    let op = unsafe {
+                        pack::PackA::new(a_buf.as_mut_ptr() as *mut f32, a, (i0, mc), (p0, kcb), mr)
+                    };
+                    // The ISA was checked available above, so dispatch cannot fail.
+                    let _ = dispatch(isa, op);
                     let base = a_buf.as_ptr() as *const f32;
                     // SAFETY: the edge panel (if any) follows the `full` full panels.
                     (base, (mr * kcb) as isize, mr as isize, unsafe {
