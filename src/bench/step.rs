@@ -176,7 +176,10 @@ pub fn quick_lines(
     for &t in threads {
         for preset in presets {
             for &batch in batches {
-                let reps = if batch >= 1000 { 5 } else { 9 };
+                // Multiples of the tuned refresh interval (5), so that the
+                // mean counts refresh steps at their share; enough steps that
+                // one slow step (the host is shared) moves the median little.
+                let reps = if batch >= 1000 { 15 } else { 25 };
                 measure_cell(preset, batch, t, reps, emit)?;
             }
         }
