@@ -456,8 +456,11 @@ mod tests {
         }
     }
 
+    /// A normal sampler: fills the slice from the generator.
+    type Fill = fn(&mut Rng, &mut [f32]);
+
     /// The two normal samplers, by name.
-    const SAMPLERS: [(&str, fn(&mut Rng, &mut [f32])); 2] = [
+    const SAMPLERS: [(&str, Fill); 2] = [
         ("fill_normal", Rng::fill_normal),
         ("fill_normal_fast", Rng::fill_normal_fast),
     ];
