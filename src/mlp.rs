@@ -751,7 +751,7 @@ fn sample_columns(likelihood: Likelihood, n: usize, acts: &[f32], out: &mut [f32
 /// exponent of a chunk is a branch-free reduction that vectorises. The input
 /// check of every forward pass went from 530 to 220 us on a 784 x 1000
 /// minibatch (it indexed the matrix element by element); on the parameters
-/// (1.7M floats, beyond L2) it is as fast as `iter().all(is_finite)`.
+/// (1.67M floats measured, beyond L2) it is as fast as `iter().all(is_finite)`.
 pub(crate) fn all_finite(v: &[f32]) -> bool {
     const EXP: u32 = 0x7f80_0000;
     v.chunks(4096)
