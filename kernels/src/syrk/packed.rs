@@ -187,22 +187,7 @@ pub(crate) fn pack<'s>(
             unsafe { pack_b_sliver(b, t * nr, nr, b_dst.get().add(t * k * nr)) };
         }
     };
-    let total = a_slivers + b_slivers;
-    // Packing runs under the ISA's target features too (wider moves).
-    if threads == 1 {
-        with_isa(isa, || (0..total).for_each(&pack_one));
-    } else {
-        let next = AtomicUsize::new(0);
-        rayon::broadcast_or_scope(threads, || {
-            with_isa(isa, || loop {
-                let s = next.fetch_add(1, Ordering::Relaxed);
-                if s >= total {
-                    break;
-                }
-                pack_one(s);
-            })
-        });
-    }
+    pack_slivers(isa, threads, a_slivers + b_slivers, pack_one);
     // SAFETY: every element of both buffers was written by the packing above
     // (including the zero padding), so they are initialised f32s.
     let (a_s, b_s) = unsafe {
@@ -226,6 +211,26 @@ pub(crate) fn pack<'s>(
         },
         stack,
     )
+}
+
+/// Runs `pack_one(s)` for every sliver `s < total`, under the target
+/// features of `isa` (wider moves), on `threads` threads that take slivers
+/// from a shared counter.
+fn pack_slivers(isa: Isa, threads: usize, total: usize, pack_one: impl Fn(usize) + Sync) {
+    if threads == 1 || total < 2 {
+        with_isa(isa, || (0..total).for_each(&pack_one));
+    } else {
+        let next = AtomicUsize::new(0);
+        rayon::broadcast_or_scope(threads, || {
+            with_isa(isa, || loop {
+                let s = next.fetch_add(1, Ordering::Relaxed);
+                if s >= total {
+                    break;
+                }
+                pack_one(s);
+            })
+        });
+    }
 }
 
 /// The register tile of the shared layout at AVX-512: `NR` divides `MR`, so
@@ -279,20 +284,7 @@ fn pack_self<'s>(
         // written by this call only.
         unsafe { pack_a_sliver(a, s * mr, mr, a_dst.get().add(s * k * mr)) };
     };
-    if threads == 1 || slivers < 2 {
-        with_isa(isa, || (0..slivers).for_each(&pack_one));
-    } else {
-        let next = AtomicUsize::new(0);
-        rayon::broadcast_or_scope(threads, || {
-            with_isa(isa, || loop {
-                let s = next.fetch_add(1, Ordering::Relaxed);
-                if s >= slivers {
-                    break;
-                }
-                pack_one(s);
-            })
-        });
-    }
+    pack_slivers(isa, threads, slivers, pack_one);
     // SAFETY: every element of the buffer was written above (padding included).
     let a_s = unsafe { std::slice::from_raw_parts(a_dst.ptr as *const f32, a_len) };
     (
