@@ -57,8 +57,11 @@ fn slabs(n: usize, m: usize, par: Par) -> usize {
     }
 }
 
+/// Columns per slab: an equal share rounded up to 16 (a whole number of
+/// vectors). Rounding up to a whole leaf chunk (64) left the Cholesky's
+/// panel solve (393 right-hand sides at n = 785) split 256 / 137.
 fn slab_width(m: usize, t: usize) -> usize {
-    m.div_ceil(t).div_ceil(W_MAX) * W_MAX
+    m.div_ceil(t).div_ceil(16) * 16
 }
 
 /// Scratch for [`solve_lower_left`] with an `n x n` factor and `m` right-hand sides.
