@@ -112,14 +112,7 @@ pub fn factor_of(n: usize, rng: &mut Rng) -> Mat<f32> {
 }
 
 /// `syrk` against faer's triangular matmul and faer's full GEMM.
-pub fn syrk_lines(
-    n: usize,
-    b: usize,
-    threads: usize,
-    pool: &rayon::ThreadPool,
-    rng: &mut Rng,
-    emit: &mut dyn FnMut(String),
-) {
+pub fn syrk_lines(n: usize, b: usize, threads: usize, rng: &mut Rng, emit: &mut dyn FnMut(String)) {
     let par = par_for(threads);
     let x = Mat::<f32>::from_fn(n, b, |_, _| rng.normal_f32());
     let mut c = Mat::<f32>::zeros(n, n);
@@ -127,48 +120,42 @@ pub fn syrk_lines(
     let mut buf = MemBuffer::new(syrk_scratch(n, b, par));
     let (rho, alpha) = (0.9f32, 0.1 / b as f32);
     let mut ours = || {
-        pool.install(|| {
-            syrk_lower(
-                c.as_mut(),
-                rho,
-                x.as_ref(),
-                alpha,
-                par,
-                MemStack::new(&mut buf),
-            )
-            .expect("shapes agree");
-        })
+        syrk_lower(
+            c.as_mut(),
+            rho,
+            x.as_ref(),
+            alpha,
+            par,
+            MemStack::new(&mut buf),
+        )
+        .expect("shapes agree");
     };
     let reps = reps_for_call(&mut ours);
     let flops = (n * (n + 1) * b) as f64;
     let shape = (n, b, n);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
-        pool.install(|| {
-            faer::linalg::matmul::triangular::matmul(
-                c_base.as_mut(),
-                BlockStructure::TriangularLower,
-                Accum::Add,
-                x.as_ref(),
-                BlockStructure::Rectangular,
-                x.transpose(),
-                BlockStructure::Rectangular,
-                alpha,
-                par,
-            )
-        })
+        faer::linalg::matmul::triangular::matmul(
+            c_base.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            x.as_ref(),
+            BlockStructure::Rectangular,
+            x.transpose(),
+            BlockStructure::Rectangular,
+            alpha,
+            par,
+        )
     });
     emit(line("syrk", shape, threads, flops, t_ours, "faer", t_base));
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
-        pool.install(|| {
-            faer::linalg::matmul::matmul(
-                c_base.as_mut(),
-                Accum::Add,
-                x.as_ref(),
-                x.transpose(),
-                alpha,
-                par,
-            )
-        })
+        faer::linalg::matmul::matmul(
+            c_base.as_mut(),
+            Accum::Add,
+            x.as_ref(),
+            x.transpose(),
+            alpha,
+            par,
+        )
     });
     emit(line(
         "syrk",
@@ -182,13 +169,7 @@ pub fn syrk_lines(
 }
 
 /// `cholesky` against faer's `llt::factor::cholesky_in_place`.
-pub fn cholesky_line(
-    n: usize,
-    threads: usize,
-    pool: &rayon::ThreadPool,
-    rng: &mut Rng,
-    emit: &mut dyn FnMut(String),
-) {
+pub fn cholesky_line(n: usize, threads: usize, rng: &mut Rng, emit: &mut dyn FnMut(String)) {
     let par = par_for(threads);
     let a = spd(n, rng);
     let mut work = a.clone();
@@ -202,27 +183,23 @@ pub fn cholesky_line(
         ),
     );
     let mut ours = || {
-        pool.install(|| {
-            work.copy_from(a.as_ref());
-            cholesky_in_place(work.as_mut(), 0.1, par, MemStack::new(&mut buf)).expect("spd");
-        })
+        work.copy_from(a.as_ref());
+        cholesky_in_place(work.as_mut(), 0.1, par, MemStack::new(&mut buf)).expect("spd");
     };
     let reps = reps_for_call(&mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
-        pool.install(|| {
-            work_base.copy_from(a.as_ref());
-            for i in 0..n {
-                work_base[(i, i)] += 0.1;
-            }
-            faer::linalg::cholesky::llt::factor::cholesky_in_place(
-                work_base.as_mut(),
-                Default::default(),
-                par,
-                MemStack::new(&mut buf_base),
-                Default::default(),
-            )
-            .expect("spd");
-        })
+        work_base.copy_from(a.as_ref());
+        for i in 0..n {
+            work_base[(i, i)] += 0.1;
+        }
+        faer::linalg::cholesky::llt::factor::cholesky_in_place(
+            work_base.as_mut(),
+            Default::default(),
+            par,
+            MemStack::new(&mut buf_base),
+            Default::default(),
+        )
+        .expect("spd");
     });
     let flops = (n * n * n) as f64 / 3.0;
     emit(line(
@@ -237,14 +214,7 @@ pub fn cholesky_line(
 }
 
 /// `solve` (`L L^T X = B`, B n x m) against faer's `llt::solve::solve_in_place`.
-pub fn solve_line(
-    n: usize,
-    m: usize,
-    threads: usize,
-    pool: &rayon::ThreadPool,
-    rng: &mut Rng,
-    emit: &mut dyn FnMut(String),
-) {
+pub fn solve_line(n: usize, m: usize, threads: usize, rng: &mut Rng, emit: &mut dyn FnMut(String)) {
     let par = par_for(threads);
     let l = factor_of(n, rng);
     let b = Mat::<f32>::from_fn(n, m, |_, _| rng.normal_f32());
@@ -252,23 +222,19 @@ pub fn solve_line(
     let mut x_base = b.clone();
     let mut buf = MemBuffer::new(solve_scratch(n, m, par));
     let mut ours = || {
-        pool.install(|| {
-            x.copy_from(b.as_ref());
-            solve_llt_left_in_place(l.as_ref(), x.as_mut(), par, MemStack::new(&mut buf))
-                .expect("shapes agree");
-        })
+        x.copy_from(b.as_ref());
+        solve_llt_left_in_place(l.as_ref(), x.as_mut(), par, MemStack::new(&mut buf))
+            .expect("shapes agree");
     };
     let reps = reps_for_call(&mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
-        pool.install(|| {
-            x_base.copy_from(b.as_ref());
-            faer::linalg::cholesky::llt::solve::solve_in_place(
-                l.as_ref(),
-                x_base.as_mut(),
-                par,
-                MemStack::new(&mut MemBuffer::new(faer::dyn_stack::StackReq::EMPTY)),
-            );
-        })
+        x_base.copy_from(b.as_ref());
+        faer::linalg::cholesky::llt::solve::solve_in_place(
+            l.as_ref(),
+            x_base.as_mut(),
+            par,
+            MemStack::new(&mut MemBuffer::new(faer::dyn_stack::StackReq::EMPTY)),
+        );
     });
     let flops = 2.0 * (n * n * m) as f64;
     emit(line(
@@ -287,7 +253,6 @@ pub fn update_line(
     n: usize,
     k: usize,
     threads: usize,
-    pool: &rayon::ThreadPool,
     rng: &mut Rng,
     emit: &mut dyn FnMut(String),
 ) {
@@ -299,29 +264,25 @@ pub fn update_line(
     let (mut l_base, mut w_base) = (l0.clone(), w0.clone());
     let mut buf = MemBuffer::new(cholesky_update_scratch(n, k, par));
     let mut ours = || {
-        pool.install(|| {
-            l.copy_from(l0.as_ref());
-            w.copy_from(w0.as_ref());
-            cholesky_rank_update(l.as_mut(), w.as_mut(), &alpha, par, MemStack::new(&mut buf))
-                .expect("update");
-        })
+        l.copy_from(l0.as_ref());
+        w.copy_from(w0.as_ref());
+        cholesky_rank_update(l.as_mut(), w.as_mut(), &alpha, par, MemStack::new(&mut buf))
+            .expect("update");
     };
     let reps = reps_for_call(&mut ours);
     let mut d = faer::diag::Diag::<f32>::zeros(k);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
-        pool.install(|| {
-            l_base.copy_from(l0.as_ref());
-            w_base.copy_from(w0.as_ref());
-            for (i, &a) in alpha.iter().enumerate() {
-                d[i] = a;
-            }
-            faer::linalg::cholesky::llt::update::rank_r_update_clobber(
-                l_base.as_mut(),
-                w_base.as_mut(),
-                d.as_mut(),
-            )
-            .expect("update");
-        })
+        l_base.copy_from(l0.as_ref());
+        w_base.copy_from(w0.as_ref());
+        for (i, &a) in alpha.iter().enumerate() {
+            d[i] = a;
+        }
+        faer::linalg::cholesky::llt::update::rank_r_update_clobber(
+            l_base.as_mut(),
+            w_base.as_mut(),
+            d.as_mut(),
+        )
+        .expect("update");
     });
     let flops = 2.0 * (n * n * k) as f64;
     emit(line(
@@ -336,15 +297,26 @@ pub fn update_line(
 }
 
 /// Emits the JSON lines for the factor kernels at `threads` thread counts.
+///
+/// Each shape's comparisons run inside one `install` of a pool of `t`
+/// threads, as the GEMM lines do and as the optimizer calls the kernels:
+/// wrapping every timed call in its own `install` from outside the pool
+/// added a hand-off to each call on both sides and compressed the ratios.
 pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) {
     let mut rng = Rng::new(0xFAC7);
     for &t in threads {
         let p = super::pool(t);
         for n in [501, 785, 1001] {
-            syrk_lines(n, 256, t, &p, &mut rng, emit);
-            cholesky_line(n, t, &p, &mut rng, emit);
-            solve_line(n, 256, t, &p, &mut rng, emit);
-            update_line(n, 256, t, &p, &mut rng, emit);
+            let lines = p.install(|| {
+                let mut lines = Vec::new();
+                let mut push = |l: String| lines.push(l);
+                syrk_lines(n, 256, t, &mut rng, &mut push);
+                cholesky_line(n, t, &mut rng, &mut push);
+                solve_line(n, 256, t, &mut rng, &mut push);
+                update_line(n, 256, t, &mut rng, &mut push);
+                lines
+            });
+            lines.into_iter().for_each(&mut *emit);
         }
     }
 }
