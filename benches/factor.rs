@@ -314,14 +314,20 @@ fn main() {
         );
         let pool = natgrad::bench::pool(t);
         let mut rng = Rng::new(7);
-        let emit = &mut |l: String| println!("{l}");
         use natgrad::bench::factor as q;
-        match kernel.as_str() {
-            "syrk" => q::syrk_lines(n, m, t, &pool, &mut rng, emit),
-            "cholesky" => q::cholesky_line(n, t, &pool, &mut rng, emit),
-            "solve" => q::solve_line(n, m, t, &pool, &mut rng, emit),
-            _ => q::update_line(n, m, t, &pool, &mut rng, emit),
-        }
+        // Inside the pool, as `quick_lines` measures.
+        let lines = pool.install(|| {
+            let mut lines = Vec::new();
+            let emit = &mut |l: String| lines.push(l);
+            match kernel.as_str() {
+                "syrk" => q::syrk_lines(n, m, t, &mut rng, emit),
+                "cholesky" => q::cholesky_line(n, t, &mut rng, emit),
+                "solve" => q::solve_line(n, m, t, &mut rng, emit),
+                _ => q::update_line(n, m, t, &mut rng, emit),
+            }
+            lines
+        });
+        lines.iter().for_each(|l| println!("{l}"));
         return;
     }
     if std::env::args().any(|a| a == "--quick") {
