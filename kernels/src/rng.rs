@@ -98,19 +98,28 @@ impl Rng {
             }
             let x = hz as f64 * t.w[iz];
             if iz == 0 {
-                // The tail beyond R, by Marsaglia's exponential rejection.
-                loop {
-                    let x = -(1.0 - self.uniform_f64()).ln() / ZIG_R;
-                    let y = -(1.0 - self.uniform_f64()).ln();
-                    if y + y >= x * x {
-                        return if hz > 0 { ZIG_R + x } else { -ZIG_R - x };
-                    }
-                }
+                return self.ziggurat_tail(hz > 0);
             }
-            if t.f[iz] + self.uniform_f64() * (t.f[iz - 1] - t.f[iz]) < (-0.5 * x * x).exp() {
+            if self.ziggurat_wedge_accepts(&t.f, iz, x) {
                 return x;
             }
         }
+    }
+
+    /// A sample from the tail beyond R, by Marsaglia's exponential rejection.
+    fn ziggurat_tail(&mut self, positive: bool) -> f64 {
+        loop {
+            let x = -(1.0 - self.uniform_f64()).ln() / ZIG_R;
+            let y = -(1.0 - self.uniform_f64()).ln();
+            if y + y >= x * x {
+                return if positive { ZIG_R + x } else { -ZIG_R - x };
+            }
+        }
+    }
+
+    /// The wedge test of layer `iz >= 1` for the point `x` (one uniform draw).
+    fn ziggurat_wedge_accepts(&mut self, f: &[f64; 128], iz: usize, x: f64) -> bool {
+        f[iz] + self.uniform_f64() * (f[iz - 1] - f[iz]) < (-0.5 * x * x).exp()
     }
 
     /// Fills `out` with independent standard normal samples, faster than
@@ -157,9 +166,7 @@ impl Rng {
             // everything without AVX-512), then the draws outside their
             // layer's rectangle, in order.
             for (i, (o, &word)) in chunk.iter_mut().zip(words).enumerate().skip(done) {
-                let iz = (word & 127) as usize;
-                // 25 signed bits: the position inside the layer.
-                let hz = (word as i32) >> 7;
+                let (iz, hz) = split_word(word);
                 *o = hz as f32 * t.w[iz];
                 if hz.unsigned_abs() >= t.k[iz] {
                     slow[i / 16] |= 1 << (i % 16);
@@ -170,9 +177,7 @@ impl Rng {
                 while bits != 0 {
                     let i = block * 16 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    let word = words[i];
-                    let iz = (word & 127) as usize;
-                    let hz = (word as i32) >> 7;
+                    let (iz, hz) = split_word(words[i]);
                     chunk[i] = self.ziggurat_slow(t, iz, hz);
                 }
             }
@@ -187,22 +192,13 @@ impl Rng {
         loop {
             let x = hz as f64 * t.w[iz] as f64;
             if iz == 0 {
-                // The tail beyond R, by Marsaglia's exponential rejection.
-                loop {
-                    let x = -(1.0 - self.uniform_f64()).ln() / ZIG_R;
-                    let y = -(1.0 - self.uniform_f64()).ln();
-                    if y + y >= x * x {
-                        return (if hz > 0 { ZIG_R + x } else { -ZIG_R - x }) as f32;
-                    }
-                }
+                return self.ziggurat_tail(hz > 0) as f32;
             }
-            if t.f[iz] + self.uniform_f64() * (t.f[iz - 1] - t.f[iz]) < (-0.5 * x * x).exp() {
+            if self.ziggurat_wedge_accepts(&t.f, iz, x) {
                 return x as f32;
             }
             // Rejected: a new draw, from this generator.
-            let w = self.next_u64() as u32;
-            iz = (w & 127) as usize;
-            hz = (w as i32) >> 7;
+            (iz, hz) = split_word(self.next_u64() as u32);
             if hz.unsigned_abs() < t.k[iz] {
                 return hz as f32 * t.w[iz];
             }
@@ -221,6 +217,14 @@ impl Rng {
             items.swap(i, j);
         }
     }
+}
+
+/// A 32-bit draw of [`Rng::fill_normal_fast`] split into the layer (7 low
+/// bits) and the signed position inside it (the 25 high bits, arithmetic
+/// shift); the AVX-512 path splits 16 words the same way.
+#[inline(always)]
+fn split_word(word: u32) -> (usize, i32) {
+    ((word & 127) as usize, (word as i32) >> 7)
 }
 
 /// One refill of `buf` from `lanes`, then the rectangle part of
