@@ -746,16 +746,14 @@ fn sample_columns(likelihood: Likelihood, n: usize, acts: &[f32], out: &mut [f32
     }
 }
 
-/// True when every entry of `v` is finite. An f32 is NaN or infinite
-/// exactly when its exponent bits are all ones, and the largest masked
-/// exponent of a chunk is a branch-free reduction that vectorises. The input
-/// check of every forward pass went from 530 to 220 us on a 784 x 1000
-/// minibatch (it indexed the matrix element by element); on the parameters
-/// (1.67M floats measured, beyond L2) it is as fast as `iter().all(is_finite)`.
+/// True when every entry of `v` is finite: the kernels crate's dispatched
+/// check ([`natgrad_kernels::vector::all_finite`]). Compiled here, for the
+/// SSE2 baseline, the same loop did not vectorise. Timed with a local probe
+/// (2 threads): the `paper` network's 837k parameters took 223 us before and
+/// 32-36 us after; a forward pass of 1000 columns (input and parameters
+/// checked) 5.46-5.49 ms before and 4.91-5.08 ms after.
 pub(crate) fn all_finite(v: &[f32]) -> bool {
-    const EXP: u32 = 0x7f80_0000;
-    v.chunks(4096)
-        .all(|c| c.iter().map(|x| x.to_bits() & EXP).max().unwrap_or(0) != EXP)
+    natgrad_kernels::vector::all_finite(v)
 }
 
 /// `Err(NonFinite)` naming `what` if any entry of `m` is NaN or infinite.

@@ -28,6 +28,7 @@ pub mod isa;
 pub mod rng;
 pub mod syrk;
 pub mod trsm;
+pub mod vector;
 
 pub use activation::Activation;
 pub use error::Error;

@@ -108,6 +108,9 @@ pub(crate) fn check_range(
 /// `Err(NonFinite)` if any gradient entry is not finite.
 pub(crate) fn check_grads_finite(grads: &[Vec<f32>]) -> Result<(), Error> {
     for (i, g) in grads.iter().enumerate() {
+        if crate::mlp::all_finite(g) {
+            continue;
+        }
         if let Some(v) = g.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!(
                 "the gradient of layer {} contains {v}; the step was not taken",
