@@ -36,6 +36,7 @@ use natgrad_kernels::gemm::{gemm, gemm_scratch};
 use natgrad_kernels::rng::Rng;
 use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
 use natgrad_kernels::trsm::{solve_llt_left_in_place, solve_llt_right_in_place, solve_scratch};
+use natgrad_kernels::vector::{add_and_penalty_change, dot_f64};
 use natgrad_kernels::{MatRef, MemBuffer, MemStack, Par, StackReq};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -1315,12 +1316,7 @@ impl Optimizer for NaturalGradient {
                             st.delta.iter_mut().for_each(|v| *v *= -eta);
                         }
                     }
-                    st.grad_dot_delta = st
-                        .delta
-                        .iter()
-                        .zip(g)
-                        .map(|(&d, &g)| d as f64 * g as f64)
-                        .sum();
+                    st.grad_dot_delta = dot_f64(&st.delta, g)?;
                     Ok(())
                 },
             )?;
@@ -1349,20 +1345,19 @@ impl Optimizer for NaturalGradient {
         net.layers_mut()
             .par_iter_mut()
             .zip(self.layers.par_iter_mut())
-            .for_each(|(layer, st)| {
-                let apply = layer.params.iter_mut().zip(&st.delta);
+            .try_for_each(|(layer, st)| -> Result<(), natgrad_kernels::Error> {
                 st.penalty_dot = if wd > 0.0 && lm_check {
-                    apply
-                        .map(|(w, &d)| {
-                            *w += d;
-                            (*w as f64 - 0.5 * d as f64) * d as f64
-                        })
-                        .sum()
+                    add_and_penalty_change(&mut layer.params, &st.delta)?
                 } else {
-                    apply.for_each(|(w, d)| *w += d);
+                    layer
+                        .params
+                        .iter_mut()
+                        .zip(&st.delta)
+                        .for_each(|(w, d)| *w += d);
                     0.0
                 };
-            });
+                Ok(())
+            })?;
         self.steps = k;
 
         // 6. Levenberg-Marquardt adaptation of the damping.
