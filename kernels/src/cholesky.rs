@@ -6,7 +6,10 @@
 //! kernel of [`crate::syrk`], where most of the flops go, on all threads), then
 //! factor the bottom-right half. Diagonal blocks of at most 32 rows are
 //! factored by an unblocked right-looking loop in a local buffer (auto-vectorised
-//! under the selected instruction set).
+//! under the selected instruction set). With two or more threads and at
+//! least 256 rows it is instead right-looking in 48-column panels with a
+//! look-ahead of one panel: one thread updates and factors the next panel
+//! while the others update the trailing matrix.
 //!
 //! Accumulation is in f32 throughout; the computed factor satisfies the
 //! standard backward error bound (Higham, Thm 10.3)
@@ -33,14 +36,59 @@ pub fn cholesky_scratch(n: usize, par: Par) -> StackReq {
     if n <= LEAF {
         return StackReq::EMPTY;
     }
+    let recursive = recursive_scratch(n, par);
+    if par.degree() > 1 && n >= PARALLEL_FACTOR_MIN {
+        StackReq::any_of(&[recursive, lookahead_scratch(n, par)])
+    } else {
+        recursive
+    }
+}
+
+/// Scratch of the recursive factorisation ([`factor`]).
+fn recursive_scratch(n: usize, par: Par) -> StackReq {
+    if n <= LEAF {
+        return StackReq::EMPTY;
+    }
     let n1 = trsm::split(n);
     let n2 = n - n1;
     StackReq::any_of(&[
-        cholesky_scratch(n1, par),
+        recursive_scratch(n1, par),
         trsm::triangular_scratch(n1, n2, par),
         packed::pack_scratch(n2, n2, n1),
-        cholesky_scratch(n2, par),
+        recursive_scratch(n2, par),
     ])
+}
+
+/// Panel width of the look-ahead factorisation ([`factor_lookahead`]).
+/// Narrow panels keep the serial look-ahead side (update, factor and solve of
+/// one panel) shorter than the parallel trailing update. `natgrad bench
+/// kernels`' cholesky line against faer on 2 threads, n = 501 / 785 / 1001,
+/// two runs each (local probe, interleaved): 128: 0.95-0.99 / 1.11-1.14 /
+/// 1.12; 96: 0.91-0.98 / 1.19-1.22 / 1.16-1.21; 64: 0.94-1.22 / 1.18-1.40 /
+/// 1.16-1.20; 48: 1.16-1.41 / 1.27-1.47 / 1.18-1.22; 32: 1.15-1.31 /
+/// 1.22-1.31 / 1.10-1.20.
+const PANEL: usize = 48;
+
+/// Scratch of the look-ahead side (update, factor and solve of the next
+/// panel, one thread) for an `n x n` matrix.
+fn lookahead_side_scratch(n: usize) -> StackReq {
+    StackReq::any_of(&[
+        packed::pack_scratch(PANEL, PANEL, PANEL),
+        packed::pack_scratch(n, PANEL, PANEL),
+        recursive_scratch(PANEL, Par::Seq),
+        trsm::triangular_scratch(PANEL, n, Par::Seq),
+    ])
+}
+
+/// Scratch of [`factor_lookahead`]: the first panel on all threads, then both
+/// sides at once.
+fn lookahead_scratch(n: usize, par: Par) -> StackReq {
+    let first = StackReq::any_of(&[
+        recursive_scratch(PANEL, par),
+        trsm::triangular_scratch(PANEL, n, par),
+    ]);
+    let sides = lookahead_side_scratch(n).and(packed::pack_scratch(n, n, PANEL));
+    StackReq::any_of(&[first, sides])
 }
 
 /// Factor `A + shift I = L L^T` in place.
@@ -91,7 +139,115 @@ pub fn cholesky_in_place_with_isa(
             a[(j, j)] += shift;
         }
     }
-    factor(isa, a, 0, par, stack)
+    if par.degree() > 1 && n >= PARALLEL_FACTOR_MIN {
+        factor_lookahead(isa, a, par, stack)
+    } else {
+        factor(isa, a, 0, par, stack)
+    }
+}
+
+/// Right-looking factorisation in panels of [`PANEL`] columns with a
+/// look-ahead of one panel, for two or more threads.
+///
+/// The recursive [`factor`] alternates a short serial step (the diagonal
+/// block and its solve) with a parallel trailing update, and the serial steps
+/// leave all but one thread idle: it scaled about 1.4x from one thread to two.
+/// Here, once panel `k` is factored, two tasks run at once: one thread updates
+/// panel `k + 1` with panel `k` and factors it (its diagonal block and the
+/// solve below it), while the trailing columns past panel `k + 1` are
+/// updated with panel `k` by the packed product on every thread, the
+/// look-ahead thread joining in when its part is done. Each entry receives
+/// the same updates in the same order as in a plain right-looking
+/// factorisation, so the error bound of the module documentation holds.
+fn factor_lookahead(
+    isa: Isa,
+    mut a: MatMut<'_, f32>,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<(), Error> {
+    let n = a.nrows();
+    // The first panel: its diagonal block, then the solve below it.
+    let w0 = PANEL.min(n);
+    {
+        let (a11, _, a21, _) = a.rb_mut().split_at_mut(w0, w0);
+        factor_panel(isa, a11, a21, 0, par, stack)?;
+    }
+    let mut c0 = 0;
+    while c0 + PANEL < n {
+        let c1 = c0 + PANEL;
+        let c2 = (c1 + PANEL).min(n);
+        // Columns [c0, c1) hold panel k's factor; [c1, c2) are panel k + 1.
+        let (left, right) = a.rb_mut().split_at_col_mut(c1);
+        let lp = left.rb().subcols(c0, c1 - c0).subrows(c1, n - c1);
+        let (lp_top, lp_bot) = lp.split_at_row(c2 - c1);
+        let (next, rest) = right.split_at_col_mut(c2 - c1);
+        let (mut next_diag, mut next_below) =
+            next.subrows_mut(c1, n - c1).split_at_row_mut(c2 - c1);
+        let trailing = rest.subrows_mut(c2, n - c2);
+        let side = lookahead_side_scratch(n);
+        let (side_buf, rest_stack) =
+            stack.make_aligned_uninit::<u8>(side.unaligned_bytes_required(), side.align_bytes());
+        let side_stack = MemStack::new(side_buf);
+        let (r_next, ()) = rayon::join(
+            || {
+                packed::product(
+                    isa,
+                    next_diag.rb_mut(),
+                    1.0,
+                    Operand::full(lp_top),
+                    Operand::full(lp_top.transpose()),
+                    -1.0,
+                    true,
+                    Par::Seq,
+                    side_stack,
+                );
+                packed::product(
+                    isa,
+                    next_below.rb_mut(),
+                    1.0,
+                    Operand::full(lp_bot),
+                    Operand::full(lp_top.transpose()),
+                    -1.0,
+                    false,
+                    Par::Seq,
+                    side_stack,
+                );
+                factor_panel(isa, next_diag, next_below, c1, Par::Seq, side_stack)
+            },
+            || {
+                packed::product(
+                    isa,
+                    trailing,
+                    1.0,
+                    Operand::full(lp_bot),
+                    Operand::full(lp_bot.transpose()),
+                    -1.0,
+                    true,
+                    par,
+                    rest_stack,
+                )
+            },
+        );
+        r_next?;
+        c0 = c1;
+    }
+    Ok(())
+}
+
+/// Factors a panel whose columns are already updated: the diagonal block
+/// `a11` (at `offset` in the whole matrix, for error reports), then
+/// `A21 <- A21 L11^{-T}` below it.
+fn factor_panel(
+    isa: Isa,
+    mut a11: MatMut<'_, f32>,
+    a21: MatMut<'_, f32>,
+    offset: usize,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<(), Error> {
+    factor(isa, a11.rb_mut(), offset, par, stack)?;
+    trsm::solve_lower_left(isa, a11.rb(), Mode::Lower, a21.transpose_mut(), par, stack);
+    Ok(())
 }
 
 fn factor(

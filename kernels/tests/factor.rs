@@ -313,7 +313,11 @@ fn lower_of(m: &Mat<f32>) -> Mat<f32> {
 #[test]
 fn cholesky_backward_error_and_agreement_with_faer() {
     let mut rng = Rng::new(3);
-    let sizes = [0, 1, 2, 5, 16, 31, 32, 33, 47, 64, 65, 100, 129, 200, 257];
+    // 257 and up with two threads take the look-ahead path (128-column
+    // panels): one, two and several panels, with short and odd last panels.
+    let sizes = [
+        0, 1, 2, 5, 16, 31, 32, 33, 47, 64, 65, 100, 129, 200, 257, 300, 389, 513,
+    ];
     for isa in Isa::available() {
         for par in pars() {
             for &n in &sizes {
@@ -384,21 +388,58 @@ fn cholesky_backward_error_and_agreement_with_faer() {
 
 #[test]
 fn cholesky_reports_the_failing_pivot() {
-    let n = 100;
+    for n in [100, 300] {
+        failing_pivot_cases(n);
+    }
+    let mut a = Mat::<f32>::identity(3, 4);
+    let mut mem = scratch(cholesky_scratch(4, Par::Seq));
+    let r = natgrad_kernels::cholesky::cholesky_in_place(
+        a.as_mut(),
+        0.0,
+        Par::Seq,
+        MemStack::new(&mut mem),
+    );
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+}
+
+/// Breaks an identity of order `n` (at positions scaled from a 100 x 100
+/// layout, so that for `n = 300` they fall in the first, a middle and the
+/// last look-ahead panel) and checks the reported pivot.
+fn failing_pivot_cases(n: usize) {
+    let s = move |i: usize| i * n / 100;
     type Breaker = Box<dyn Fn(&mut Mat<f32>)>;
     let cases: Vec<(Breaker, usize)> = vec![
-        (Box::new(|a: &mut Mat<f32>| a[(7, 7)] = -1.0), 7),
-        (Box::new(|a: &mut Mat<f32>| a[(55, 55)] = 0.0), 55),
         (
-            Box::new(|a: &mut Mat<f32>| {
-                a[(71, 70)] = 2.0; // [[1,2],[2,1]] block: pivot 71 is 1 - 4 = -3
-            }),
-            71,
+            Box::new(move |a: &mut Mat<f32>| a[(s(7), s(7))] = -1.0),
+            s(7),
         ),
-        (Box::new(|a: &mut Mat<f32>| a[(40, 3)] = f32::NAN), 40),
-        (Box::new(|a: &mut Mat<f32>| a[(20, 20)] = f32::NAN), 20),
-        (Box::new(|a: &mut Mat<f32>| a[(90, 60)] = f32::INFINITY), 90),
-        (Box::new(|a: &mut Mat<f32>| a[(99, 99)] = f32::INFINITY), 99),
+        (
+            Box::new(move |a: &mut Mat<f32>| a[(s(55), s(55))] = 0.0),
+            s(55),
+        ),
+        (
+            Box::new(move |a: &mut Mat<f32>| {
+                // [[1,2],[2,1]] block: pivot s(71) is 1 - 4 = -3
+                a[(s(71), s(71) - 1)] = 2.0;
+            }),
+            s(71),
+        ),
+        (
+            Box::new(move |a: &mut Mat<f32>| a[(s(40), s(3))] = f32::NAN),
+            s(40),
+        ),
+        (
+            Box::new(move |a: &mut Mat<f32>| a[(s(20), s(20))] = f32::NAN),
+            s(20),
+        ),
+        (
+            Box::new(move |a: &mut Mat<f32>| a[(s(90), s(60))] = f32::INFINITY),
+            s(90),
+        ),
+        (
+            Box::new(move |a: &mut Mat<f32>| a[(n - 1, n - 1)] = f32::INFINITY),
+            n - 1,
+        ),
     ];
     for isa in Isa::available() {
         for par in pars() {
@@ -418,15 +459,6 @@ fn cholesky_reports_the_failing_pivot() {
             }
         }
     }
-    let mut a = Mat::<f32>::identity(3, 4);
-    let mut mem = scratch(cholesky_scratch(4, Par::Seq));
-    let r = natgrad_kernels::cholesky::cholesky_in_place(
-        a.as_mut(),
-        0.0,
-        Par::Seq,
-        MemStack::new(&mut mem),
-    );
-    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
 }
 
 // ---------------------------------------------------------------- inverse
