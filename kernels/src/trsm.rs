@@ -3,8 +3,11 @@
 //! Both solves reduce to two triangular solves with `L` or `L^T` from the left
 //! (`X L L^T = B` is `L L^T X^T = B^T`, a transposed view). Each triangular solve
 //! is recursive: split `L` in halves, solve the top half, update the bottom half
-//! with one product on the packed register-blocked kernel of the SYRK module
-//! (where almost all the flops go), solve the bottom half. Leaves of at most
+//! with one product (where almost all the flops go), solve the bottom half.
+//! The product is the packed register-blocked kernel of the SYRK module, except
+//! in solves with `L^T` on right-hand sides stored by rows, where it is the
+//! crate's GEMM reading the column-major `L21` in place (packing it from
+//! columns for the packed kernel is a strided scatter of the larger operand). Leaves of at most
 //! 16 rows are solved by substitution vectorised across right-hand sides
 //! (a chunk of `4 x lanes` right-hand sides is copied into a small buffer so
 //! that one row of the chunk is four vectors; two rows are eliminated per step
@@ -43,11 +46,20 @@ pub(crate) fn split(n: usize) -> usize {
 }
 
 fn seq_scratch(n: usize, m: usize) -> StackReq {
+    par_scratch(n, m, Par::Seq)
+}
+
+/// Scratch of the recursion with its products on `par`: the packed product
+/// (solves with `L`) and the GEMM (solves with `L^T`, see [`recurse`]).
+fn par_scratch(n: usize, m: usize, par: Par) -> StackReq {
     if n <= LEAF {
         return StackReq::EMPTY;
     }
     let half = (split(n)).max(n - split(n));
-    packed::pack_scratch(half, m, half)
+    StackReq::any_of(&[
+        packed::pack_scratch(half, m, half),
+        crate::gemm::gemm_scratch(m, half, half, par),
+    ])
 }
 
 fn slabs(n: usize, m: usize, par: Par) -> usize {
@@ -70,7 +82,7 @@ fn slab_width(m: usize, t: usize) -> usize {
 pub(crate) fn triangular_scratch(n: usize, m: usize, par: Par) -> StackReq {
     let t = slabs(n, m, par);
     if t == 1 {
-        seq_scratch(n, m)
+        par_scratch(n, m, par)
     } else {
         let per = seq_scratch(n, slab_width(m, t));
         StackReq::new_aligned::<u8>(per.unaligned_bytes_required(), 64).array(t)
@@ -211,17 +223,35 @@ fn recurse(
         recurse(isa, l22, false, b2, par, stack);
     } else {
         recurse(isa, l22, true, b2.rb_mut(), par, stack);
-        packed::product(
-            isa,
-            b1.rb_mut(),
-            1.0,
-            Operand::full(l21.transpose()),
-            Operand::full(b2.rb()),
-            -1.0,
-            false,
-            par,
-            stack,
-        );
+        if b1.col_stride() == 1 {
+            // B1^T <- B1^T - B2^T L21 on the GEMM, which reads the
+            // column-major L21 in place: packed, L21 is the larger operand
+            // and its packing from columns is a strided scatter.
+            let r = crate::gemm::gemm_fused_with_isa(
+                isa,
+                b1.rb_mut().transpose_mut(),
+                1.0,
+                b2.rb().transpose(),
+                l21,
+                -1.0,
+                crate::gemm::Epilogue::None,
+                par,
+                stack,
+            );
+            debug_assert!(r.is_ok(), "shapes agree and the ISA was checked");
+        } else {
+            packed::product(
+                isa,
+                b1.rb_mut(),
+                1.0,
+                Operand::full(l21.transpose()),
+                Operand::full(b2.rb()),
+                -1.0,
+                false,
+                par,
+                stack,
+            );
+        }
         recurse(isa, l11, true, b1, par, stack);
     }
 }
