@@ -136,7 +136,7 @@ struct TaskGrid {
 }
 
 /// Row groups first (they share `B`, and `A` is packed once); column groups
-/// only when there are too few row panels. `tiles_m`, `tiles_n` count register
+/// only when there are fewer than two row tiles per thread. `tiles_m`, `tiles_n` count register
 /// tiles; `kc` is the block depth the `A` buffers must hold.
 fn task_grid(threads: usize, tiles_m: usize, tiles_n: usize, kc: usize, mr: usize) -> TaskGrid {
     let tiles_m = tiles_m.max(1);
@@ -146,7 +146,13 @@ fn task_grid(threads: usize, tiles_m: usize, tiles_n: usize, kc: usize, mr: usiz
     } else {
         let want = threads * TASKS_PER_THREAD;
         let tm = tiles_m.min(want);
-        (tm, tiles_n.min(div_ceil(want, tm)))
+        if tm >= 2 * threads {
+            // Enough row groups to balance: a column split would pack the
+            // same rows of A once per column group.
+            (tm, 1)
+        } else {
+            (tm, tiles_n.min(div_ceil(want, tm)))
+        }
     };
     let rows = div_ceil(tiles_m, tm) * mr;
     TaskGrid {
