@@ -210,6 +210,89 @@ impl Rng {
         self.ziggurat(ziggurat_tables()) as f32
     }
 
+    /// One sample of the chi-square distribution with `df` degrees of freedom
+    /// (`df > 0`; NaN otherwise): `2 Gamma(df / 2)`, the gamma variate by the
+    /// squeeze-and-reject method of Marsaglia & Tsang (2000), with
+    /// `Gamma(a) = Gamma(a + 1) U^(1/a)` for `a < 1`.
+    pub fn chi_square(&mut self, df: f64) -> f64 {
+        if !(df > 0.0 && df.is_finite()) {
+            return f64::NAN;
+        }
+        2.0 * self.gamma(0.5 * df)
+    }
+
+    fn gamma(&mut self, a: f64) -> f64 {
+        if a < 1.0 {
+            let u = self.uniform_f64();
+            return self.gamma(a + 1.0) * u.powf(1.0 / a);
+        }
+        let t = ziggurat_tables();
+        let d = a - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.ziggurat(t);
+            let v = 1.0 + c * x;
+            if v <= 0.0 {
+                continue;
+            }
+            let v = v * v * v;
+            let u = self.uniform_f64();
+            let x2 = x * x;
+            if u < 1.0 - 0.0331 * x2 * x2 || u.ln() < 0.5 * x2 + d * (1.0 - v + v.ln()) {
+                return d * v;
+            }
+        }
+    }
+
+    /// Bartlett's decomposition of a Wishart sample: fills the lower
+    /// trapezoid of the column-major `n x k` matrix `a` (leading dimension
+    /// `ld`), `k = min(n, dof)`, so that `A A^T` has the distribution of
+    /// `X X^T` for `X` an `n x dof` matrix of independent standard normals
+    /// (`Wishart_n(dof, I)`): `A[j, j] = sqrt(chi^2(dof - j))`, `A[i, j]`
+    /// standard normal for `i > j`. Entries above the diagonal are not
+    /// written. With [`crate::syrk::syrk_lower_trapezoidal`] this draws the
+    /// sample covariance of `dof` Gaussian vectors in about `n k^2` flops
+    /// and `n k` samples instead of `n^2 dof` flops and `n dof` samples.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] if `ld < n` or `a` is shorter than
+    /// `(k - 1) ld + n`.
+    ///
+    /// # Examples
+    /// ```
+    /// use natgrad_kernels::rng::Rng;
+    /// let (n, dof) = (3, 5);
+    /// let mut a = [0.0f32; 9];
+    /// Rng::new(1).fill_bartlett(&mut a, n, n, dof).unwrap();
+    /// assert!(a[0] > 0.0 && a[4] > 0.0 && a[8] > 0.0); // sqrt(chi^2) diagonal
+    /// assert_eq!(a[3], 0.0); // above the diagonal: not written
+    /// ```
+    pub fn fill_bartlett(
+        &mut self,
+        a: &mut [f32],
+        n: usize,
+        ld: usize,
+        dof: usize,
+    ) -> Result<(), crate::Error> {
+        let k = n.min(dof);
+        let need = if k == 0 { 0 } else { (k - 1) * ld + n };
+        if ld < n || a.len() < need {
+            return Err(crate::Error::InvalidArgument {
+                op: "fill_bartlett",
+                detail: format!(
+                    "an {n} x {k} matrix with leading dimension {ld} needs ld >= {n} and {need} entries, got {}",
+                    a.len()
+                ),
+            });
+        }
+        for j in 0..k {
+            let col = &mut a[j * ld..j * ld + n];
+            col[j] = self.chi_square((dof - j) as f64).sqrt() as f32;
+            self.fill_normal_fast(&mut col[j + 1..]);
+        }
+        Ok(())
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -437,6 +520,95 @@ fn ziggurat_tables() -> &'static ZigguratTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mean `df` and variance `2 df` within 5 standard errors (the sample
+    /// variance's from the chi-square's fourth central moment
+    /// `12 df (df + 4)`), from the small-shape branch (`df < 2`) to large `df`.
+    #[test]
+    fn chi_square_moments() {
+        let mut r = Rng::new(11);
+        let count = 200_000usize;
+        for df in [0.5f64, 1.0, 2.0, 3.0, 10.0, 257.0, 1000.0] {
+            let v: Vec<f64> = (0..count).map(|_| r.chi_square(df)).collect();
+            assert!(v.iter().all(|&x| x >= 0.0 && x.is_finite()), "df {df}");
+            let nf = count as f64;
+            let mean = v.iter().sum::<f64>() / nf;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (nf - 1.0);
+            let se_mean = (2.0 * df / nf).sqrt();
+            assert!((mean - df).abs() < 5.0 * se_mean, "df {df}: mean {mean}");
+            let mu4 = 12.0 * df * (df + 4.0);
+            let se_var = ((mu4 - 4.0 * df * df) / nf).sqrt();
+            assert!(
+                (var - 2.0 * df).abs() < 5.0 * se_var,
+                "df {df}: variance {var}"
+            );
+        }
+        assert!(r.chi_square(0.0).is_nan() && r.chi_square(f64::NAN).is_nan());
+    }
+
+    /// `A A^T` from [`Rng::fill_bartlett`] against the moments of
+    /// `Wishart_n(dof, I)`: mean `dof I`, variance `dof` off the diagonal and
+    /// `2 dof` on it, each entry's mean within 5 standard errors; for
+    /// `dof >= n` and for the singular `dof < n`, in a padded buffer whose
+    /// other entries must stay untouched.
+    #[test]
+    fn bartlett_matches_wishart_moments() {
+        let mut r = Rng::new(12);
+        let draws = 20_000usize;
+        for (n, dof) in [(5usize, 9usize), (6, 3), (4, 4), (1, 1)] {
+            let ld = n + 2;
+            let k = n.min(dof);
+            let mut sum = vec![0.0f64; n * n];
+            let mut sum2 = vec![0.0f64; n * n];
+            let mut a = vec![0.0f32; ld * k];
+            for _ in 0..draws {
+                a.iter_mut().for_each(|v| *v = 7.0);
+                r.fill_bartlett(&mut a, n, ld, dof).unwrap();
+                for j in 0..k {
+                    for i in 0..ld {
+                        let untouched = i < j || i >= n;
+                        assert_eq!(
+                            a[j * ld + i] == 7.0,
+                            untouched,
+                            "n {n} dof {dof} ({i}, {j})"
+                        );
+                    }
+                }
+                for i in 0..n {
+                    for j in 0..n {
+                        let w: f64 = (0..k.min(i + 1).min(j + 1))
+                            .map(|p| a[p * ld + i] as f64 * a[p * ld + j] as f64)
+                            .sum();
+                        sum[i * n + j] += w;
+                        sum2[i * n + j] += w * w;
+                    }
+                }
+            }
+            let d = draws as f64;
+            for i in 0..n {
+                for j in 0..n {
+                    let mean = sum[i * n + j] / d;
+                    let (want, var) = if i == j {
+                        (dof as f64, 2.0 * dof as f64)
+                    } else {
+                        (0.0, dof as f64)
+                    };
+                    let got_var = sum2[i * n + j] / d - mean * mean;
+                    assert!(
+                        (mean - want).abs() < 5.0 * (var / d).sqrt(),
+                        "n {n} dof {dof} ({i}, {j}): mean {mean}, want {want}"
+                    );
+                    assert!(
+                        (got_var - var).abs() < 0.1 * var,
+                        "n {n} dof {dof} ({i}, {j}): variance {got_var}, want {var}"
+                    );
+                }
+            }
+        }
+        let mut short = [0.0f32; 5];
+        assert!(r.fill_bartlett(&mut short, 3, 3, 3).is_err());
+        assert!(r.fill_bartlett(&mut short, 3, 2, 3).is_err());
+    }
 
     #[test]
     fn state_round_trip_continues_the_stream() {

@@ -77,6 +77,96 @@ pub fn syrk_lower_with_isa(
     Ok(())
 }
 
+/// `C <- beta C + alpha L L^T` on the lower triangle (diagonal included) of
+/// the `n x n` matrix `C`, for `L` lower trapezoidal: `n x k` with `k <= n`,
+/// entries above its diagonal (`row < col`) taken as zero and never read.
+/// The strictly upper triangle of `C` is neither read nor written; `beta ==
+/// 0` means `C` is not read.
+///
+/// Only products of entries that can be non-zero are formed: about
+/// `n k^2 - 2 k^3 / 3` flops (`n^3 / 3` for a square `L`) instead of the
+/// `n^2 k` of [`syrk_lower`] on the same `L`. The optimizer draws the Wishart
+/// sample of a Gaussian output layer's backward factor this way (Bartlett's
+/// decomposition).
+///
+/// * Accumulation in f32: `|fl(L L^T)_ij - (L L^T)_ij| <= gamma_k (|L||L^T|)_ij`,
+///   then one rounding each for the `alpha` and `beta` terms.
+/// * Errors: [`Error::ShapeMismatch`] if `C` is not `n x n` or `L` is not
+///   `n x k` with `k <= n`; [`Error::InvalidArgument`] if `alpha` or `beta`
+///   is not finite.
+/// * Allocates nothing when `stack` holds [`syrk_scratch`]`(n, k, par)`.
+///
+/// # Examples
+/// ```
+/// use natgrad_kernels::syrk::{syrk_lower_trapezoidal, syrk_scratch};
+/// use natgrad_kernels::{MatMut, MatRef, MemBuffer, MemStack, Par};
+/// // L = [[1, 0], [2, 3], [4, 5]] (3 x 2); the 9.0 above its diagonal is ignored.
+/// let l = [1.0f32, 2.0, 4.0, 9.0, 3.0, 5.0];
+/// let mut c = [0.0f32; 9];
+/// let mut mem = MemBuffer::new(syrk_scratch(3, 2, Par::Seq));
+/// syrk_lower_trapezoidal(
+///     MatMut::from_column_major_slice_mut(&mut c, 3, 3),
+///     0.0,
+///     MatRef::from_column_major_slice(&l, 3, 2),
+///     1.0,
+///     Par::Seq,
+///     MemStack::new(&mut mem),
+/// )
+/// .unwrap();
+/// // Lower triangle of L L^T, column by column: [1, 2, 4], [13, 23], [41].
+/// assert_eq!([c[0], c[1], c[2], c[4], c[5], c[8]], [1.0, 2.0, 4.0, 13.0, 23.0, 41.0]);
+/// ```
+pub fn syrk_lower_trapezoidal(
+    c: MatMut<'_, f32>,
+    beta: f32,
+    l: MatRef<'_, f32>,
+    alpha: f32,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<(), Error> {
+    syrk_lower_trapezoidal_with_isa(Isa::detect(), c, beta, l, alpha, par, stack)
+}
+
+/// [`syrk_lower_trapezoidal`] at a forced instruction-set level (for tests
+/// and benchmarks). Returns [`Error::IsaUnavailable`] if this CPU does not
+/// support `isa`.
+pub fn syrk_lower_trapezoidal_with_isa(
+    isa: Isa,
+    c: MatMut<'_, f32>,
+    beta: f32,
+    l: MatRef<'_, f32>,
+    alpha: f32,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<(), Error> {
+    check_args(
+        "syrk_lower_trapezoidal",
+        isa,
+        c.nrows(),
+        c.ncols(),
+        l,
+        alpha.is_finite() && beta.is_finite(),
+    )?;
+    check_shape(l.ncols() <= l.nrows(), "syrk_lower_trapezoidal", || {
+        format!("L is {}x{}; need k <= n", l.nrows(), l.ncols())
+    })?;
+    if c.nrows() == 0 {
+        return Ok(());
+    }
+    packed::product(
+        isa,
+        c,
+        beta,
+        Operand::lower(l),
+        Operand::upper(l.transpose()),
+        alpha,
+        true,
+        par,
+        stack,
+    );
+    Ok(())
+}
+
 fn check_args(
     op: &'static str,
     isa: Isa,
