@@ -541,6 +541,8 @@ fn gram_preconditioning_agrees_with_low_rank() {
                 adaptation: natgrad::optim::DampingAdaptation::Fixed,
                 damping,
                 pi_correction,
+                // The Gram form uses the sampled output errors themselves.
+                wishart_output_factor: false,
                 ..Default::default()
             };
             let mut ng = NaturalGradient::new(&n2, b, cfg).unwrap();
