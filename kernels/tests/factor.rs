@@ -13,7 +13,8 @@ use natgrad_kernels::syrk::{
     syrk_lower, syrk_lower_f64, syrk_lower_trapezoidal_with_isa, syrk_lower_with_isa, syrk_scratch,
 };
 use natgrad_kernels::trsm::{
-    solve_llt_left_in_place_with_isa, solve_llt_right_in_place_with_isa, solve_scratch,
+    lower_times_in_place_with_isa, lower_times_scratch, solve_llt_left_in_place_with_isa,
+    solve_llt_right_in_place_with_isa, solve_scratch,
 };
 use natgrad_kernels::{Error, Isa, MemBuffer, MemStack, Par, StackReq};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -674,6 +675,87 @@ fn cholesky_inverse_refuses_bad_factors() {
 
 /// Two substitutions, each `(T + dT) x = b`, `|dT| <= gamma_{n+3} |T|`, give
 /// `|B - L L^T X| <= gamma (2 + gamma) |L||L^T||X|` entrywise.
+/// `B <- L B` in place against an f64 reference within `gamma_n |L||B|`, with
+/// NaN above `L`'s diagonal (never read), padded, transposed and
+/// single-column `B`, sizes 1, odd and tile-unaligned, every ISA and `Par`.
+#[test]
+fn lower_times_matches_f64_reference() {
+    let mut rng = Rng::new(23);
+    for isa in Isa::available() {
+        for par in pars() {
+            for &(n, m) in &[
+                (1, 1),
+                (1, 5),
+                (7, 1),
+                (17, 33),
+                (33, 100),
+                (64, 7),
+                (129, 300),
+                (200, 64),
+            ] {
+                for transposed_b in [false, true] {
+                    let mut l = random(&mut rng, n, n);
+                    for j in 0..n {
+                        for i in 0..j {
+                            l[(i, j)] = f32::NAN;
+                        }
+                    }
+                    let b0 = random(&mut rng, n, m);
+                    let mut bt = b0.transpose().to_owned();
+                    let mut p = Padded::from(b0.as_ref());
+                    let mut mem = scratch(lower_times_scratch(n, m, par));
+                    let view = if transposed_b {
+                        bt.as_mut().transpose_mut()
+                    } else {
+                        p.view()
+                    };
+                    lower_times_in_place_with_isa(
+                        isa,
+                        l.as_ref(),
+                        view,
+                        par,
+                        MemStack::new(&mut mem),
+                    )
+                    .unwrap();
+                    let got = if transposed_b {
+                        bt.transpose().to_owned()
+                    } else {
+                        p.check_border();
+                        p.get()
+                    };
+                    for c in 0..m {
+                        for i in 0..n {
+                            let (mut s, mut sa) = (0.0f64, 0.0f64);
+                            for q in 0..=i {
+                                let t = l[(i, q)] as f64 * b0[(q, c)] as f64;
+                                s += t;
+                                sa += t.abs();
+                            }
+                            let err = (got[(i, c)] as f64 - s).abs();
+                            let tol = gamma(n + 1) * sa;
+                            assert!(
+                                err <= tol,
+                                "{isa:?} {par:?} n={n} m={m} ({i},{c}): err {err:e} > {tol:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let l = Mat::<f32>::zeros(3, 3);
+    let mut b = Mat::<f32>::zeros(4, 2);
+    let mut mem = scratch(lower_times_scratch(4, 2, Par::Seq));
+    let r = lower_times_in_place_with_isa(
+        Isa::Scalar,
+        l.as_ref(),
+        b.as_mut(),
+        Par::Seq,
+        MemStack::new(&mut mem),
+    );
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+}
+
 #[test]
 fn solves_have_bounded_residuals() {
     let mut rng = Rng::new(4);
@@ -1010,6 +1092,7 @@ fn calls_with_enough_scratch_allocate_nothing() {
             cholesky_update_scratch(n, b, par),
             cholesky_update_scratch(n, 4, par),
             cholesky_inverse_scratch(n, par),
+            lower_times_scratch(n, m, par),
         ]);
         let mut mem = MemBuffer::new(req);
         pool.install(|| {
@@ -1042,6 +1125,22 @@ fn calls_with_enough_scratch_allocate_nothing() {
             )
             .unwrap();
             cholesky_inverse_in_place(l.as_mut(), par, MemStack::new(&mut mem)).unwrap();
+            natgrad_kernels::trsm::lower_times_in_place(
+                l.as_ref(),
+                bm.as_mut(),
+                par,
+                MemStack::new(&mut mem),
+            )
+            .unwrap();
+            natgrad_kernels::syrk::syrk_lower_trapezoidal(
+                c.as_mut(),
+                0.5,
+                l.as_ref().subcols(0, b),
+                0.1,
+                par,
+                MemStack::new(&mut mem),
+            )
+            .unwrap();
             let after = ALLOCS.load(Ordering::Relaxed);
             COUNTING.with(|c| c.set(false));
             assert_eq!(after - before, 0, "{par:?}: {} allocations", after - before);
