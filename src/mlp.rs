@@ -15,9 +15,13 @@
 
 use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
+use faer::reborrow::ReborrowMut;
+use natgrad_kernels::cholesky::{cholesky_in_place, cholesky_scratch};
 use natgrad_kernels::gemm::{gemm_fused, Epilogue};
 use natgrad_kernels::rng::Rng;
-use natgrad_kernels::{Activation, MatRef, MemStack};
+use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
+use natgrad_kernels::trsm::{lower_times_in_place, lower_times_scratch};
+use natgrad_kernels::{Activation, MatRef, MemStack, StackReq};
 use rayon::prelude::*;
 
 /// The model's predictive distribution `p(y | x)`, which defines the loss
@@ -491,6 +495,103 @@ impl Mlp {
         }
     }
 
+    /// For a Gaussian likelihood: the lower Cholesky factor of `W_L^T W_L`
+    /// (`W_L` the output layer's weights, `n_{L-1} x n_{L-1}`) into `out`, the
+    /// covariance of `W_L^T e_L` for standard normal output errors `e_L`
+    /// (see [`Mlp::sample_penultimate_error`]). Returns false, with `out`
+    /// garbage, when the factorisation fails (`W_L` of rank below `n_{L-1}`).
+    /// `stack` holds [`Mlp::penultimate_scratch`].
+    pub(crate) fn output_weight_factor(
+        &self,
+        out: &mut [f32],
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<bool, Error> {
+        let last = self.layers.last().expect("a network has layers");
+        let n = last.n_in;
+        let mut c = view_mut(&mut out[..n * n], n, n, n);
+        syrk_lower(c.rb_mut(), 0.0, last.weights().transpose(), 1.0, par, stack)?;
+        match cholesky_in_place(c, 0.0, par, stack) {
+            Ok(()) => Ok(true),
+            Err(natgrad_kernels::Error::NotPositiveDefinite { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Scratch of [`Mlp::output_weight_factor`] and
+    /// [`Mlp::sample_penultimate_error`] at up to `max_batch` columns.
+    pub(crate) fn penultimate_scratch(
+        &self,
+        max_batch: usize,
+        par: natgrad_kernels::Par,
+    ) -> StackReq {
+        let last = self.layers.last().expect("a network has layers");
+        let (n, m) = (last.n_in, last.n_out);
+        StackReq::any_of(&[
+            syrk_scratch(n, m, par),
+            cholesky_scratch(n, par),
+            lower_times_scratch(n, max_batch, par),
+        ])
+    }
+
+    /// For a Gaussian likelihood and a network of two or more layers: writes
+    /// into `errs_out` (the slot of layer `L-1`) the error that sampled
+    /// targets back-propagate to the layer below the output,
+    /// `e_{L-1} = phi'_{L-1}(a_{L-1}) .* (W_L^T e_L)`, drawn from its
+    /// distribution instead of through `e_L`: the output errors are standard
+    /// normal (see [`Mlp::sample_output_error`]), so `W_L^T e_L ~ N(0, W_L^T
+    /// W_L)`, drawn as `C z` with `C` from [`Mlp::output_weight_factor`] in
+    /// `factor` and `z` standard normal: `n_{L-1}^2 b` flops and `n_{L-1} b`
+    /// samples instead of `2 n_L n_{L-1} b` flops and `n_L b` samples.
+    ///
+    /// Draws one 64-bit seed from `rng`; column chunks of
+    /// [`SAMPLE_CHUNK_COLS`] then come from their own streams, as in
+    /// [`Mlp::sample_output_error`], so the draw does not depend on the
+    /// number of threads.
+    pub(crate) fn sample_penultimate_error(
+        &self,
+        ws: &Workspace,
+        factor: &[f32],
+        errs_out: &mut [f32],
+        rng: &mut Rng,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let l = self.layers.len();
+        let n = self.layers[l - 1].n_in;
+        let act = self.layers[l - 2].activation;
+        let (b, par) = (ws.batch, ws.par);
+        let errs_out = &mut errs_out[..n * b];
+        let seed = rng.next_u64();
+        let chunk_len = SAMPLE_CHUNK_COLS * n;
+        let draw = |(c, out): (usize, &mut [f32])| {
+            Rng::new(seed.wrapping_add(c as u64)).fill_normal_fast(out);
+        };
+        if par.degree() > 1 && b > SAMPLE_CHUNK_COLS {
+            errs_out
+                .par_chunks_mut(chunk_len)
+                .enumerate()
+                .for_each(draw);
+        } else {
+            errs_out.chunks_mut(chunk_len).enumerate().for_each(draw);
+        }
+        let c = MatRef::from_column_major_slice(&factor[..n * n], n, n);
+        lower_times_in_place(c, view_mut(errs_out, n, b, n), par, stack)?;
+        // phi' from the layer's outputs, column by column.
+        let acts = &ws.acts[l - 1];
+        let scale = |(j, e): (usize, &mut [f32])| {
+            let a = &acts[j * (n + 1)..j * (n + 1) + n];
+            for (e, &a) in e.iter_mut().zip(a) {
+                *e *= act.derivative_from_output(a);
+            }
+        };
+        if par.degree() > 1 && b > SAMPLE_CHUNK_COLS {
+            errs_out.par_chunks_mut(n).enumerate().for_each(scale);
+        } else {
+            errs_out.chunks_mut(n).enumerate().for_each(scale);
+        }
+        Ok(())
+    }
+
     /// The expectation over sampled targets of the output layer's backward
     /// factor, `E_y~[e_L e_L^T]` averaged over the minibatch, where the
     /// likelihood makes it diagonal: writes its diagonal into `out[..n]` and
@@ -539,13 +640,28 @@ impl Mlp {
         &self,
         acts: &[Vec<f32>],
         errs: &mut [Vec<f32>],
+        grads: Option<&mut [Vec<f32>]>,
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        self.backward_from(self.layers.len() - 1, acts, errs, grads, b, par, stack)
+    }
+
+    /// [`Mlp::backward`] from the error of layer `top` (`errs[top]`, already
+    /// written) down: layers above `top` are not touched.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_from(
+        &self,
+        top: usize,
+        acts: &[Vec<f32>],
+        errs: &mut [Vec<f32>],
         mut grads: Option<&mut [Vec<f32>]>,
         b: usize,
         par: natgrad_kernels::Par,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
-        let l = self.layers.len();
-        for i in (0..l).rev() {
+        for i in (0..=top).rev() {
             let layer = &self.layers[i];
             if let Some(grads) = grads.as_deref_mut() {
                 let e = view(&errs[i], layer.n_out, b, layer.n_out);
