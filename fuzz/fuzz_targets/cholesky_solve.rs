@@ -24,6 +24,9 @@
 //! `gamma_{n+1} |T||X|`, composed). Wrong shapes must give `ShapeMismatch`, a
 //! non-finite shift `InvalidArgument`.
 //!
+//! The factor also multiplies a copy of `B` by `trsm::lower_times_in_place`
+//! (`|fl(L B) - L B| <= gamma_n |L||B|`, padding untouched).
+//!
 //! Last, the factor (NaN upper triangle included) is inverted in place by
 //! `cholesky_inverse_in_place` in a copy of its layout: the result must be
 //! symmetric, finite, and written over the whole view and nowhere else.
@@ -49,7 +52,10 @@ use libfuzzer_sys::fuzz_target;
 use natgrad_kernels::cholesky::{
     cholesky_in_place, cholesky_inverse_in_place, cholesky_inverse_scratch, cholesky_scratch,
 };
-use natgrad_kernels::trsm::{solve_llt_left_in_place, solve_llt_right_in_place, solve_scratch};
+use natgrad_kernels::trsm::{
+    lower_times_in_place, lower_times_scratch, solve_llt_left_in_place, solve_llt_right_in_place,
+    solve_scratch,
+};
 use natgrad_kernels::{Error, MemBuffer, MemStack};
 
 const MAX_DIM: usize = 40;
@@ -231,6 +237,7 @@ fuzz_target!(|data: &[u8]| {
     if let Err(e) = left.and(right) {
         panic!("a solve refused valid arguments: {e}");
     }
+    check_product(&l, &ld, n, lb, &b0, m, par);
     check_inverse(&l, &ld, n, par);
     bl.assert_untouched_outside(&bl_before, "B's padding", |_, _| true);
     br.assert_untouched_outside(&br_before, "B''s padding", |_, _| true);
@@ -262,6 +269,41 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// `B <- L B` by `lower_times_in_place` (the factor's NaN upper triangle
+/// must not be read) on `B` of layout `lb` with values `b0` (`n x m`, row
+/// major): `|L B - fl(L B)| <= gamma_n |L||B|` per entry, padding untouched.
+fn check_product(
+    l: &Strided,
+    ld: &[f64],
+    n: usize,
+    lb: Layout,
+    b0: &[f32],
+    m: usize,
+    par: natgrad_kernels::Par,
+) {
+    let mut b = Strided::new(lb, |i, j| b0[i * m + j]);
+    let before = b.buf.clone();
+    let mut mem = MemBuffer::new(lower_times_scratch(n, m, par));
+    if let Err(e) = lower_times_in_place(l.view(), b.view_mut(), par, MemStack::new(&mut mem)) {
+        panic!("lower_times_in_place refused valid arguments: {e}");
+    }
+    b.assert_untouched_outside(&before, "L B's padding", |_, _| true);
+    for c in 0..m {
+        for i in 0..n {
+            let terms = (0..=i).map(|q| ld[i * n + q] * b0[q * m + c] as f64);
+            let want: f64 = terms.clone().sum();
+            let scale: f64 = terms.map(f64::abs).sum();
+            let bound = gamma(n + 1, U32) * scale + gamma(n + 2, U64) * scale;
+            let got = b.get(i, c) as f64;
+            if (got - want).abs().is_nan() || (got - want).abs() > bound {
+                panic!(
+                    "L B [{i},{c}] = {got:e}, reference {want:e}, bound {bound:e} (n={n}, m={m})"
+                );
+            }
+        }
+    }
+}
 
 /// The checks of `cholesky_inverse_in_place` on the factor `l` (dense lower
 /// triangle `ld`), see the module documentation.

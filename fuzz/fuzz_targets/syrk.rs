@@ -1,4 +1,9 @@
-//! Fuzz target for `natgrad_kernels::syrk::{syrk_lower, syrk_lower_f64}`.
+//! Fuzz target for `natgrad_kernels::syrk::{syrk_lower, syrk_lower_f64,
+//! syrk_lower_trapezoidal}`.
+//!
+//! In the trapezoidal mode `X` plays `L` (`n x b`, `b <= n`, else
+//! `ShapeMismatch`): its entries above the diagonal hold NaN and must not be
+//! read, and the reference sums only `p <= min(i, j)`.
 //!
 //! The input decodes `n, b <= 40`, layouts of `X` and `C` (padding, stored
 //! transposed, reversed), `alpha`, `beta`, `Par` and the values. Checked per
@@ -19,7 +24,7 @@ mod common;
 
 use common::{gamma, Input, Layout, Strided, POISON, U32, U64};
 use libfuzzer_sys::fuzz_target;
-use natgrad_kernels::syrk::{syrk_lower, syrk_lower_f64, syrk_scratch};
+use natgrad_kernels::syrk::{syrk_lower, syrk_lower_f64, syrk_lower_trapezoidal, syrk_scratch};
 use natgrad_kernels::{Error, MatMut, MemBuffer, MemStack};
 
 const MAX_DIM: usize = 40;
@@ -41,7 +46,9 @@ fn compensated_sum(terms: impl Iterator<Item = f64>) -> f64 {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let use_f64 = input.byte().is_multiple_of(4);
+    let mode = input.byte() % 4;
+    let use_f64 = mode == 0;
+    let trapezoidal = mode == 1;
     let (n, b) = (input.dim(MAX_DIM), input.dim(MAX_DIM));
     let par = input.par();
     let mut alpha = input.scalar();
@@ -54,11 +61,19 @@ fuzz_target!(|data: &[u8]| {
     }
     let x_rows = if fault == 0 { n + 1 } else { n };
     let c_cols = if fault == 1 { n + 1 } else { n };
-    let expect_error = fault <= 1 || fault == 3 || fault == 4;
+    let expect_error =
+        fault <= 1 || fault == 3 || fault == 4 || (trapezoidal && !use_f64 && b > x_rows);
 
     let lx = Layout::decode(&mut input, x_rows, b);
     let lc = Layout::decode(&mut input, n, c_cols);
-    let x = Strided::new(lx, |_, _| input.value());
+    // Trapezoidal: above L's diagonal is poisoned (never read).
+    let x = Strided::new(lx, |i, p| {
+        if trapezoidal && i < p {
+            POISON
+        } else {
+            input.value()
+        }
+    });
     // Upper triangle poisoned; with beta == 0 the lower one too (not read).
     let mut c = Strided::new(lc, |i, j| {
         if i < j || beta == 0.0 {
@@ -140,19 +155,31 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
 
-    let result = syrk_lower(
-        c.view_mut(),
-        beta,
-        x.view(),
-        alpha,
-        par,
-        MemStack::new(&mut mem),
-    );
+    let result = if trapezoidal {
+        syrk_lower_trapezoidal(
+            c.view_mut(),
+            beta,
+            x.view(),
+            alpha,
+            par,
+            MemStack::new(&mut mem),
+        )
+    } else {
+        syrk_lower(
+            c.view_mut(),
+            beta,
+            x.view(),
+            alpha,
+            par,
+            MemStack::new(&mut mem),
+        )
+    };
     if expect_error {
         match (fault, &result) {
             (0 | 1, Err(Error::ShapeMismatch { .. })) => {}
             (3 | 4, Err(Error::InvalidArgument { .. })) => {}
-            _ => panic!("syrk_lower fault {fault} gave {result:?}"),
+            (_, Err(Error::ShapeMismatch { .. })) if trapezoidal && b > x_rows => {}
+            _ => panic!("syrk fault {fault} (trapezoidal {trapezoidal}) gave {result:?}"),
         }
         c.assert_untouched_outside(&c_before, "C after a refused call", |_, _| false);
         return;
@@ -164,7 +191,8 @@ fuzz_target!(|data: &[u8]| {
     for j in 0..n {
         for i in j..n {
             let (mut dot, mut abs) = (0.0f64, 0.0f64);
-            for p in 0..b {
+            let terms = if trapezoidal { b.min(j + 1) } else { b };
+            for p in 0..terms {
                 let prod = x.get(i, p) as f64 * x.get(j, p) as f64;
                 dot += prod;
                 abs += prod.abs();
