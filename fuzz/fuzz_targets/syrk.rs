@@ -155,25 +155,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
 
-    let result = if trapezoidal {
-        syrk_lower_trapezoidal(
-            c.view_mut(),
-            beta,
-            x.view(),
-            alpha,
-            par,
-            MemStack::new(&mut mem),
-        )
+    // The two kernels take the same arguments.
+    let kernel = if trapezoidal {
+        syrk_lower_trapezoidal
     } else {
-        syrk_lower(
-            c.view_mut(),
-            beta,
-            x.view(),
-            alpha,
-            par,
-            MemStack::new(&mut mem),
-        )
+        syrk_lower
     };
+    let result = kernel(
+        c.view_mut(),
+        beta,
+        x.view(),
+        alpha,
+        par,
+        MemStack::new(&mut mem),
+    );
     if expect_error {
         match (fault, &result) {
             (0 | 1, Err(Error::ShapeMismatch { .. })) => {}

@@ -124,6 +124,72 @@ fn spd(rng: &mut Rng, n: usize, cond: f64) -> Mat<f32> {
 
 // ------------------------------------------------------------------- SYRK
 
+/// One `C <- beta C + alpha X X^T` case on the lower triangle, against an f64
+/// reference within `gamma_{k+3} (alpha |X||X^T| + |beta C|)`, where only
+/// `p < terms(j)` of the inner dimension count (all of it for SYRK, `p <= j`
+/// for a trapezoidal `X`): NaN in `C` when `beta == 0`, `X` also given as a
+/// transposed copy's view, the upper triangle of `C` and its padding
+/// untouched. `call` runs the kernel.
+#[allow(clippy::too_many_arguments)]
+fn check_lower_update(
+    x: &Mat<f32>,
+    c0: &Mat<f32>,
+    beta: f32,
+    alpha: f32,
+    transposed_x: bool,
+    terms: impl Fn(usize) -> usize,
+    what: &str,
+    call: impl FnOnce(MatMut<'_, f32>, MatRef<'_, f32>),
+) {
+    let n = c0.nrows();
+    let mut c = Padded::from(c0.as_ref());
+    if beta == 0.0 {
+        // beta == 0: C must not be read.
+        for j in 0..n {
+            for i in j..n {
+                c.view()[(i, j)] = f32::NAN;
+            }
+        }
+    }
+    let xt = x.transpose().to_owned();
+    let xv = if transposed_x {
+        xt.as_ref().transpose()
+    } else {
+        x.as_ref()
+    };
+    call(c.view(), xv);
+    c.check_border();
+    let got = c.get();
+    for j in 0..n {
+        for i in 0..n {
+            if i < j {
+                assert_eq!(
+                    got[(i, j)].to_bits(),
+                    c0[(i, j)].to_bits(),
+                    "{what}: upper triangle touched"
+                );
+                continue;
+            }
+            let k = terms(j);
+            let (mut s, mut sa) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let t = x[(i, p)] as f64 * x[(j, p)] as f64;
+                s += t;
+                sa += t.abs();
+            }
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c0[(i, j)] as f64
+            };
+            let want = old + alpha as f64 * s;
+            let tol = gamma(k + 3) * (alpha as f64 * sa + old.abs());
+            let err = (got[(i, j)] as f64 - want).abs();
+            assert!(err <= tol, "{what} ({i},{j}): err {err:e} > {tol:e}");
+        }
+    }
+}
+
 #[test]
 fn syrk_matches_f64_reference_within_gamma_b() {
     let mut rng = Rng::new(1);
@@ -147,64 +213,29 @@ fn syrk_matches_f64_reference_within_gamma_b() {
                     let alpha = 0.1 / (b.max(1) as f32);
                     let x = random(&mut rng, n, b);
                     let c0 = random(&mut rng, n, n);
-                    let mut c = Padded::from(c0.as_ref());
-                    if beta == 0.0 {
-                        // beta == 0: C must not be read.
-                        for j in 0..n {
-                            for i in j..n {
-                                c.view()[(i, j)] = f32::NAN;
-                            }
-                        }
-                    }
-                    let xt = x.transpose().to_owned();
-                    let xv = if transposed_x {
-                        xt.as_ref().transpose()
-                    } else {
-                        x.as_ref()
-                    };
-                    let mut mem = scratch(syrk_scratch(n, b, par));
-                    syrk_lower_with_isa(
-                        isa,
-                        c.view(),
+                    let what = format!("{isa:?} {par:?} n={n} b={b}");
+                    check_lower_update(
+                        &x,
+                        &c0,
                         beta,
-                        xv,
                         alpha,
-                        par,
-                        MemStack::new(&mut mem),
-                    )
-                    .unwrap();
-                    c.check_border();
-                    let got = c.get();
-                    for j in 0..n {
-                        for i in 0..n {
-                            if i < j {
-                                assert_eq!(
-                                    got[(i, j)].to_bits(),
-                                    c0[(i, j)].to_bits(),
-                                    "upper triangle touched"
-                                );
-                                continue;
-                            }
-                            let (mut s, mut sa) = (0.0f64, 0.0f64);
-                            for p in 0..b {
-                                let t = x[(i, p)] as f64 * x[(j, p)] as f64;
-                                s += t;
-                                sa += t.abs();
-                            }
-                            let old = if beta == 0.0 {
-                                0.0
-                            } else {
-                                beta as f64 * c0[(i, j)] as f64
-                            };
-                            let want = old + alpha as f64 * s;
-                            let tol = gamma(b + 3) * (alpha as f64 * sa + old.abs());
-                            let err = (got[(i, j)] as f64 - want).abs();
-                            assert!(
-                                err <= tol,
-                                "{isa:?} {par:?} n={n} b={b} ({i},{j}): err {err:e} > {tol:e}"
-                            );
-                        }
-                    }
+                        transposed_x,
+                        |_| b,
+                        &what,
+                        |c, xv| {
+                            let mut mem = scratch(syrk_scratch(n, b, par));
+                            syrk_lower_with_isa(
+                                isa,
+                                c,
+                                beta,
+                                xv,
+                                alpha,
+                                par,
+                                MemStack::new(&mut mem),
+                            )
+                            .unwrap();
+                        },
+                    );
                 }
             }
         }
@@ -212,10 +243,9 @@ fn syrk_matches_f64_reference_within_gamma_b() {
 }
 
 /// `C <- beta C + alpha L L^T` for lower-trapezoidal `L` (`n x k`, `k <= n`)
-/// against an f64 reference, with garbage above `L`'s diagonal (never read),
-/// strided and transposed views, NaN in `C` when `beta == 0`, the upper
-/// triangle of `C` untouched, and `|err| <= gamma_{k+3} (alpha |L||L^T| +
-/// |beta C|)`: sizes 1, odd and tile-unaligned, square and trapezoidal.
+/// as in [`check_lower_update`], with NaN above `L`'s diagonal (never read):
+/// sizes 1, odd and tile-unaligned, square and trapezoidal, every ISA and
+/// `Par`; `k > n` is refused.
 #[test]
 fn syrk_trapezoidal_matches_f64_reference() {
     let mut rng = Rng::new(21);
@@ -234,7 +264,6 @@ fn syrk_trapezoidal_matches_f64_reference() {
         for par in pars() {
             for &(n, k) in &shapes {
                 for &(beta, transposed_l) in &[(0.0f32, false), (0.9, true), (1.0, false)] {
-                    let alpha = 0.7f32;
                     let mut l = random(&mut rng, n, k);
                     for j in 0..k {
                         for i in 0..j.min(n) {
@@ -242,63 +271,21 @@ fn syrk_trapezoidal_matches_f64_reference() {
                         }
                     }
                     let c0 = random(&mut rng, n, n);
-                    let mut c = Padded::from(c0.as_ref());
-                    if beta == 0.0 {
-                        for j in 0..n {
-                            for i in j..n {
-                                c.view()[(i, j)] = f32::NAN;
-                            }
-                        }
-                    }
-                    let lt = l.transpose().to_owned();
-                    let lv = if transposed_l {
-                        lt.as_ref().transpose()
-                    } else {
-                        l.as_ref()
-                    };
-                    let mut mem = scratch(syrk_scratch(n, k, par));
-                    syrk_lower_trapezoidal_with_isa(
-                        isa,
-                        c.view(),
-                        beta,
-                        lv,
-                        alpha,
-                        par,
-                        MemStack::new(&mut mem),
-                    )
-                    .unwrap();
-                    c.check_border();
-                    let got = c.get();
-                    for j in 0..n {
-                        for i in 0..n {
-                            if i < j {
-                                assert_eq!(
-                                    got[(i, j)].to_bits(),
-                                    c0[(i, j)].to_bits(),
-                                    "upper triangle touched"
-                                );
-                                continue;
-                            }
-                            let (mut s, mut sa) = (0.0f64, 0.0f64);
-                            for p in 0..k.min(j + 1) {
-                                let t = l[(i, p)] as f64 * l[(j, p)] as f64;
-                                s += t;
-                                sa += t.abs();
-                            }
-                            let old = if beta == 0.0 {
-                                0.0
-                            } else {
-                                beta as f64 * c0[(i, j)] as f64
-                            };
-                            let want = old + alpha as f64 * s;
-                            let tol = gamma(k + 3) * (alpha as f64 * sa + old.abs());
-                            let err = (got[(i, j)] as f64 - want).abs();
-                            assert!(
-                                err <= tol,
-                                "{isa:?} {par:?} n={n} k={k} ({i},{j}): err {err:e} > {tol:e}"
-                            );
-                        }
-                    }
+                    let what = format!("{isa:?} {par:?} n={n} k={k}");
+                    let terms = |j: usize| k.min(j + 1);
+                    check_lower_update(&l, &c0, beta, 0.7, transposed_l, terms, &what, |c, lv| {
+                        let mut mem = scratch(syrk_scratch(n, k, par));
+                        syrk_lower_trapezoidal_with_isa(
+                            isa,
+                            c,
+                            beta,
+                            lv,
+                            0.7,
+                            par,
+                            MemStack::new(&mut mem),
+                        )
+                        .unwrap();
+                    });
                 }
             }
         }
