@@ -217,9 +217,10 @@ pub struct NaturalGradientConfig {
     /// factor's expectation. Ignored with [`FactorUpdate::RankUpdate`], the
     /// exact output factor, or a Gram-form output side (those use the errors
     /// themselves). Default true: at `paper`/1000 (2 threads) the step's
-    /// sampling phase fell from 6.8-7.9 ms to 5.5-6.1 ms and the step from
-    /// 2.19-2.39 to 2.08-2.13 SGD steps, with the same test loss (seeds 1-3,
-    /// 400 steps at the race's settings). False gives the same factors as
+    /// sampling phase fell from 6.8-7.9 ms to 5.1-5.8 ms and the step from
+    /// 2.19-2.39 to 2.05-2.20 SGD steps (`natgrad bench step --quick`), with
+    /// the same test loss (seeds 1-3, 400 steps at the race's settings, 150
+    /// at b = 1000). False gives the same factors as
     /// the Gram form sample for sample (used to check the Gram identities).
     pub wishart_output_factor: bool,
     /// How the damped inverses are applied: triangular solves with the
@@ -285,11 +286,11 @@ struct LayerState {
     delta: Vec<f32>,
     /// Copy of the columns fed to a rank update (the update clobbers them).
     update_cols: Vec<f32>,
+    update_alpha: Vec<f32>,
     /// The output layer of a Gaussian likelihood: room for the Bartlett
     /// factor of its Wishart-distributed `G` sample, `n_out x min(n_out,
     /// max_batch)` (empty on every other layer; see the sampling step).
     wishart: Vec<f32>,
-    update_alpha: Vec<f32>,
     /// `<grad_i, dW_i>` of the last step.
     grad_dot_delta: f64,
     /// `<W_i, dW_i> - |dW_i|^2 / 2` after the last step (with a penalty).
@@ -1236,10 +1237,11 @@ impl Optimizer for NaturalGradient {
                         // `E E^T` is a `Wishart(b, I)` draw: take it directly
                         // by Bartlett's decomposition, `A A^T` with `A` lower
                         // trapezoidal `n x min(n, b)`, in about `n^3 / 3`
-                        // flops instead of the `n^2 b` of a SYRK on `E` (the
-                        // errors still drive the backward pass; the two
-                        // draws are independent, which leaves every factor's
-                        // expectation and distribution as they were).
+                        // flops instead of the `n^2 b` of a SYRK on `E`. The
+                        // backward pass is driven by sampled output errors or
+                        // by the direct draw of the layer below (`direct`),
+                        // independent of this draw, which leaves every
+                        // factor's expectation and distribution as they were.
                         let n = st.n_out;
                         let mut rng = Rng::new(wishart_seed);
                         rng.fill_bartlett(&mut st.wishart, n, n, b)?;
