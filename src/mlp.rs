@@ -485,14 +485,8 @@ impl Mlp {
             let j0 = c * SAMPLE_CHUNK_COLS;
             sample_columns(likelihood, n, &acts[j0 * (n + 1)..], out, &mut rng);
         };
-        if ws.par.degree() > 1 && b > SAMPLE_CHUNK_COLS {
-            errs_out
-                .par_chunks_mut(chunk_len)
-                .enumerate()
-                .for_each(sample);
-        } else {
-            errs_out.chunks_mut(chunk_len).enumerate().for_each(sample);
-        }
+        let parallel = ws.par.degree() > 1 && b > SAMPLE_CHUNK_COLS;
+        for_each_chunk(errs_out, chunk_len, parallel, sample);
     }
 
     /// For a Gaussian likelihood: the lower Cholesky factor of `W_L^T W_L`
@@ -566,14 +560,8 @@ impl Mlp {
         let draw = |(c, out): (usize, &mut [f32])| {
             Rng::new(seed.wrapping_add(c as u64)).fill_normal_fast(out);
         };
-        if par.degree() > 1 && b > SAMPLE_CHUNK_COLS {
-            errs_out
-                .par_chunks_mut(chunk_len)
-                .enumerate()
-                .for_each(draw);
-        } else {
-            errs_out.chunks_mut(chunk_len).enumerate().for_each(draw);
-        }
+        let parallel = par.degree() > 1 && b > SAMPLE_CHUNK_COLS;
+        for_each_chunk(errs_out, chunk_len, parallel, draw);
         let c = MatRef::from_column_major_slice(&factor[..n * n], n, n);
         lower_times_in_place(c, view_mut(errs_out, n, b, n), par, stack)?;
         // phi' from the layer's outputs, column by column.
@@ -584,11 +572,7 @@ impl Mlp {
                 *e *= act.derivative_from_output(a);
             }
         };
-        if par.degree() > 1 && b > SAMPLE_CHUNK_COLS {
-            errs_out.par_chunks_mut(n).enumerate().for_each(scale);
-        } else {
-            errs_out.chunks_mut(n).enumerate().for_each(scale);
-        }
+        for_each_chunk(errs_out, n, parallel, scale);
         Ok(())
     }
 
@@ -859,6 +843,22 @@ fn sample_columns(likelihood: Likelihood, n: usize, acts: &[f32], out: &mut [f32
                 }
             }
         }
+    }
+}
+
+/// Runs `f((c, chunk))` on the consecutive `len`-entry chunks of `buf` (the
+/// last may be shorter), on the pool's threads when `parallel`, else in order:
+/// the column-chunk loop of the samplers.
+fn for_each_chunk(
+    buf: &mut [f32],
+    len: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [f32])) + Send + Sync,
+) {
+    if parallel {
+        buf.par_chunks_mut(len).enumerate().for_each(f);
+    } else {
+        buf.chunks_mut(len).enumerate().for_each(f);
     }
 }
 

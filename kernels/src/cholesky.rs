@@ -172,6 +172,7 @@ fn factor_lookahead(
         let (a11, _, a21, _) = a.rb_mut().split_at_mut(w0, w0);
         factor_panel(isa, a11, a21, 0, par, stack)?;
     }
+    let side = lookahead_side_scratch(n);
     let mut c0 = 0;
     while c0 + PANEL < n {
         let c1 = c0 + PANEL;
@@ -184,7 +185,6 @@ fn factor_lookahead(
         let (mut next_diag, mut next_below) =
             next.subrows_mut(c1, n - c1).split_at_row_mut(c2 - c1);
         let trailing = rest.subrows_mut(c2, n - c2);
-        let side = lookahead_side_scratch(n);
         let (side_buf, rest_stack) =
             stack.make_aligned_uninit::<u8>(side.unaligned_bytes_required(), side.align_bytes());
         let side_stack = MemStack::new(side_buf);
