@@ -14,7 +14,8 @@
 //! about k 2^-53 relative, which the bound covers by adding that term.
 
 use natgrad_kernels::gemm::{
-    activate_slice_with_isa, gemm, gemm_fused_with_isa, gemm_scratch, Epilogue, KC, MC, NC,
+    activate_slice_with_isa, gemm, gemm_fused_with_isa, gemm_scratch, register_tile, Epilogue, KC,
+    MC, NC,
 };
 use natgrad_kernels::rng::Rng;
 use natgrad_kernels::{Activation, Error, Isa, MatMut, MatRef, MemBuffer, MemStack, Par};
@@ -501,57 +502,80 @@ fn lipschitz(act: Activation) -> f64 {
 /// pre-activation s carries gamma_{k+3} (|alpha||W||X| + |beta Y| + |b|) (one
 /// more rounding for the bias add), the activation maps it with Lipschitz
 /// constant L and adds its own 6u relative error.
+#[allow(clippy::too_many_arguments)]
+fn check_forward(
+    isa: Isa,
+    act: Activation,
+    (with_bias, alpha, beta): (bool, f32, f32),
+    par: Par,
+    (m, n, k): (usize, usize, usize),
+    (lw, lx, ly): (Layout, Layout, Layout),
+    rng: &mut Rng,
+) {
+    let w = TestMat::new(m, k, lw, rng);
+    let x = TestMat::new(k, n, lx, rng);
+    let mut y = TestMat::new(m, n, ly, rng);
+    let bias: Vec<f32> = (0..m).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect();
+    if beta == 0.0 {
+        y.data.fill(f32::NAN);
+    }
+    let y_old: Vec<f32> = (0..m * n).map(|t| y.get(t % m, t / m)).collect();
+    let epilogue = Epilogue::BiasActivation {
+        bias: with_bias.then_some(&bias[..]),
+        activation: act,
+    };
+    run_gemm(isa, &mut y, beta, &w, &x, alpha, epilogue, par).unwrap();
+    for j in 0..n {
+        for i in 0..m {
+            let (pre, scale) = reference(&w, &x, y_old[i + j * m], alpha, beta, i, j);
+            let b = if with_bias { bias[i] as f64 } else { 0.0 };
+            let exact = act_f64(act, pre + b);
+            let s_err = (gamma(k + 3) + gamma_f64(k + 3)) * (scale + b.abs());
+            let bound = lipschitz(act) * s_err
+                + 6.0 * U * (exact.abs() + lipschitz(act) * s_err)
+                + f64::MIN_POSITIVE;
+            let got = y.get(i, j) as f64;
+            assert!(
+                (got - exact).abs() <= bound,
+                "{isa:?} {act:?} bias={with_bias} alpha={alpha} beta={beta} m={m} n={n} k={k} \
+                 {lw:?} {lx:?} {ly:?}: Y[{i},{j}] = {got}, exact {exact}, error {:e} > {bound:e}",
+                (got - exact).abs()
+            );
+        }
+    }
+    assert_eq!(y.touched_padding(), 0);
+}
+
+const ACTIVATIONS: [Activation; 4] = [
+    Activation::Identity,
+    Activation::Tanh,
+    Activation::Sigmoid,
+    Activation::Relu,
+];
+
 #[test]
 fn forward_epilogue_matches_reference() {
     let mut rng = Rng::new(5);
     for isa in Isa::available() {
-        for act in [
-            Activation::Identity,
-            Activation::Tanh,
-            Activation::Sigmoid,
-            Activation::Relu,
-        ] {
+        for act in ACTIVATIONS {
             for (with_bias, beta, par) in [
                 (true, 0.0, Par::Seq),
                 (false, 0.0, pars()[1]),
                 (true, 1.0, pars()[1]),
                 (true, 0.5, Par::Seq),
             ] {
-                let (m, n, k) = (1 + rng.below(80), 1 + rng.below(50), 1 + rng.below(450));
+                let shape = (1 + rng.below(80), 1 + rng.below(50), 1 + rng.below(450));
                 let lay = layouts();
-                let w = TestMat::new(m, k, lay[rng.below(4)], &mut rng);
-                let x = TestMat::new(k, n, lay[rng.below(4)], &mut rng);
-                let mut y = TestMat::new(m, n, lay[rng.below(4)], &mut rng);
-                let bias: Vec<f32> = (0..m).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect();
-                if beta == 0.0 {
-                    y.data.fill(f32::NAN);
-                }
-                let y_old: Vec<f32> = (0..m * n).map(|t| y.get(t % m, t / m)).collect();
-                let alpha = 0.5;
-                let epilogue = Epilogue::BiasActivation {
-                    bias: with_bias.then_some(&bias[..]),
-                    activation: act,
-                };
-                run_gemm(isa, &mut y, beta, &w, &x, alpha, epilogue, par).unwrap();
-                for j in 0..n {
-                    for i in 0..m {
-                        let (pre, scale) = reference(&w, &x, y_old[i + j * m], alpha, beta, i, j);
-                        let b = if with_bias { bias[i] as f64 } else { 0.0 };
-                        let exact = act_f64(act, pre + b);
-                        let s_err = (gamma(k + 3) + gamma_f64(k + 3)) * (scale + b.abs());
-                        let bound = lipschitz(act) * s_err
-                            + 6.0 * U * (exact.abs() + lipschitz(act) * s_err)
-                            + f64::MIN_POSITIVE;
-                        let got = y.get(i, j) as f64;
-                        assert!(
-                            (got - exact).abs() <= bound,
-                            "{isa:?} {act:?} bias={with_bias} beta={beta} m={m} n={n} k={k}: \
-                             Y[{i},{j}] = {got}, exact {exact}, error {:e} > {bound:e}",
-                            (got - exact).abs()
-                        );
-                    }
-                }
-                assert_eq!(y.touched_padding(), 0);
+                let layouts = (lay[rng.below(4)], lay[rng.below(4)], lay[rng.below(4)]);
+                check_forward(
+                    isa,
+                    act,
+                    (with_bias, 0.5, beta),
+                    par,
+                    shape,
+                    layouts,
+                    &mut rng,
+                );
             }
         }
     }
@@ -563,63 +587,122 @@ fn forward_epilogue_matches_reference() {
 /// `vmath::derivative_from_output`) and the final multiply adds one rounding,
 /// so |error| <= |d| (gamma_{k+2} (1 + gamma_4) scale + gamma_4 |T|)
 /// <= gamma_{k+6} |d| scale, since |T| <= scale.
+fn check_backward(
+    isa: Isa,
+    act: Activation,
+    par: Par,
+    (m, n, k): (usize, usize, usize),
+    (lw, le, lo, lc): (Layout, Layout, Layout, Layout),
+    rng: &mut Rng,
+) {
+    // W is k x m (layer out x in); the kernel gets W^T as a view.
+    let wt = TestMat::new(m, k, lw, rng);
+    let e = TestMat::new(k, n, le, rng);
+    let mut out = TestMat::new(m, n, lo, rng);
+    for j in 0..n {
+        for i in 0..m {
+            let s = 3.0 * (rng.uniform_f32() * 2.0 - 1.0);
+            out.set(i, j, act.apply(s));
+        }
+    }
+    let mut c = TestMat::new(m, n, lc, rng);
+    c.data.fill(f32::NAN);
+    let epilogue = Epilogue::ActivationDerivative {
+        activation: act,
+        output: out.view(),
+    };
+    run_gemm(isa, &mut c, 0.0, &wt, &e, 1.0, epilogue, par).unwrap();
+    for j in 0..n {
+        for i in 0..m {
+            let (t, scale) = reference(&wt, &e, 0.0, 1.0, 0.0, i, j);
+            let a = out.get(i, j) as f64;
+            let d = match act {
+                Activation::Identity => 1.0,
+                Activation::Tanh => 1.0 - a * a,
+                Activation::Sigmoid => a * (1.0 - a),
+                Activation::Relu => {
+                    if a > 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            let exact = t * d;
+            let bound = (gamma(k + 6) + gamma_f64(k + 6)) * scale * d.abs() + f64::MIN_POSITIVE;
+            let got = c.get(i, j) as f64;
+            assert!(
+                (got - exact).abs() <= bound,
+                "{isa:?} {act:?} m={m} n={n} k={k} {lw:?} {le:?} {lo:?} {lc:?}: \
+                 E[{i},{j}] = {got}, exact {exact}, error {:e} > {bound:e}",
+                (got - exact).abs()
+            );
+        }
+    }
+    assert_eq!(c.touched_padding(), 0);
+}
+
 #[test]
 fn backward_epilogue_matches_reference() {
     let mut rng = Rng::new(6);
     for isa in Isa::available() {
-        for act in [
-            Activation::Identity,
-            Activation::Tanh,
-            Activation::Sigmoid,
-            Activation::Relu,
-        ] {
+        for act in ACTIVATIONS {
             for par in pars() {
-                let (m, n, k) = (1 + rng.below(70), 1 + rng.below(40), 1 + rng.below(300));
+                let shape = (1 + rng.below(70), 1 + rng.below(40), 1 + rng.below(300));
                 let lay = layouts();
-                // W is k x m (layer out x in); the kernel gets W^T as a view.
-                let wt = TestMat::new(m, k, Layout::Transposed { pad: rng.below(2) }, &mut rng);
-                let e = TestMat::new(k, n, lay[rng.below(4)], &mut rng);
-                let mut out = TestMat::new(m, n, lay[rng.below(4)], &mut rng);
-                for j in 0..n {
-                    for i in 0..m {
-                        let s = 3.0 * (rng.uniform_f32() * 2.0 - 1.0);
-                        out.set(i, j, act.apply(s));
-                    }
-                }
-                let mut c = TestMat::new(m, n, lay[rng.below(4)], &mut rng);
-                c.data.fill(f32::NAN);
-                let epilogue = Epilogue::ActivationDerivative {
-                    activation: act,
-                    output: out.view(),
-                };
-                run_gemm(isa, &mut c, 0.0, &wt, &e, 1.0, epilogue, par).unwrap();
-                for j in 0..n {
-                    for i in 0..m {
-                        let (t, scale) = reference(&wt, &e, 0.0, 1.0, 0.0, i, j);
-                        let a = out.get(i, j) as f64;
-                        let d = match act {
-                            Activation::Identity => 1.0,
-                            Activation::Tanh => 1.0 - a * a,
-                            Activation::Sigmoid => a * (1.0 - a),
-                            Activation::Relu => {
-                                if a > 0.0 {
-                                    1.0
-                                } else {
-                                    0.0
-                                }
-                            }
-                        };
-                        let exact = t * d;
-                        let bound =
-                            (gamma(k + 6) + gamma_f64(k + 6)) * scale * d.abs() + f64::MIN_POSITIVE;
-                        let got = c.get(i, j) as f64;
-                        assert!(
-                            (got - exact).abs() <= bound,
-                            "{isa:?} {act:?} m={m} n={n} k={k}: E[{i},{j}] = {got}, exact {exact}, \
-                             error {:e} > {bound:e}",
-                            (got - exact).abs()
+                let layouts = (
+                    Layout::Transposed { pad: rng.below(2) },
+                    lay[rng.below(4)],
+                    lay[rng.below(4)],
+                    lay[rng.below(4)],
+                );
+                check_backward(isa, act, par, shape, layouts, &mut rng);
+            }
+        }
+    }
+}
+
+/// The write-back of whole register tiles into a `C` with unit row stride
+/// has its own unrolled code, and a column-major `A` is packed by the first
+/// column panel while it is multiplied: every epilogue on shapes made of
+/// whole tiles plus edges, with `A`, `B` and `C` column-major (padded or not),
+/// alpha 1 (no scaling) and 0.5, beta 0 and 1, and the derivative's forward
+/// output both column-major and transposed.
+#[test]
+fn epilogues_on_whole_register_tiles_match_reference() {
+    let mut rng = Rng::new(7);
+    let col = |pad| Layout::ColMajor { pad };
+    for isa in Isa::available() {
+        let (mr, nr) = register_tile(isa);
+        for (m, n, k) in [
+            (2 * mr, 2 * nr, 1),
+            (2 * mr + 5, 2 * nr + 3, 37),
+            (mr + 1, nr, 300),
+        ] {
+            for act in ACTIVATIONS {
+                for (i, par) in pars().into_iter().enumerate() {
+                    let pad = 3 * i;
+                    for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0)] {
+                        let layouts = (col(pad), col(0), col(pad));
+                        check_forward(
+                            isa,
+                            act,
+                            (true, alpha, beta),
+                            par,
+                            (m, n, k),
+                            layouts,
+                            &mut rng,
                         );
                     }
+                    let out = [col(0), Layout::Transposed { pad: 1 }][i];
+                    check_backward(
+                        isa,
+                        act,
+                        par,
+                        (m, n, k),
+                        (col(pad), col(0), out, col(pad)),
+                        &mut rng,
+                    );
                 }
             }
         }

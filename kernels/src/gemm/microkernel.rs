@@ -80,6 +80,13 @@ pub(crate) struct BlockJob {
     pub a_step: isize,
     /// The partial last row panel (if `mc % mr != 0`), packed, step `mr`.
     pub a_edge: *const f32,
+    /// Non-null when the block's `A` is packed by the first column panel
+    /// rather than beforehand: `A[i0, p0]` itself, unit row stride, column
+    /// stride `a_src_cs`. The first column panel reads `A` there and writes
+    /// the packed panels at `a` (step `mr`) and `a_edge`, which the later
+    /// column panels read.
+    pub a_src: *const f32,
+    pub a_src_cs: isize,
     /// First column panel of `B`: element `(p, j)` of panel `q` is at
     /// `b + q b_panel + p b_step + j b_col` (packed: `b_step = nr`, `b_col = 1`;
     /// in place: `b_step = 1`, `b_col` = column stride).
@@ -145,6 +152,72 @@ unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
     }
     acc
 }
+
+/// [`microkernel`] for the first column panel of a block whose `A` is not yet
+/// packed: step `p` reads the `MV` vectors of `A` itself at `src + p src_cs`
+/// (the last one masked to `rows - (MV - 1) lanes` rows unless `FULL`), stores
+/// them at `dst + p dst_step` (the packed panel the other column panels
+/// read), and multiplies them as [`microkernel`] does. Packing costs no pass
+/// of its own: the vectors are loaded for the product anyway.
+///
+/// # Safety
+/// The `rows` floats at `src + p src_cs` must be readable and the `MV` vectors
+/// at `dst + p dst_step` writable for every `p < kc`;
+/// `(MV - 1) lanes < rows <= MV lanes` (`rows == MV lanes` when `FULL`); the
+/// `B` reads as for [`microkernel`]; `1 <= cols <= NR`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn microkernel_packing<S: Simd, const MV: usize, const NR: usize, const FULL: bool>(
+    s: S,
+    kc: usize,
+    (src, src_cs, rows): (*const f32, isize, usize),
+    (dst, dst_step): (*mut f32, isize),
+    b: *const f32,
+    b_step: isize,
+    b_col: isize,
+    cols: usize,
+) -> [[S::f32s; MV]; NR] {
+    let lanes = S::F32_LANES;
+    debug_assert!(rows > (MV - 1) * lanes && rows <= MV * lanes && (!FULL || rows == MV * lanes));
+    let tail = s.mask_between_m32s(0, (rows - (MV - 1) * lanes) as u32);
+    let mut acc = [[s.splat_f32s(0.0); MV]; NR];
+    let (mut src, mut dst, mut b) = (src, dst, b);
+    let col_off: [isize; NR] = core::array::from_fn(|j| j.min(cols - 1) as isize * b_col);
+    for _ in 0..kc {
+        // SAFETY: step p < kc of the source, the packed panel and B is
+        // accessible (caller contract); the masked load touches only the
+        // `rows` valid rows.
+        unsafe {
+            let av: [S::f32s; MV] = core::array::from_fn(|v| {
+                let ptr = src.add(v * lanes);
+                if FULL || v + 1 < MV {
+                    (ptr as *const S::f32s).read_unaligned()
+                } else {
+                    s.mask_load_ptr_f32s(tail, ptr)
+                }
+            });
+            for (v, &x) in av.iter().enumerate() {
+                (dst.add(v * lanes) as *mut S::f32s).write_unaligned(x);
+                #[cfg(target_arch = "x86_64")]
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    src.offset(PF_STEPS * src_cs).add(v * lanes) as *const i8,
+                );
+            }
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let bj = s.splat_f32s(*b.offset(col_off[j]));
+                for v in 0..MV {
+                    acc_j[v] = s.mul_add_e_f32s(av[v], bj, acc_j[v]);
+                }
+            }
+            src = src.offset(src_cs);
+            dst = dst.offset(dst_step);
+            b = b.offset(b_step);
+        }
+    }
+    acc
+}
+
+const PF_STEPS: isize = 8;
 
 /// Loads `count <= lanes` floats starting at `ptr` with stride `rs`, zero-filling
 /// the rest of the vector.
@@ -256,6 +329,107 @@ unsafe fn write_tile<S: Simd, const MV: usize, const NR: usize>(
     }
 }
 
+/// [`write_tile`] for a whole `MR x NR` tile of a `C` with unit row stride:
+/// constant trip counts, so the loops unroll and the accumulators are stored
+/// straight from their registers (the general loop spilled all of them to
+/// the stack first, a cost that shows at small `kc`), with the epilogue's
+/// case chosen once per tile instead of once per vector.
+///
+/// # Safety
+/// As [`write_tile`] with `rows = MV lanes`, `cols = NR`; `job.c.rs == 1`.
+#[inline(always)]
+unsafe fn write_full_tile<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    acc: &[[S::f32s; MV]; NR],
+    job: &BlockJob,
+    i: usize,
+    j: usize,
+) {
+    let lanes = S::F32_LANES;
+    debug_assert!(job.c.rs == 1);
+    // SAFETY: the tile lies inside C and the epilogue operands (caller
+    // contract), so every pointer formed below is in bounds.
+    unsafe {
+        let c = job.c.at(i, j);
+        match job.epilogue {
+            RawEpilogue::None => store_full(s, acc, job, c, |t, _, _| t),
+            RawEpilogue::BiasActivation { bias, activation } => {
+                let b: [S::f32s; MV] = core::array::from_fn(|v| {
+                    if bias.is_null() {
+                        s.splat_f32s(0.0)
+                    } else {
+                        (bias.add(i + v * lanes) as *const S::f32s).read_unaligned()
+                    }
+                });
+                // One loop per activation, the activation constant in each.
+                macro_rules! with {
+                    ($act:expr) => {
+                        store_full(s, acc, job, c, |t, v, _| {
+                            vmath::activate(s, $act, s.add_f32s(t, b[v]))
+                        })
+                    };
+                }
+                match activation {
+                    Activation::Identity => with!(Activation::Identity),
+                    Activation::Tanh => with!(Activation::Tanh),
+                    Activation::Sigmoid => with!(Activation::Sigmoid),
+                    Activation::Relu => with!(Activation::Relu),
+                }
+            }
+            RawEpilogue::ActivationDerivative { activation, output } => {
+                let o = output.at(i, j);
+                store_full(s, acc, job, c, |t, v, jj| {
+                    let out = load(
+                        s,
+                        o.offset(jj as isize * output.cs + (v * lanes) as isize * output.rs),
+                        output.rs,
+                        lanes,
+                    );
+                    s.mul_f32s(t, vmath::derivative_from_output(s, activation, out))
+                })
+            }
+        }
+    }
+}
+
+/// The store loop of [`write_full_tile`]: `C = f(alpha acc + beta C, v, jj)`
+/// for vector `v` of column `jj`, `c` pointing at the tile's first element.
+///
+/// # Safety
+/// As [`write_full_tile`].
+#[inline(always)]
+unsafe fn store_full<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    acc: &[[S::f32s; MV]; NR],
+    job: &BlockJob,
+    c: *mut f32,
+    f: impl Fn(S::f32s, usize, usize) -> S::f32s,
+) {
+    let lanes = S::F32_LANES;
+    let alpha = s.splat_f32s(job.alpha);
+    let beta = s.splat_f32s(job.beta);
+    let unit_alpha = job.alpha == 1.0;
+    for (jj, acc_j) in acc.iter().enumerate() {
+        // SAFETY: column jj of the tile is inside C (caller contract).
+        let col = unsafe { c.offset(jj as isize * job.c.cs) };
+        for (v, &acc_v) in acc_j.iter().enumerate() {
+            // SAFETY: rows v lanes .. (v + 1) lanes of the column are inside C.
+            unsafe {
+                let ptr = col.add(v * lanes) as *mut S::f32s;
+                let mut t = if unit_alpha {
+                    acc_v
+                } else {
+                    s.mul_f32s(alpha, acc_v)
+                };
+                if job.read_c {
+                    t = s.mul_add_e_f32s(beta, ptr.read_unaligned(), t);
+                }
+                ptr.write_unaligned(f(t, v, jj));
+            }
+        }
+    }
+}
+
 /// Runs the microkernel over every tile of `job` and writes the results.
 ///
 /// # Safety
@@ -273,6 +447,8 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
     let mut jp = 0;
     while jp < job.nc {
         let cols = NR.min(job.nc - jp);
+        // The first column panel packs A as it goes (when asked to).
+        let packing = jp == 0 && !job.a_src.is_null();
         // SAFETY: column panel jp / NR of the job's B.
         let b = unsafe { job.b.offset((jp / NR) as isize * job.b_panel) };
         let mut ip = 0;
@@ -280,30 +456,77 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
             let rows = mr.min(job.mc - ip);
             let (i, j) = (job.i0 + ip, job.j0 + jp);
             // SAFETY: row panel ip / mr of the job's A (full) or its packed edge
-            // panel; the tile lies inside the job's block of C (caller contract).
+            // panel, and when packing, rows ip.. of the job's A itself; the
+            // tile lies inside the job's block of C (caller contract).
             unsafe {
                 if rows == mr {
                     prefetch_tile(job, i, j, rows, cols);
                     let a = job.a.offset((ip / mr) as isize * job.a_panel);
-                    let acc = microkernel::<S, MV, NR>(
-                        s, job.kc, a, job.a_step, b, job.b_step, job.b_col, cols,
-                    );
-                    write_tile::<S, MV, NR>(s, &acc, job, i, j, rows, cols);
+                    // Each branch writes its own tile: merging the two
+                    // accumulator arrays would spill them.
+                    if packing {
+                        let acc = microkernel_packing::<S, MV, NR, true>(
+                            s,
+                            job.kc,
+                            (job.a_src.add(ip), job.a_src_cs, rows),
+                            (a as *mut f32, job.a_step),
+                            b,
+                            job.b_step,
+                            job.b_col,
+                            cols,
+                        );
+                        write_any_tile::<S, MV, NR>(s, &acc, job, i, j, cols);
+                    } else {
+                        let acc = microkernel::<S, MV, NR>(
+                            s, job.kc, a, job.a_step, b, job.b_step, job.b_col, cols,
+                        );
+                        write_any_tile::<S, MV, NR>(s, &acc, job, i, j, cols);
+                    }
                 } else {
                     // Partial panel: only the vectors that hold rows.
+                    let tile = (i, j, rows, cols);
+                    let src = if packing {
+                        job.a_src.add(ip)
+                    } else {
+                        core::ptr::null()
+                    };
                     match rows.div_ceil(lanes) {
-                        1 => edge::<S, 1, NR>(s, job, b, i, j, rows, cols),
-                        2 => edge::<S, 2, NR>(s, job, b, i, j, rows, cols),
-                        3 => edge::<S, 3, NR>(s, job, b, i, j, rows, cols),
-                        4 => edge::<S, 4, NR>(s, job, b, i, j, rows, cols),
-                        5 => edge::<S, 5, NR>(s, job, b, i, j, rows, cols),
-                        _ => edge::<S, MV, NR>(s, job, b, i, j, rows, cols),
+                        1 => edge::<S, 1, NR>(s, job, b, src, tile),
+                        2 => edge::<S, 2, NR>(s, job, b, src, tile),
+                        3 => edge::<S, 3, NR>(s, job, b, src, tile),
+                        4 => edge::<S, 4, NR>(s, job, b, src, tile),
+                        5 => edge::<S, 5, NR>(s, job, b, src, tile),
+                        _ => edge::<S, MV, NR>(s, job, b, src, tile),
                     }
                 }
             }
             ip += mr;
         }
         jp += NR;
+    }
+}
+
+/// Writes a tile of `mr` rows and `cols` columns: [`write_full_tile`] when
+/// it can, else [`write_tile`].
+///
+/// # Safety
+/// As [`write_tile`] with `rows = MV lanes`.
+#[inline(always)]
+unsafe fn write_any_tile<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    acc: &[[S::f32s; MV]; NR],
+    job: &BlockJob,
+    i: usize,
+    j: usize,
+    cols: usize,
+) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if cols == NR && job.c.rs == 1 {
+            write_full_tile::<S, MV, NR>(s, acc, job, i, j);
+        } else {
+            write_tile::<S, MV, NR>(s, acc, job, i, j, MV * S::F32_LANES, cols);
+        }
     }
 }
 
@@ -336,34 +559,50 @@ unsafe fn prefetch_tile(job: &BlockJob, i: usize, j: usize, rows: usize, cols: u
 }
 
 /// The partial row panel (packed at `job.a_edge`) with `MV2` vectors
-/// (`MV2 * lanes >= rows`).
+/// (`MV2 * lanes >= rows`). When `src` is non-null it is the panel's first
+/// row in `A` itself, read and packed into `job.a_edge` on the way.
 ///
 /// # Safety
-/// As [`compute_block`], for the column panel at `b` and the tile at `(i, j)`.
+/// As [`compute_block`], for the column panel at `b` and the tile
+/// `(i, j, rows, cols)`.
 #[inline(always)]
 unsafe fn edge<S: Simd, const MV2: usize, const NR: usize>(
     s: S,
     job: &BlockJob,
     b: *const f32,
-    i: usize,
-    j: usize,
-    rows: usize,
-    cols: usize,
+    src: *const f32,
+    (i, j, rows, cols): (usize, usize, usize, usize),
 ) {
     debug_assert!(MV2 * S::F32_LANES >= rows && MV2 * S::F32_LANES <= job.mr);
     // SAFETY: the packed edge panel has job.mr floats per step, of which the
-    // first MV2 vectors are read.
+    // first MV2 vectors are read (or written, when packing: `a_edge` then
+    // points into the task's own packing buffer); `src` (if non-null) has
+    // `rows` readable rows per step.
     unsafe {
-        let acc = microkernel::<S, MV2, NR>(
-            s,
-            job.kc,
-            job.a_edge,
-            job.mr as isize,
-            b,
-            job.b_step,
-            job.b_col,
-            cols,
-        );
-        write_tile::<S, MV2, NR>(s, &acc, job, i, j, rows, cols);
+        if src.is_null() {
+            let acc = microkernel::<S, MV2, NR>(
+                s,
+                job.kc,
+                job.a_edge,
+                job.mr as isize,
+                b,
+                job.b_step,
+                job.b_col,
+                cols,
+            );
+            write_tile::<S, MV2, NR>(s, &acc, job, i, j, rows, cols);
+        } else {
+            let acc = microkernel_packing::<S, MV2, NR, false>(
+                s,
+                job.kc,
+                (src, job.a_src_cs, rows),
+                (job.a_edge as *mut f32, job.mr as isize),
+                b,
+                job.b_step,
+                job.b_col,
+                cols,
+            );
+            write_tile::<S, MV2, NR>(s, &acc, job, i, j, rows, cols);
+        }
     }
 }
