@@ -334,7 +334,8 @@ fn gemm_matches_reference_on_random_shapes_every_layout() {
 }
 
 /// Shapes that cross every cache block boundary (k > KC, m > MC per thread,
-/// n > NC), so the multi-block accumulation and the block edges are exercised.
+/// n > NC), so the multi-block accumulation and the block edges are exercised,
+/// under both ways of sharing a call between threads (row and column groups).
 #[test]
 fn gemm_matches_reference_across_cache_blocks() {
     let mut rng = Rng::new(3);
@@ -372,6 +373,20 @@ fn gemm_matches_reference_across_cache_blocks() {
                 (col, col, col),
                 -1.0,
                 0.5,
+                par,
+            );
+            // Enough columns (over 16 register panels per thread at every
+            // ISA) that two threads split the call by columns, each packing
+            // several row blocks of A over two inner-dimension blocks.
+            check_plain(
+                isa,
+                &mut rng,
+                2 * MC + 45,
+                269,
+                KC + 7,
+                (Layout::ColMajor { pad: 1 }, col, col),
+                0.5,
+                1.0,
                 par,
             );
             check_plain(

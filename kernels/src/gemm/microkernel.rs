@@ -352,21 +352,36 @@ unsafe fn write_full_tile<S: Simd, const MV: usize, const NR: usize>(
     unsafe {
         let c = job.c.at(i, j);
         match job.epilogue {
-            RawEpilogue::None => store_full(s, acc, job, c, |t, _, _| t),
+            RawEpilogue::None => store_full(
+                s,
+                acc,
+                job,
+                c,
+                #[inline(always)]
+                |t, _, _| t,
+            ),
             RawEpilogue::BiasActivation { bias, activation } => {
-                let b: [S::f32s; MV] = core::array::from_fn(|v| {
-                    if bias.is_null() {
-                        s.splat_f32s(0.0)
-                    } else {
-                        (bias.add(i + v * lanes) as *const S::f32s).read_unaligned()
-                    }
-                });
+                let b: [S::f32s; MV] = core::array::from_fn(
+                    #[inline(always)]
+                    |v| {
+                        if bias.is_null() {
+                            s.splat_f32s(0.0)
+                        } else {
+                            (bias.add(i + v * lanes) as *const S::f32s).read_unaligned()
+                        }
+                    },
+                );
                 // One loop per activation, the activation constant in each.
                 macro_rules! with {
                     ($act:expr) => {
-                        store_full(s, acc, job, c, |t, v, _| {
-                            vmath::activate(s, $act, s.add_f32s(t, b[v]))
-                        })
+                        store_full(
+                            s,
+                            acc,
+                            job,
+                            c,
+                            #[inline(always)]
+                            |t, v, _| vmath::activate(s, $act, s.add_f32s(t, b[v])),
+                        )
                     };
                 }
                 match activation {
@@ -378,15 +393,22 @@ unsafe fn write_full_tile<S: Simd, const MV: usize, const NR: usize>(
             }
             RawEpilogue::ActivationDerivative { activation, output } => {
                 let o = output.at(i, j);
-                store_full(s, acc, job, c, |t, v, jj| {
-                    let out = load(
-                        s,
-                        o.offset(jj as isize * output.cs + (v * lanes) as isize * output.rs),
-                        output.rs,
-                        lanes,
-                    );
-                    s.mul_f32s(t, vmath::derivative_from_output(s, activation, out))
-                })
+                store_full(
+                    s,
+                    acc,
+                    job,
+                    c,
+                    #[inline(always)]
+                    |t, v, jj| {
+                        let out = load(
+                            s,
+                            o.offset(jj as isize * output.cs + (v * lanes) as isize * output.rs),
+                            output.rs,
+                            lanes,
+                        );
+                        s.mul_f32s(t, vmath::derivative_from_output(s, activation, out))
+                    },
+                )
             }
         }
     }
