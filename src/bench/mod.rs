@@ -8,25 +8,48 @@ pub mod step;
 
 use std::time::Instant;
 
+/// A batch of back-to-back calls lasts at least this long (see
+/// [`measure_interleaved`]).
+const BATCH_SECS: f64 = 1e-3;
+
 /// Times `ours` and `baseline` alternately, `reps` times each after one warm-up
-/// call of each, and returns the median seconds of each. Interleaving means a
-/// burst of load from elsewhere on the machine hits both sides alike.
+/// call of each, and returns the median seconds per call of each.
+/// Interleaving means a burst of load from elsewhere on the machine hits both
+/// sides alike.
+///
+/// Calls shorter than [`BATCH_SECS`] are timed in batches of back-to-back
+/// calls (the same count for both sides, at most 64), each batch counting as
+/// one repetition. Timed one by one, a call of a few microseconds mostly
+/// measured the other side's thread pool: matrixmultiply's and rayon's
+/// workers each wait for work for a while after a call, and on two cores
+/// the side that runs next shares them with the waiting pool (our 250x30x256
+/// GEMM measured 126-146 GFLOP/s after each matrixmultiply call, 290-330
+/// after each faer call, which uses our rayon pool). In a batch, only its
+/// first call pays that, as in a training step, where the GEMMs run back to
+/// back on one pool.
 pub fn measure_interleaved(
     reps: usize,
     mut ours: impl FnMut(),
     mut baseline: impl FnMut(),
 ) -> (f64, f64) {
+    let t = Instant::now();
     ours();
+    let one = t.elapsed().as_secs_f64();
     baseline();
+    let batch = ((BATCH_SECS / one.max(1e-9)).ceil() as usize).clamp(1, 64);
     let mut t_ours = Vec::with_capacity(reps);
     let mut t_base = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        ours();
-        t_ours.push(t.elapsed().as_secs_f64());
+        for _ in 0..batch {
+            ours();
+        }
+        t_ours.push(t.elapsed().as_secs_f64() / batch as f64);
         let t = Instant::now();
-        baseline();
-        t_base.push(t.elapsed().as_secs_f64());
+        for _ in 0..batch {
+            baseline();
+        }
+        t_base.push(t.elapsed().as_secs_f64() / batch as f64);
     }
     (median(&mut t_ours), median(&mut t_base))
 }
