@@ -147,8 +147,8 @@ const COLUMN_SPLIT_PANELS: usize = 16;
 
 /// How a call is shared between threads.
 ///
-/// * `columns_ok` (both `A` and `B` column-major, so `A` is packed by the
-///   microkernels and `B` read in place) and at least
+/// * `columns_ok` (`B` read in place, `A` column-major, packed by the
+///   microkernels, or row-major, packed by register transposes) and at least
 ///   [`COLUMN_SPLIT_PANELS`] column panels per thread: one column group per
 ///   thread, each packing all of `A` for itself. Measured on the `deep`
 ///   layers at minibatch 256, interleaved with faer on 2 threads: 4-9%
@@ -375,7 +375,11 @@ pub fn gemm_fused_with_isa(
     let alpha = if k_eff == 0 { 0.0 } else { alpha };
     let threads = threads_for(par, m, n, k);
     let (mr, nr) = register_tile(isa);
-    let columns_ok = a.row_stride() == 1 && b.row_stride() == 1;
+    // A column-major A is packed by the microkernels; a row-major one (a
+    // transposed view such as W^T) by 16 x 16 register transposes with
+    // AVX-512: either is cheap enough for each thread to pack all of A.
+    let columns_ok =
+        b.row_stride() == 1 && (a.row_stride() == 1 || (a.col_stride() == 1 && isa == Isa::Avx512));
     let TaskGrid { tm, tn, a_len } = task_grid(
         threads,
         div_ceil(m, mr),

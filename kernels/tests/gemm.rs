@@ -377,18 +377,22 @@ fn gemm_matches_reference_across_cache_blocks() {
             );
             // Enough columns (over 16 register panels per thread at every
             // ISA) that two threads split the call by columns, each packing
-            // several row blocks of A over two inner-dimension blocks.
-            check_plain(
-                isa,
-                &mut rng,
-                2 * MC + 45,
-                269,
-                KC + 7,
-                (Layout::ColMajor { pad: 1 }, col, col),
-                0.5,
-                1.0,
-                par,
-            );
+            // several row blocks of A over two inner-dimension blocks; A
+            // column-major (packed by the microkernels) and row-major
+            // (packed by 16 x 16 transposes with AVX-512).
+            for a_layout in [Layout::ColMajor { pad: 1 }, Layout::Transposed { pad: 2 }] {
+                check_plain(
+                    isa,
+                    &mut rng,
+                    2 * MC + 45,
+                    269,
+                    KC + 7,
+                    (a_layout, col, col),
+                    0.5,
+                    1.0,
+                    par,
+                );
+            }
             check_plain(
                 isa,
                 &mut rng,

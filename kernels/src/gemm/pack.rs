@@ -124,6 +124,11 @@ impl pulp::WithSimd for PackA {
                     );
                 }
             } else if a.cs == 1 {
+                #[cfg(target_arch = "x86_64")]
+                if lanes == 16 && mr.is_multiple_of(16) && crate::Isa::Avx512.is_available() {
+                    // SAFETY: AVX-512F is available (checked just above).
+                    return pack_a_rows_avx512(dst, a, i0, mc, p0, kc, mr);
+                }
                 pack_a_rows(dst, a, i0, mc, p0, kc, mr);
             } else {
                 pack_a(dst, a, i0, mc, p0, kc, mr);
@@ -180,6 +185,105 @@ unsafe fn pack_a_rows(
         // SAFETY: one full panel (mr * kc floats) was just written.
         panel = unsafe { panel.add(mr * kc) };
         i += mr;
+    }
+}
+
+/// [`pack_a_rows`] with AVX-512: 16 x 16 blocks of the row-major `A` (16
+/// rows, 16 consecutive columns each, masked at the end of the block) are
+/// loaded as 16 vectors, transposed in registers and stored as 16 steps of
+/// 16 rows of the panel. The scalar scatter made a GEMM with a transposed
+/// `A` (the backward pass's `W^T E`) 5-17% slower than with a column-major
+/// one at the `paper` layers.
+///
+/// # Safety
+/// As [`pack_a`], with `a.cs == 1` and `mr` a multiple of 16; the CPU must
+/// support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a_rows_avx512(
+    dst: *mut f32,
+    a: RawMat,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    mr: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.cs == 1 && mr.is_multiple_of(16));
+    let mut i = 0;
+    let mut panel = dst;
+    while i < mc {
+        let rows = mr.min(mc - i);
+        let mut pb = 0;
+        while pb < kc {
+            let w = 16.min(kc - pb);
+            let mask: __mmask16 = if w == 16 { 0xffff } else { (1u16 << w) - 1 };
+            for rb in 0..mr / 16 {
+                let mut v = [_mm512_setzero_ps(); 16];
+                for (x, vx) in v.iter_mut().enumerate() {
+                    let r = rb * 16 + x;
+                    if r < rows {
+                        // SAFETY: row i0+i+r is inside the block, and the
+                        // mask covers columns p0+pb .. p0+pb+w, inside it too;
+                        // masked-off lanes are not accessed.
+                        *vx = unsafe { _mm512_maskz_loadu_ps(mask, a.at(i0 + i + r, p0 + pb)) };
+                    }
+                }
+                transpose_16x16(&mut v);
+                for (c, &vc) in v.iter().enumerate().take(w) {
+                    // SAFETY: step pb+c < kc, rows rb*16 .. +16 < mr of this
+                    // panel, which lies inside `dst` (caller contract).
+                    unsafe { _mm512_storeu_ps(panel.add((pb + c) * mr + rb * 16), vc) };
+                }
+            }
+            pb += w;
+        }
+        // SAFETY: one full panel (mr * kc floats) was just written.
+        panel = unsafe { panel.add(mr * kc) };
+        i += mr;
+    }
+}
+
+/// Transposes the 16 x 16 matrix whose rows are `r` in place (afterwards
+/// `r[c]` holds column `c`): 32-bit and 64-bit unpacks, then two rounds of
+/// 128-bit lane shuffles, 64 shuffles in all.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose_16x16(r: &mut [std::arch::x86_64::__m512; 16]) {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let lo = |x: __m512, y: __m512| {
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)))
+    };
+    let hi = |x: __m512, y: __m512| {
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)))
+    };
+    for i in 0..4 {
+        let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        r[4 * i] = lo(a, c);
+        r[4 * i + 1] = hi(a, c);
+        r[4 * i + 2] = lo(b, d);
+        r[4 * i + 3] = hi(b, d);
+    }
+    for i in 0..2 {
+        for j in 0..4 {
+            let (x, y) = (r[8 * i + j], r[8 * i + j + 4]);
+            t[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(x, y);
+            t[8 * i + j + 4] = _mm512_shuffle_f32x4::<0xdd>(x, y);
+        }
+    }
+    for j in 0..8 {
+        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
+        r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
     }
 }
 
