@@ -205,6 +205,8 @@ fn syrk_matches_f64_reference_within_gamma_b() {
         (129, 7),
         (200, 40),
         (45, 600),
+        // Three inner-dimension chunks of the packed product (KC = 1024).
+        (37, 2100),
     ];
     for isa in Isa::available() {
         for par in pars() {
