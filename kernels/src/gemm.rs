@@ -10,25 +10,28 @@
 //! minibatch) is read in place; other layouts are packed into a shared
 //! `KC x NC` buffer first. A column-major `A` is packed by the microkernels
 //! of each block's first column panel, which load it for the product anyway;
-//! other layouts by a packing pass before the block. On the last `KC` block the epilogue (bias +
-//! activation, or activation derivative) is applied to the registers before the
-//! one store of the tile, so a fused forward pass costs no extra pass over
-//! memory.
+//! a row-major one (a transposed view such as `W^T`) by 16 x 16 register
+//! transposes with AVX-512, other layouts by a scalar packing pass. On the
+//! last `KC` block the epilogue (bias + activation, or activation derivative)
+//! is applied to the registers before the one store of the tile, so a fused
+//! forward pass costs no extra pass over memory.
 //!
-//! Parallelism (`Par::Rayon(t)`): `C` is split into a grid of tile-aligned
-//! rectangles, row groups first (they share `B`, and each row of `A` is packed
-//! by one task only), about four tasks per thread so that rayon can rebalance
-//! when the OS deschedules a worker. Each task packs its `A` blocks into its own
-//! part of the scratch.
+//! Parallelism (`Par::Rayon(t)`): with `B` read in place, a cheaply packed
+//! `A` and at least 16 column panels per thread, one column group per thread,
+//! each packing all of `A` (see `task_grid`); otherwise a grid of tile-aligned
+//! rectangles, row groups first (they share `B`, and each row of `A` is
+//! packed by one task only), about four tasks per thread so that rayon can
+//! rebalance when the OS deschedules a worker. Each task packs its `A` blocks
+//! into its own part of the scratch.
 //!
 //! # Performance (this 2-core AVX-512 machine, shared, so figures are noisy)
 //!
 //! FMA peak, measured by [`fma_peak_loop`] (24 independent register-resident
-//! 512-bit FMA chains, best of 200 runs of 0.4 ms): about 255-265 GFLOP/s on
-//! one core, about 505 on two. One core, best of many runs: 1000x784x256 about
-//! 210-225 GFLOP/s (faer 230-245), 500x250x256 about 225-235 (faer 235-240);
-//! 1024^3 between 115 and 215 depending on the load from other processes.
-//! `natgrad bench kernels --quick --json` prints the current ratios.
+//! 512-bit FMA chains, best of 200 runs of 0.4 ms): 230-260 GFLOP/s on one
+//! core, 470-505 on two. 1024^3: 87-92% of it on one core, 86-89% on two,
+//! 1.01-1.03 of faer; the `deep` layers at minibatch 256 on two threads
+//! 1.01-1.08 of faer. `natgrad bench kernels --quick --json` prints the
+//! current ratios; the README's performance section has the day's figures.
 
 mod microkernel;
 mod pack;

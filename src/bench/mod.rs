@@ -17,7 +17,7 @@ const BATCH_SECS: f64 = 1e-3;
 /// Interleaving means a burst of load from elsewhere on the machine hits both
 /// sides alike.
 ///
-/// Calls shorter than [`BATCH_SECS`] are timed in batches of back-to-back
+/// Calls shorter than `BATCH_SECS` (1 ms) are timed in batches of back-to-back
 /// calls (the same count for both sides, at most 64), each batch counting as
 /// one repetition. Timed one by one, a call of a few microseconds mostly
 /// measured the other side's thread pool: matrixmultiply's and rayon's
