@@ -111,6 +111,28 @@ pub(crate) struct BlockJob {
     pub epilogue: RawEpilogue,
 }
 
+/// One step of the microkernels: `acc[j] += av * b[col_off[j]]` for every
+/// column `j` of the tile (one broadcast of `B` per column, `MV` FMAs).
+///
+/// # Safety
+/// `b + col_off[j]` must be readable for every `j < NR`.
+#[inline(always)]
+unsafe fn rank_one_step<S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    acc: &mut [[S::f32s; MV]; NR],
+    av: &[S::f32s; MV],
+    b: *const f32,
+    col_off: &[isize; NR],
+) {
+    for (acc_j, &off) in acc.iter_mut().zip(col_off) {
+        // SAFETY: readable (caller contract).
+        let bj = s.splat_f32s(unsafe { *b.offset(off) });
+        for (x, &y) in acc_j.iter_mut().zip(av) {
+            *x = s.mul_add_e_f32s(y, bj, *x);
+        }
+    }
+}
+
 /// `acc = A_panel * B_panel` over `kc` steps: step `p` reads the `MV` vectors
 /// at `a + p a_step` and broadcasts `b + p b_step + j b_col` for `j < cols`.
 ///
@@ -138,14 +160,11 @@ unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
     for _ in 0..kc {
         // SAFETY: step p < kc of both panels is readable (caller contract).
         unsafe {
-            let av: [S::f32s; MV] =
-                core::array::from_fn(|v| (a.add(v * lanes) as *const S::f32s).read_unaligned());
-            for (j, acc_j) in acc.iter_mut().enumerate() {
-                let bj = s.splat_f32s(*b.offset(col_off[j]));
-                for v in 0..MV {
-                    acc_j[v] = s.mul_add_e_f32s(av[v], bj, acc_j[v]);
-                }
-            }
+            let av: [S::f32s; MV] = core::array::from_fn(
+                #[inline(always)]
+                |v| (a.add(v * lanes) as *const S::f32s).read_unaligned(),
+            );
+            rank_one_step(s, &mut acc, &av, b, &col_off);
             a = a.offset(a_step);
             b = b.offset(b_step);
         }
@@ -206,12 +225,7 @@ unsafe fn microkernel_packing<S: Simd, const MV: usize, const NR: usize, const F
                     src.wrapping_offset(PF_STEPS * src_cs + (v * lanes) as isize) as *const i8,
                 );
             }
-            for (j, acc_j) in acc.iter_mut().enumerate() {
-                let bj = s.splat_f32s(*b.offset(col_off[j]));
-                for v in 0..MV {
-                    acc_j[v] = s.mul_add_e_f32s(av[v], bj, acc_j[v]);
-                }
-            }
+            rank_one_step(s, &mut acc, &av, b, &col_off);
             // Wrapping: after the last step the pointers may lie past the
             // end of A (a whole column stride) and are not used again.
             src = src.wrapping_offset(src_cs);
