@@ -72,9 +72,10 @@ unsafe impl Sync for RawEpilogue {}
 /// packed `B` panels of the thread's columns, written into `C`.
 #[derive(Clone, Copy)]
 pub(crate) struct BlockJob {
-    /// First full row panel of `A` (packed, or `A` itself when its rows are
-    /// contiguous); panel `q` starts at `a + q a_panel`, and step `p` of a panel
-    /// at `+ p a_step`. Only full panels (`mr` rows) are read from here.
+    /// First full row panel of the packed `A` (written by the first column
+    /// panel when `a_src` is non-null, else packed beforehand); panel `q`
+    /// starts at `a + q a_panel`, and step `p` of a panel at `+ p a_step`.
+    /// Only full panels (`mr` rows) are read from here.
     pub a: *const f32,
     pub a_panel: isize,
     pub a_step: isize,
