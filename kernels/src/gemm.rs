@@ -16,13 +16,12 @@
 //! is applied to the registers before the one store of the tile, so a fused
 //! forward pass costs no extra pass over memory.
 //!
-//! Parallelism (`Par::Rayon(t)`): with `B` read in place, a cheaply packed
-//! `A` and at least 16 column panels per thread, one column group per thread,
-//! each packing all of `A` (see `task_grid`); otherwise a grid of tile-aligned
-//! rectangles, row groups first (they share `B`, and each row of `A` is
-//! packed by one task only), about four tasks per thread so that rayon can
-//! rebalance when the OS deschedules a worker. Each task packs its `A` blocks
-//! into its own part of the scratch.
+//! Parallelism (`Par::Rayon(t)`): one task per thread, task `i` taking the
+//! `i`-th equal run of the register tiles of `C` in row-major (row tile,
+//! column panel) order, i.e. whole row tiles with at most a partial one at
+//! each end (see `task_grid`). The tasks' work is equal to one tile; each
+//! packs the rows of `A` it needs into its own part of the scratch, so only
+//! a row tile cut between two tasks is packed twice.
 //!
 //! # Performance (this 2-core AVX-512 machine, shared, so figures are noisy)
 //!
@@ -130,68 +129,42 @@ fn threads_for(par: Par, m: usize, n: usize, k: usize) -> usize {
     }
 }
 
-/// Tasks per thread: the work is over-decomposed so that when the OS
-/// deschedules one worker (the machine is shared), the others steal its
-/// remaining tasks instead of waiting for it.
-const TASKS_PER_THREAD: usize = 4;
-
-/// How a call is cut into tasks: a `tm x tn` grid of tile-aligned rectangles of
-/// `C`, each with its own packed-`A` buffer of `a_len` floats.
+/// How a call is cut into tasks: one task per thread, each with its own
+/// packed-`A` buffer of `a_len` floats.
 #[derive(Clone, Copy, Debug)]
 struct TaskGrid {
-    tm: usize,
-    tn: usize,
+    tasks: usize,
     a_len: usize,
 }
 
-/// Column panels each thread must get before a call is split by columns
-/// only (see [`task_grid`]).
-const COLUMN_SPLIT_PANELS: usize = 16;
-
-/// How a call is shared between threads.
+/// How a call is shared between threads: task `t` of `threads` takes the
+/// `t`-th equal run of the register tiles in row-major (row tile, column
+/// panel) order ([`linear_rects`]). The tasks' work differs by at most one
+/// tile, whatever the shape, and neighbours share at most one row tile, so
+/// each row of `A` is packed by at most two tasks while `B` is read (or
+/// packed once) for all.
 ///
-/// * `columns_ok` (`B` read in place, `A` column-major, packed by the
-///   microkernels, or row-major, packed by register transposes) and at least
-///   [`COLUMN_SPLIT_PANELS`] column panels per thread: one column group per
-///   thread, each packing all of `A` for itself. Measured on the `deep`
-///   layers at minibatch 256, interleaved with faer on 2 threads: 4-9%
-///   faster than row groups (1000x784 0.93-0.95 -> 1.01-1.02 of faer,
-///   500x250 0.87-0.89 -> 0.92), the same at 1024^3; slower with fewer
-///   panels (minibatch 100: 0.87 -> 0.81 at 1000x784), hence the threshold.
-/// * Otherwise row groups first (they share `B`, and `A` is packed once);
-///   column groups only when there are fewer than two row tiles per thread.
+/// Measured against the grids it replaced (2 threads, interleaved in one
+/// process, `deep` layer shapes): 1.02 (geometric mean) faster than one
+/// column group per thread, each packing all of `A`, at minibatch 256; 1.11
+/// faster than row groups (four per thread, for rayon to rebalance) at
+/// minibatch 100; 1.13 and 1.10 faster at the weight-gradient products
+/// `E X^T` (packed `B`) at minibatch 256 and 100; the same at minibatch 1-20
+/// and at 1024^3.
 ///
-/// `tiles_m`, `tiles_n` count register tiles; `kc` is the block depth the
-/// `A` buffers must hold.
-fn task_grid(
-    threads: usize,
-    tiles_m: usize,
-    tiles_n: usize,
-    kc: usize,
-    mr: usize,
-    columns_ok: bool,
-) -> TaskGrid {
-    let tiles_m = tiles_m.max(1);
-    let tiles_n = tiles_n.max(1);
-    let (tm, tn) = if threads <= 1 {
-        (1, 1)
-    } else if columns_ok && tiles_n >= COLUMN_SPLIT_PANELS * threads {
-        (1, threads)
+/// `tiles_m` counts row tiles; `kc` is the block depth the `A` buffers must
+/// hold.
+fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> TaskGrid {
+    let tasks = threads.max(1);
+    // A task's rectangles span at most ceil(tiles_m / tasks) + 1 row tiles
+    // (a partial first and last row tile around whole ones).
+    let rows = if tasks == 1 {
+        tiles_m.max(1) * mr
     } else {
-        let want = threads * TASKS_PER_THREAD;
-        let tm = tiles_m.min(want);
-        if tm >= 2 * threads {
-            // Enough row groups to balance: a column split would pack the
-            // same rows of A once per column group.
-            (tm, 1)
-        } else {
-            (tm, tiles_n.min(div_ceil(want, tm)))
-        }
+        (div_ceil(tiles_m.max(1), tasks) + 1) * mr
     };
-    let rows = div_ceil(tiles_m, tm) * mr;
     TaskGrid {
-        tm,
-        tn,
+        tasks,
         a_len: round_up(MC.min(rows) * kc, ALIGN / 4),
     }
 }
@@ -201,19 +174,12 @@ fn task_grid(
 /// every task grid such a call can choose, so that a workspace sized for the
 /// largest minibatch also serves a smaller one.
 fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> usize {
-    let (mr, nr) = register_tile(isa);
+    let (mr, _) = register_tile(isa);
     let kc = kc_bound(k);
-    let tiles_n = div_ceil(n, nr);
     let mut a_len = 0;
     for t in [1, threads] {
-        // The A part is not monotone in the number of row tiles (the grid
-        // changes shape), so take every row-tile count up to m's.
-        for tiles_m in 1..=div_ceil(m, mr).max(1) {
-            for columns_ok in [false, true] {
-                let grid = task_grid(t, tiles_m, tiles_n, kc, mr, columns_ok);
-                a_len = a_len.max(grid.tm * grid.tn * grid.a_len);
-            }
-        }
+        let grid = task_grid(t, div_ceil(m, mr), kc, mr);
+        a_len = a_len.max(grid.tasks * grid.a_len);
     }
     a_len + b_block_len(n, kc)
 }
@@ -221,6 +187,59 @@ fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> 
 /// The `part`-th of `parts` near-equal shares of `units` units, as a range.
 fn share(units: usize, parts: usize, part: usize) -> (usize, usize) {
     (units * part / parts, units * (part + 1) / parts)
+}
+
+/// A rectangle of register tiles: row tiles `tiles.0 .. tiles.1`, column
+/// panels `panels.0 .. panels.1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TileRect {
+    tiles: (usize, usize),
+    panels: (usize, usize),
+}
+
+/// The `part`-th of `parts` equal runs of the `tiles_m x panels_n` register
+/// tiles taken in row-major order, as at most three rectangles: the end of a
+/// first row tile, whole row tiles, the start of a last row tile (empty ones
+/// left out). Neighbouring parts share at most one row tile, so each row of
+/// `A` is packed by at most two tasks, and the parts differ by at most one
+/// tile of work.
+fn linear_rects(
+    tiles_m: usize,
+    panels_n: usize,
+    parts: usize,
+    part: usize,
+) -> impl Iterator<Item = TileRect> {
+    let (u0, u1) = share(tiles_m * panels_n, parts, part);
+    let (i0, j0) = (u0 / panels_n.max(1), u0 % panels_n.max(1));
+    let (i1, j1) = (u1 / panels_n.max(1), u1 % panels_n.max(1));
+    let rects = if u0 == u1 {
+        [None, None, None]
+    } else if i0 == i1 {
+        [
+            Some(TileRect {
+                tiles: (i0, i0 + 1),
+                panels: (j0, j1),
+            }),
+            None,
+            None,
+        ]
+    } else {
+        let head = (j0 > 0).then_some(TileRect {
+            tiles: (i0, i0 + 1),
+            panels: (j0, panels_n),
+        });
+        let body_start = if j0 > 0 { i0 + 1 } else { i0 };
+        let body = (body_start < i1).then_some(TileRect {
+            tiles: (body_start, i1),
+            panels: (0, panels_n),
+        });
+        let tail = (j1 > 0).then_some(TileRect {
+            tiles: (i1, i1 + 1),
+            panels: (0, j1),
+        });
+        [head, body, tail]
+    };
+    rects.into_iter().flatten()
 }
 
 /// What is applied to each element of `C` while it is still in registers,
@@ -378,20 +397,8 @@ pub fn gemm_fused_with_isa(
     let alpha = if k_eff == 0 { 0.0 } else { alpha };
     let threads = threads_for(par, m, n, k);
     let (mr, nr) = register_tile(isa);
-    // A column-major A is packed by the microkernels; a row-major one (a
-    // transposed view such as W^T) by 16 x 16 register transposes with
-    // AVX-512: either is cheap enough for each thread to pack all of A.
-    let columns_ok =
-        b.row_stride() == 1 && (a.row_stride() == 1 || (a.col_stride() == 1 && isa == Isa::Avx512));
-    let TaskGrid { tm, tn, a_len } = task_grid(
-        threads,
-        div_ceil(m, mr),
-        div_ceil(n, nr),
-        kc_for(k),
-        mr,
-        columns_ok,
-    );
-    let tasks = tm * tn;
+    let tiles_m = div_ceil(m, mr);
+    let TaskGrid { tasks, a_len } = task_grid(threads, tiles_m, kc_for(k), mr);
     let kc = kc_for(k_eff);
     let (scratch, _) =
         stack.make_aligned_uninit::<f32>(tasks * a_len + b_block_len(n, kc_for(k)), ALIGN);
@@ -412,7 +419,6 @@ pub fn gemm_fused_with_isa(
         rs: c.row_stride(),
         cs: c.col_stride(),
     };
-    let tiles_m = div_ceil(m, mr);
     // B with unit row stride is read in place by the microkernel (its columns
     // give the broadcasts; a 4-column panel of KC steps stays in L1), saving
     // the packing pass. A is always packed: read in place, a row panel's
@@ -424,20 +430,20 @@ pub fn gemm_fused_with_isa(
     // of the L3 and cost 5-8% of the time at the `deep` shapes.
     let b_direct = b.rs == 1;
 
-    // One task's share of the block of C at columns j0.. and inner steps
-    // p0..: pack its rows of A, run the microkernels. `b_base` is the packed
-    // B block of these (j0, p0) when B is not read in place.
-    let work =
-        |tid: usize, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
+    // One rectangle of register tiles of the block of C at columns j0.. and
+    // inner steps p0..: pack its rows of A, run the microkernels. `b_base` is
+    // the packed B block of these (j0, p0) when B is not read in place.
+    let rect_work =
+        |rect: TileRect, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
             let nc = NC.min(n - j0);
-            let panels_n = div_ceil(nc, nr);
             let kcb = kc.min(k_eff - p0);
             let first = p0 == 0;
             let last = p0 + kcb == k_eff;
             let panel_len = nr * kcb;
-            let (ti, tj) = (tid / tn, tid % tn);
-            let (tile0, tile1) = share(tiles_m, tm, ti);
-            let (panel0, panel1) = share(panels_n, tn, tj);
+            let TileRect {
+                tiles: (tile0, tile1),
+                panels: (panel0, panel1),
+            } = rect;
             if tile0 == tile1 || panel0 == panel1 {
                 return;
             }
@@ -544,6 +550,14 @@ pub fn gemm_fused_with_isa(
                 i0 += mc;
             }
         };
+    // Task `tid`'s share of that block.
+    let work =
+        |tid: usize, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
+            let panels_n = div_ceil(NC.min(n - j0), nr);
+            for rect in linear_rects(tiles_m, panels_n, tasks, tid) {
+                rect_work(rect, a_buf, j0, p0, b_base);
+            }
+        };
     // Run `each(tid, a_buf)` for every task, in parallel when there are several.
     let for_tasks = |a_scratch: &mut [MaybeUninit<f32>],
                      each: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)| {
@@ -580,7 +594,7 @@ pub fn gemm_fused_with_isa(
         let nc = NC.min(n - j0);
         let panels_n = div_ceil(nc, nr);
         if b_direct {
-            // Nothing is shared between tasks: each owns its rectangle of C
+            // Nothing is shared between tasks: each owns its tiles of C
             // for the whole inner dimension, so one parallel region (no
             // barrier per KC block, and a stolen task carries all its blocks).
             let unused = SendPtr(std::ptr::null());
@@ -748,4 +762,54 @@ pub fn matrixmultiply_gemm(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{linear_rects, TileRect};
+
+    /// Every register tile lands in exactly one part, the parts' tile counts
+    /// differ by at most one, each part is at most three rectangles, and
+    /// neighbouring parts share at most one row tile.
+    #[test]
+    fn linear_rects_partition_the_tiles_evenly() {
+        for tiles_m in 1..=9 {
+            for panels_n in 1..=7 {
+                for parts in 1..=5 {
+                    let mut owner = vec![usize::MAX; tiles_m * panels_n];
+                    let mut counts = Vec::new();
+                    let mut rows = Vec::new();
+                    for part in 0..parts {
+                        let rects: Vec<TileRect> =
+                            linear_rects(tiles_m, panels_n, parts, part).collect();
+                        assert!(rects.len() <= 3, "{rects:?}");
+                        let mut count = 0;
+                        let mut part_rows = Vec::new();
+                        for r in &rects {
+                            assert!(r.tiles.0 < r.tiles.1 && r.tiles.1 <= tiles_m, "{r:?}");
+                            assert!(r.panels.0 < r.panels.1 && r.panels.1 <= panels_n, "{r:?}");
+                            for i in r.tiles.0..r.tiles.1 {
+                                part_rows.push(i);
+                                for j in r.panels.0..r.panels.1 {
+                                    let u = i * panels_n + j;
+                                    assert_eq!(owner[u], usize::MAX, "tile ({i}, {j}) twice");
+                                    owner[u] = part;
+                                    count += 1;
+                                }
+                            }
+                        }
+                        counts.push(count);
+                        rows.push(part_rows);
+                    }
+                    assert!(owner.iter().all(|&o| o < parts), "a tile has no part");
+                    let (lo, hi) = (counts.iter().min(), counts.iter().max());
+                    assert!(hi.unwrap() - lo.unwrap() <= 1, "{counts:?}");
+                    for w in rows.windows(2) {
+                        let shared = w[0].iter().filter(|i| w[1].contains(i)).count();
+                        assert!(shared <= 1, "{tiles_m}x{panels_n}/{parts}: {rows:?}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -335,7 +335,8 @@ fn gemm_matches_reference_on_random_shapes_every_layout() {
 
 /// Shapes that cross every cache block boundary (k > KC, m > MC per thread,
 /// n > NC), so the multi-block accumulation and the block edges are exercised,
-/// under both ways of sharing a call between threads (row and column groups).
+/// with the threads' equal runs of register tiles ending inside a row tile
+/// (both tasks then pack that row tile's `A`).
 #[test]
 fn gemm_matches_reference_across_cache_blocks() {
     let mut rng = Rng::new(3);
@@ -375,19 +376,25 @@ fn gemm_matches_reference_across_cache_blocks() {
                 0.5,
                 par,
             );
-            // Enough columns (over 16 register panels per thread at every
-            // ISA) that two threads split the call by columns, each packing
-            // several row blocks of A over two inner-dimension blocks; A
+            // Several row blocks of A per task over two inner-dimension
+            // blocks, the tasks' boundary inside a row tile with AVX-512
+            // (17 row tiles of 34 panels: 289 = 8 x 34 + 17 each) and AVX2
+            // (51 of 45: 1147 = 25 x 45 + 22); A
             // column-major (packed by the microkernels) and row-major
-            // (packed by 16 x 16 transposes with AVX-512).
-            for a_layout in [Layout::ColMajor { pad: 1 }, Layout::Transposed { pad: 2 }] {
+            // (packed by 16 x 16 transposes with AVX-512), B read in place
+            // and packed (transposed).
+            for (a_layout, b_layout) in [
+                (Layout::ColMajor { pad: 1 }, col),
+                (Layout::Transposed { pad: 2 }, col),
+                (Layout::ColMajor { pad: 0 }, Layout::Transposed { pad: 1 }),
+            ] {
                 check_plain(
                     isa,
                     &mut rng,
                     2 * MC + 45,
                     269,
                     KC + 7,
-                    (a_layout, col, col),
+                    (a_layout, b_layout, col),
                     0.5,
                     1.0,
                     par,
