@@ -71,6 +71,15 @@ pub fn register_tile(isa: Isa) -> (usize, usize) {
     }
 }
 
+/// f32 lanes of a vector at instruction set `isa`.
+fn lanes(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Scalar => 1,
+    }
+}
+
 /// Runs `op` with the SIMD token of `isa`.
 pub(crate) fn dispatch<Op: pulp::WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Error> {
     use pulp::Simd;
@@ -157,12 +166,14 @@ struct TaskGrid {
 fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> TaskGrid {
     let tasks = threads.max(1);
     // A task's rectangles span at most ceil(tiles_m / tasks) + 1 row tiles
-    // (a partial first and last row tile around whole ones).
+    // of equal cost (a partial first and last one around whole ones); a
+    // cheaper last row tile and the rounding of the cuts (`linear_cut`) may
+    // add one, hence + 2.
     let rows = if tasks == 1 {
-        tiles_m.max(1) * mr
+        tiles_m.max(1)
     } else {
-        (div_ceil(tiles_m.max(1), tasks) + 1) * mr
-    };
+        tiles_m.min(div_ceil(tiles_m, tasks) + 2).max(1)
+    } * mr;
     TaskGrid {
         tasks,
         a_len: round_up(MC.min(rows) * kc, ALIGN / 4),
@@ -184,11 +195,6 @@ fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> 
     a_len + b_block_len(n, kc)
 }
 
-/// The `part`-th of `parts` near-equal shares of `units` units, as a range.
-fn share(units: usize, parts: usize, part: usize) -> (usize, usize) {
-    (units * part / parts, units * (part + 1) / parts)
-}
-
 /// A rectangle of register tiles: row tiles `tiles.0 .. tiles.1`, column
 /// panels `panels.0 .. panels.1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,19 +203,65 @@ struct TileRect {
     panels: (usize, usize),
 }
 
-/// The `part`-th of `parts` equal runs of the `tiles_m x panels_n` register
-/// tiles taken in row-major order, as at most three rectangles: the end of a
-/// first row tile, whole row tiles, the start of a last row tile (empty ones
-/// left out). Neighbouring parts share at most one row tile, so each row of
-/// `A` is packed by at most two tasks, and the parts differ by at most one
-/// tile of work.
+/// The cost of register tiles, in vectors of `A` per inner step: `full` for
+/// a whole row tile, `last` for the last row tile (a partial one runs a
+/// narrower microkernel, e.g. one vector for the 10 rows left of m = 250 by
+/// 48-row tiles, whose time is about a third of a whole tile's).
+#[derive(Clone, Copy, Debug)]
+struct TileCost {
+    full: usize,
+    last: usize,
+}
+
+impl TileCost {
+    /// The cost of the tiles of `m` rows cut into `mr`-row tiles of
+    /// `lanes`-wide vectors.
+    fn new(m: usize, mr: usize, lanes: usize) -> TileCost {
+        let rem = m % mr;
+        TileCost {
+            full: mr / lanes,
+            last: if rem == 0 {
+                mr / lanes
+            } else {
+                rem.div_ceil(lanes)
+            },
+        }
+    }
+}
+
+/// The first tile (in row-major order over `tiles_m x panels_n` tiles) of
+/// part `part` of `parts` runs of equal cost, cut to the nearest tile.
+fn linear_cut(tiles_m: usize, panels_n: usize, cost: TileCost, parts: usize, part: usize) -> usize {
+    let units = tiles_m * panels_n;
+    if part >= parts || units == 0 {
+        return units;
+    }
+    let body = (tiles_m - 1) * panels_n * cost.full;
+    let total = body + panels_n * cost.last;
+    let target = total * part / parts;
+    let u = if target <= body {
+        (target + cost.full / 2) / cost.full
+    } else {
+        (tiles_m - 1) * panels_n + (target - body + cost.last / 2) / cost.last
+    };
+    u.min(units)
+}
+
+/// The `part`-th of `parts` runs of equal cost ([`TileCost`]) of the
+/// `tiles_m x panels_n` register tiles taken in row-major order, as at most
+/// three rectangles: the end of a first row tile, whole row tiles, the start
+/// of a last row tile (empty ones left out). Neighbouring parts share at most
+/// one row tile, so each row of `A` is packed by at most two tasks, and the
+/// parts' costs differ by at most one whole tile's.
 fn linear_rects(
     tiles_m: usize,
     panels_n: usize,
+    cost: TileCost,
     parts: usize,
     part: usize,
 ) -> impl Iterator<Item = TileRect> {
-    let (u0, u1) = share(tiles_m * panels_n, parts, part);
+    let u0 = linear_cut(tiles_m, panels_n, cost, parts, part);
+    let u1 = linear_cut(tiles_m, panels_n, cost, parts, part + 1);
     let (i0, j0) = (u0 / panels_n.max(1), u0 % panels_n.max(1));
     let (i1, j1) = (u1 / panels_n.max(1), u1 % panels_n.max(1));
     let rects = if u0 == u1 {
@@ -398,6 +450,7 @@ pub fn gemm_fused_with_isa(
     let threads = threads_for(par, m, n, k);
     let (mr, nr) = register_tile(isa);
     let tiles_m = div_ceil(m, mr);
+    let cost = TileCost::new(m, mr, lanes(isa));
     let TaskGrid { tasks, a_len } = task_grid(threads, tiles_m, kc_for(k), mr);
     let kc = kc_for(k_eff);
     let (scratch, _) =
@@ -554,7 +607,7 @@ pub fn gemm_fused_with_isa(
     let work =
         |tid: usize, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
             let panels_n = div_ceil(NC.min(n - j0), nr);
-            for rect in linear_rects(tiles_m, panels_n, tasks, tid) {
+            for rect in linear_rects(tiles_m, panels_n, cost, tasks, tid) {
                 rect_work(rect, a_buf, j0, p0, b_base);
             }
         };
@@ -766,50 +819,88 @@ pub fn matrixmultiply_gemm(
 
 #[cfg(test)]
 mod tests {
-    use super::{linear_rects, TileRect};
+    use super::{div_ceil, linear_rects, TileCost, TileRect};
 
-    /// Every register tile lands in exactly one part, the parts' tile counts
-    /// differ by at most one, each part is at most three rectangles, and
-    /// neighbouring parts share at most one row tile.
+    /// Every register tile lands in exactly one part; each part's cost is
+    /// within one whole tile (plus the integer division's rounding) of an
+    /// equal share, it is at most three rectangles over at most
+    /// ceil(tiles_m / parts) + 2 row tiles (what `task_grid` sizes the
+    /// packing buffers for), and neighbouring parts share at most one row
+    /// tile.
     #[test]
     fn linear_rects_partition_the_tiles_evenly() {
-        for tiles_m in 1..=9 {
-            for panels_n in 1..=7 {
-                for parts in 1..=5 {
-                    let mut owner = vec![usize::MAX; tiles_m * panels_n];
-                    let mut counts = Vec::new();
-                    let mut rows = Vec::new();
-                    for part in 0..parts {
-                        let rects: Vec<TileRect> =
-                            linear_rects(tiles_m, panels_n, parts, part).collect();
-                        assert!(rects.len() <= 3, "{rects:?}");
-                        let mut count = 0;
-                        let mut part_rows = Vec::new();
-                        for r in &rects {
-                            assert!(r.tiles.0 < r.tiles.1 && r.tiles.1 <= tiles_m, "{r:?}");
-                            assert!(r.panels.0 < r.panels.1 && r.panels.1 <= panels_n, "{r:?}");
-                            for i in r.tiles.0..r.tiles.1 {
-                                part_rows.push(i);
-                                for j in r.panels.0..r.panels.1 {
-                                    let u = i * panels_n + j;
-                                    assert_eq!(owner[u], usize::MAX, "tile ({i}, {j}) twice");
-                                    owner[u] = part;
-                                    count += 1;
-                                }
-                            }
-                        }
-                        counts.push(count);
-                        rows.push(part_rows);
+        for (mr, lanes) in [(48, 16), (16, 8), (4, 1)] {
+            for m in 1..=9 * mr {
+                let tiles_m = div_ceil(m, mr);
+                let cost = TileCost::new(m, mr, lanes);
+                let weight = |i: usize| {
+                    if i + 1 == tiles_m {
+                        cost.last
+                    } else {
+                        cost.full
                     }
-                    assert!(owner.iter().all(|&o| o < parts), "a tile has no part");
-                    let (lo, hi) = (counts.iter().min(), counts.iter().max());
-                    assert!(hi.unwrap() - lo.unwrap() <= 1, "{counts:?}");
-                    for w in rows.windows(2) {
-                        let shared = w[0].iter().filter(|i| w[1].contains(i)).count();
-                        assert!(shared <= 1, "{tiles_m}x{panels_n}/{parts}: {rows:?}");
+                };
+                for panels_n in 1..=7 {
+                    for parts in 1..=5 {
+                        check(tiles_m, panels_n, cost, parts, &weight);
                     }
                 }
             }
+        }
+    }
+
+    fn check(
+        tiles_m: usize,
+        panels_n: usize,
+        cost: TileCost,
+        parts: usize,
+        weight: &dyn Fn(usize) -> usize,
+    ) {
+        let case = format!("{tiles_m}x{panels_n} tiles, {cost:?}, {parts} parts");
+        let mut owner = vec![usize::MAX; tiles_m * panels_n];
+        let mut costs = Vec::new();
+        let mut rows = Vec::new();
+        for part in 0..parts {
+            let rects: Vec<TileRect> = linear_rects(tiles_m, panels_n, cost, parts, part).collect();
+            assert!(rects.len() <= 3, "{case}: {rects:?}");
+            let mut part_cost = 0;
+            let mut part_rows = Vec::new();
+            for r in &rects {
+                assert!(
+                    r.tiles.0 < r.tiles.1 && r.tiles.1 <= tiles_m,
+                    "{case}: {r:?}"
+                );
+                assert!(
+                    r.panels.0 < r.panels.1 && r.panels.1 <= panels_n,
+                    "{case}: {r:?}"
+                );
+                for i in r.tiles.0..r.tiles.1 {
+                    part_rows.push(i);
+                    for j in r.panels.0..r.panels.1 {
+                        let u = i * panels_n + j;
+                        assert_eq!(owner[u], usize::MAX, "{case}: tile ({i}, {j}) twice");
+                        owner[u] = part;
+                        part_cost += weight(i);
+                    }
+                }
+            }
+            let bound = tiles_m.min(div_ceil(tiles_m, parts) + 2);
+            assert!(part_rows.len() <= bound, "{case}: {part_rows:?}");
+            costs.push(part_cost);
+            rows.push(part_rows);
+        }
+        assert!(
+            owner.iter().all(|&o| o < parts),
+            "{case}: a tile has no part"
+        );
+        let total: usize = costs.iter().sum();
+        for &c in &costs {
+            let off = (c * parts).abs_diff(total);
+            assert!(off <= (cost.full + 1) * parts, "{case}: {costs:?}");
+        }
+        for w in rows.windows(2) {
+            let shared = w[0].iter().filter(|i| w[1].contains(i)).count();
+            assert!(shared <= 1, "{case}: {rows:?}");
         }
     }
 }

@@ -383,15 +383,22 @@ fn gemm_matches_reference_across_cache_blocks() {
             // column-major (packed by the microkernels) and row-major
             // (packed by 16 x 16 transposes with AVX-512), B read in place
             // and packed (transposed).
-            for (a_layout, b_layout) in [
-                (Layout::ColMajor { pad: 1 }, col),
-                (Layout::Transposed { pad: 2 }, col),
-                (Layout::ColMajor { pad: 0 }, Layout::Transposed { pad: 1 }),
+            // With m = 2 MC + 10 the last row tile is one vector with
+            // AVX-512, so the cost-weighted cut moves into an earlier tile.
+            for (a_layout, b_layout, m) in [
+                (Layout::ColMajor { pad: 1 }, col, 2 * MC + 45),
+                (Layout::Transposed { pad: 2 }, col, 2 * MC + 45),
+                (
+                    Layout::ColMajor { pad: 0 },
+                    Layout::Transposed { pad: 1 },
+                    2 * MC + 45,
+                ),
+                (Layout::ColMajor { pad: 0 }, col, 2 * MC + 10),
             ] {
                 check_plain(
                     isa,
                     &mut rng,
-                    2 * MC + 45,
+                    m,
                     269,
                     KC + 7,
                     (a_layout, b_layout, col),
