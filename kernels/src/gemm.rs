@@ -2,7 +2,7 @@
 //!
 //! The BLIS/Goto structure: `C` is cut into column blocks of at most [`NC`],
 //! the inner dimension into equal blocks of at most [`KC`], and each task's
-//! rows into blocks of at most [`MC`] (packed `A` block `MC x KC`, 768 KiB,
+//! rows into blocks of at most [`MC`] (packed `A` block at most 768 KiB,
 //! lives in the 1 MiB L2 of this machine's cores). The microkernel multiplies
 //! an `MR x KC` panel of `A` by a `KC x NR` panel of `B` (which stays in L1)
 //! with the `MR x NR` result in registers: 48 x 8 with AVX-512, 16 x 6 with
@@ -46,13 +46,20 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Upper bound on the inner-dimension block (packed panels of `KC` steps).
-/// 512 rather than 384: `C` is read and written once per block, and the
-/// `deep` layers (k = 500, 784, 1000) then take one or two blocks instead of
-/// two or three (forward pass on two threads, interleaved with faer: 2-3%
-/// faster at 1000x784, 500x1000 and 250x500, minibatch 256).
-pub const KC: usize = 512;
+/// `C` is read and written once per block, so the `deep` layers (k = 500,
+/// 784, 1000) take one block each; the packed `A` block then has fewer rows
+/// ([`mc_for`]). 1024 against 512 (2 threads, toggled in one process,
+/// interleaved with faer): 1000x784x256 +2-3%, 500x1000x256 and
+/// 784x1000x256 +2-3% (+0.5-1.6% on one thread), 1024^3 +2.5-3%,
+/// 300x3000x512 +6%.
+pub const KC: usize = 1024;
 /// Upper bound on the rows of a packed `A` block (a multiple of every `MR`).
 pub const MC: usize = 384;
+/// Floats in a packed `A` block: `MC x 512` (768 KiB, in the 1 MiB L2 of
+/// this machine's cores with room for the `B` panel being read). A multiple
+/// of `48 * KC`, so that [`mc_for`]`(KC) * KC` is the largest block.
+const A_BLOCK: usize = MC * 512;
+const _: () = assert!(A_BLOCK % (48 * KC) == 0 && MC % 48 == 0);
 /// Upper bound on the columns of a packed `B` block (a multiple of every `NR`).
 pub const NC: usize = 3072;
 /// A multiple of every `NR` (packed `B` scratch is sized with it).
@@ -116,9 +123,20 @@ fn kc_for(k: usize) -> usize {
     }
 }
 
+/// Rows of a packed `A` block at block depth `kc`: [`MC`], or fewer so that
+/// the block stays within [`A_BLOCK`] floats (a multiple of 48, which every
+/// `MR` divides; 192 at `kc` = 1000).
+fn mc_for(kc: usize) -> usize {
+    if kc == 0 {
+        MC
+    } else {
+        MC.min(A_BLOCK / kc / 48 * 48).max(48)
+    }
+}
+
 /// An upper bound on [`kc_for`]`(k)` that never decreases as `k` grows (scratch
 /// sized for the largest `k` must serve every smaller one; `kc_for` itself is
-/// not monotone: 512 -> 512 but 513 -> 257).
+/// not monotone: 1024 -> 1024 but 1025 -> 513).
 fn kc_bound(k: usize) -> usize {
     k.min(KC)
 }
@@ -176,7 +194,9 @@ fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> TaskGrid {
     } * mr;
     TaskGrid {
         tasks,
-        a_len: round_up(MC.min(rows) * kc, ALIGN / 4),
+        // mc_for(kc) * kc <= A_BLOCK = mc_for(KC) * KC, so the bound at
+        // kc_bound(k) covers every kc_for(k) (see `scratch_len_bound`).
+        a_len: round_up(mc_for(kc).min(rows) * kc, ALIGN / 4),
     }
 }
 
@@ -505,7 +525,7 @@ pub fn gemm_fused_with_isa(
             let col_begin = panel0 * nr;
             let col_end = (panel1 * nr).min(nc);
             let rows = row_end - row_begin;
-            let blocks = div_ceil(rows, MC);
+            let blocks = div_ceil(rows, mc_for(kc));
             let mc_max = round_up(div_ceil(rows, blocks), mr);
             let mut i0 = row_begin;
             while i0 < row_end {
@@ -533,7 +553,7 @@ pub fn gemm_fused_with_isa(
                 } else {
                     // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
                     // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
-                    // (mc is a multiple of mr, at most MC and at most the
+                    // (mc is a multiple of mr, at most mc_for(kc) and the
                     // task's rows; kcb <= kc_for(k); see `task_grid`).
                     let op = unsafe {
                         pack::PackA::new(a_buf.as_mut_ptr() as *mut f32, a, (i0, mc), (p0, kcb), mr)

@@ -407,6 +407,19 @@ fn gemm_matches_reference_across_cache_blocks() {
                     par,
                 );
             }
+            // One inner block deeper than 512, whose A blocks have fewer
+            // rows than MC (192 at depth 1021), several per task.
+            check_plain(
+                isa,
+                &mut rng,
+                2 * MC + 45,
+                40,
+                KC - 3,
+                (col, col, col),
+                1.0,
+                -1.0,
+                par,
+            );
             check_plain(
                 isa,
                 &mut rng,
