@@ -59,7 +59,7 @@ pub const MC: usize = 384;
 /// this machine's cores with room for the `B` panel being read). A multiple
 /// of `48 * KC`, so that [`mc_for`]`(KC) * KC` is the largest block.
 const A_BLOCK: usize = MC * 512;
-const _: () = assert!(A_BLOCK % (48 * KC) == 0 && MC % 48 == 0);
+const _: () = assert!(A_BLOCK.is_multiple_of(48 * KC) && MC.is_multiple_of(48));
 /// Upper bound on the columns of a packed `B` block (a multiple of every `NR`).
 pub const NC: usize = 3072;
 /// A multiple of every `NR` (packed `B` scratch is sized with it).
