@@ -127,11 +127,9 @@ fn kc_for(k: usize) -> usize {
 /// the block stays within [`A_BLOCK`] floats (a multiple of 48, which every
 /// `MR` divides; 192 at `kc` = 1000).
 fn mc_for(kc: usize) -> usize {
-    if kc == 0 {
-        MC
-    } else {
-        MC.min(A_BLOCK / kc / 48 * 48).max(48)
-    }
+    A_BLOCK
+        .checked_div(kc)
+        .map_or(MC, |rows| MC.min(rows / 48 * 48).max(48))
 }
 
 /// An upper bound on [`kc_for`]`(k)` that never decreases as `k` grows (scratch
