@@ -17,20 +17,22 @@
 //! forward pass costs no extra pass over memory.
 //!
 //! Parallelism (`Par::Rayon(t)`): one task per thread, task `i` taking the
-//! `i`-th equal run of the register tiles of `C` in row-major (row tile,
-//! column panel) order, i.e. whole row tiles with at most a partial one at
-//! each end (see `task_grid`). The tasks' work is equal to one tile; each
-//! packs the rows of `A` it needs into its own part of the scratch, so only
-//! a row tile cut between two tasks is packed twice.
+//! `i`-th of `t` runs of equal cost of the register tiles of `C` in
+//! row-major (row tile, column panel) order, i.e. whole row tiles with at
+//! most a partial one at each end (see `task_grid`; a partial last row tile
+//! costs less). The tasks' work is equal to about one tile; each packs the
+//! rows of `A` it needs into its own part of the scratch, so only a row tile
+//! cut between two tasks is packed twice.
 //!
 //! # Performance (this 2-core AVX-512 machine, shared, so figures are noisy)
 //!
 //! FMA peak, measured by [`fma_peak_loop`] (24 independent register-resident
 //! 512-bit FMA chains, best of 200 runs of 0.4 ms): 230-260 GFLOP/s on one
-//! core, 470-505 on two. 1024^3: 87-92% of it on one core, 86-89% on two,
-//! 1.01-1.03 of faer; the `deep` layers at minibatch 256 on two threads
-//! 1.01-1.08 of faer. `natgrad bench kernels --quick --json` prints the
-//! current ratios; the README's performance section has the day's figures.
+//! core, 470-505 on two. 1024^3: 86-99% of it on one core, 83-95% on two,
+//! 1.00-1.07 of faer; the `deep` layers at minibatch 256 on two threads
+//! 0.96-1.14 of faer (1.34-1.63 on 30x250). `natgrad bench kernels --quick
+//! --json` prints the current ratios; the README's performance section has
+//! the day's figures.
 
 mod microkernel;
 mod pack;
@@ -163,9 +165,10 @@ struct TaskGrid {
 }
 
 /// How a call is shared between threads: task `t` of `threads` takes the
-/// `t`-th equal run of the register tiles in row-major (row tile, column
-/// panel) order ([`linear_rects`]). The tasks' work differs by at most one
-/// tile, whatever the shape, and neighbours share at most one row tile, so
+/// `t`-th of the runs of equal cost ([`TileCost`]) of the register tiles in
+/// row-major (row tile, column panel) order ([`linear_rects`]). The tasks'
+/// costs differ by at most about one tile, whatever the shape, and
+/// neighbours share at most one row tile, so
 /// each row of `A` is packed by at most two tasks while `B` is read (or
 /// packed once) for all.
 ///
