@@ -50,7 +50,7 @@ use std::mem::MaybeUninit;
 /// Upper bound on the inner-dimension block (packed panels of `KC` steps).
 /// `C` is read and written once per block, so the `deep` layers (k = 500,
 /// 784, 1000) take one block each; the packed `A` block then has fewer rows
-/// ([`mc_for`]). 1024 against 512 (2 threads, toggled in one process,
+/// (`mc_for`). 1024 against 512 (2 threads, toggled in one process,
 /// interleaved with faer): 1000x784x256 +2-3%, 500x1000x256 and
 /// 784x1000x256 +2-3% (+0.5-1.6% on one thread), 1024^3 +2.5-3%,
 /// 300x3000x512 +6%.
