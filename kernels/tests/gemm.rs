@@ -407,6 +407,23 @@ fn gemm_matches_reference_across_cache_blocks() {
                     par,
                 );
             }
+            // Narrow products: one column (the 1-wide tile), three (the
+            // 4-wide tile), both as the only column panel (A read in place,
+            // not packed) and after whole panels; A column-major, blocks
+            // across KC and MC.
+            for n in [1, 3, 8 + 1, 2 * 8 + 3] {
+                check_plain(
+                    isa,
+                    &mut rng,
+                    2 * MC + 45,
+                    n,
+                    KC + 7,
+                    (Layout::ColMajor { pad: 3 }, col, col),
+                    1.5,
+                    0.5,
+                    par,
+                );
+            }
             // One inner block deeper than 512, whose A blocks have fewer
             // rows than MC (192 at depth 1021), several per task.
             check_plain(

@@ -176,18 +176,24 @@ unsafe fn microkernel<S: Simd, const MV: usize, const NR: usize>(
 /// [`microkernel`] for the first column panel of a block whose `A` is not yet
 /// packed: step `p` reads the `MV` vectors of `A` itself at `src + p src_cs`
 /// (the last one masked to `rows - (MV - 1) lanes` rows unless `FULL`), stores
-/// them at `dst + p dst_step` (the packed panel the other column panels
-/// read), and multiplies them as [`microkernel`] does. Packing costs no pass
-/// of its own: the vectors are loaded for the product anyway.
+/// them at `dst + p dst_step` when `STORE` (the packed panel the other column
+/// panels read), and multiplies them as [`microkernel`] does. Packing costs
+/// no pass of its own: the vectors are loaded for the product anyway.
 ///
 /// # Safety
-/// The `rows` floats at `src + p src_cs` must be readable and the `MV` vectors
-/// at `dst + p dst_step` writable for every `p < kc`;
+/// The `rows` floats at `src + p src_cs` must be readable and (when `STORE`)
+/// the `MV` vectors at `dst + p dst_step` writable for every `p < kc`;
 /// `(MV - 1) lanes < rows <= MV lanes` (`rows == MV lanes` when `FULL`); the
 /// `B` reads as for [`microkernel`]; `1 <= cols <= NR`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn microkernel_packing<S: Simd, const MV: usize, const NR: usize, const FULL: bool>(
+unsafe fn microkernel_packing<
+    S: Simd,
+    const MV: usize,
+    const NR: usize,
+    const FULL: bool,
+    const STORE: bool,
+>(
     s: S,
     kc: usize,
     (src, src_cs, rows): (*const f32, isize, usize),
@@ -220,7 +226,9 @@ unsafe fn microkernel_packing<S: Simd, const MV: usize, const NR: usize, const F
                 },
             );
             for (v, &x) in av.iter().enumerate() {
-                (dst.add(v * lanes) as *mut S::f32s).write_unaligned(x);
+                if STORE {
+                    (dst.add(v * lanes) as *mut S::f32s).write_unaligned(x);
+                }
                 #[cfg(target_arch = "x86_64")]
                 core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                     src.wrapping_offset(PF_STEPS * src_cs + (v * lanes) as isize) as *const i8,
@@ -485,68 +493,124 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
     s: S,
     job: &BlockJob,
 ) {
-    let lanes = S::F32_LANES;
-    let mr = MV * lanes;
-    debug_assert!(job.mr == mr && job.nr == NR);
+    debug_assert!(job.mr == MV * S::F32_LANES && job.nr == NR);
+    // A packed by the first column panel is read again only by later ones: a
+    // block of one panel (n <= NR) reads A in place and stores nothing.
+    let store = job.nc > NR;
     let mut jp = 0;
     while jp < job.nc {
         let cols = NR.min(job.nc - jp);
-        // The first column panel packs A as it goes (when asked to).
-        let packing = jp == 0 && !job.a_src.is_null();
-        // SAFETY: column panel jp / NR of the job's B.
-        let b = unsafe { job.b.offset((jp / NR) as isize * job.b_panel) };
-        let mut ip = 0;
-        while ip < job.mc {
-            let rows = mr.min(job.mc - ip);
-            let (i, j) = (job.i0 + ip, job.j0 + jp);
-            // SAFETY: row panel ip / mr of the job's A (full) or its packed edge
-            // panel, and when packing, rows ip.. of the job's A itself; the
-            // tile lies inside the job's block of C (caller contract).
-            unsafe {
-                if rows == mr {
-                    prefetch_tile(job, i, j, rows, cols);
-                    let a = job.a.offset((ip / mr) as isize * job.a_panel);
-                    // Each branch writes its own tile: merging the two
-                    // accumulator arrays would spill them.
-                    if packing {
-                        let acc = microkernel_packing::<S, MV, NR, true>(
-                            s,
-                            job.kc,
-                            (job.a_src.add(ip), job.a_src_cs, rows),
-                            (a as *mut f32, job.a_step),
-                            b,
-                            job.b_step,
-                            job.b_col,
-                            cols,
-                        );
-                        write_any_tile::<S, MV, NR>(s, &acc, job, i, j, cols);
-                    } else {
-                        let acc = microkernel::<S, MV, NR>(
-                            s, job.kc, a, job.a_step, b, job.b_step, job.b_col, cols,
-                        );
-                        write_any_tile::<S, MV, NR>(s, &acc, job, i, j, cols);
-                    }
-                } else {
-                    // Partial panel: only the vectors that hold rows.
-                    let tile = (i, j, rows, cols);
-                    let src = if packing {
-                        job.a_src.add(ip)
-                    } else {
-                        core::ptr::null()
-                    };
-                    match rows.div_ceil(lanes) {
-                        1 => edge::<S, 1, NR>(s, job, b, src, tile),
-                        2 => edge::<S, 2, NR>(s, job, b, src, tile),
-                        3 => edge::<S, 3, NR>(s, job, b, src, tile),
-                        4 => edge::<S, 4, NR>(s, job, b, src, tile),
-                        5 => edge::<S, 5, NR>(s, job, b, src, tile),
-                        _ => edge::<S, MV, NR>(s, job, b, src, tile),
-                    }
-                }
+        let panel = Panel {
+            jp,
+            cols,
+            // SAFETY: column panel jp / NR of the job's B.
+            b: unsafe { job.b.offset((jp / NR) as isize * job.b_panel) },
+            // The first column panel packs A as it goes (when asked to).
+            packing: jp == 0 && !job.a_src.is_null(),
+            store,
+        };
+        // A narrow panel (the last one, or all of a product with few
+        // columns) runs a narrower tile instead of computing NR columns and
+        // storing `cols`: a matrix-vector product one column, not eight.
+        // SAFETY: forwarded caller contract; the narrower tiles read and
+        // write only the panel's `cols` columns.
+        unsafe {
+            match cols {
+                1 if NR > 1 => column_panel::<S, MV, 1>(s, job, panel),
+                2..=4 if NR > 4 => column_panel::<S, MV, 4>(s, job, panel),
+                _ => column_panel::<S, MV, NR>(s, job, panel),
             }
-            ip += mr;
         }
         jp += NR;
+    }
+}
+
+/// One column panel of a [`BlockJob`], as [`compute_block`] hands it to
+/// [`column_panel`].
+#[derive(Clone, Copy)]
+struct Panel {
+    /// First column (in the job) and number of columns, `1 <= cols <= NR`
+    /// of the job's tile (the panel's tile may be narrower).
+    jp: usize,
+    cols: usize,
+    /// The panel's `B` (packed panel or `B` itself).
+    b: *const f32,
+    /// `A` is read from `job.a_src` (packed on the way when `store`).
+    packing: bool,
+    store: bool,
+}
+
+/// Runs the microkernels of the tile width `NR2` (at least `panel.cols`)
+/// down one column panel.
+///
+/// # Safety
+/// As [`compute_block`]; `panel` describes a column panel of `job`.
+#[inline(always)]
+unsafe fn column_panel<S: Simd, const MV: usize, const NR2: usize>(
+    s: S,
+    job: &BlockJob,
+    panel: Panel,
+) {
+    let lanes = S::F32_LANES;
+    let mr = MV * lanes;
+    let Panel {
+        jp,
+        cols,
+        b,
+        packing,
+        store,
+    } = panel;
+    debug_assert!(cols >= 1 && cols <= NR2);
+    let mut ip = 0;
+    while ip < job.mc {
+        let rows = mr.min(job.mc - ip);
+        let (i, j) = (job.i0 + ip, job.j0 + jp);
+        // SAFETY: row panel ip / mr of the job's A (full) or its packed edge
+        // panel, and when packing, rows ip.. of the job's A itself; the
+        // tile lies inside the job's block of C (caller contract).
+        unsafe {
+            if rows == mr {
+                prefetch_tile(job, i, j, rows, cols);
+                let a = job.a.offset((ip / mr) as isize * job.a_panel);
+                let src = (job.a_src.add(ip), job.a_src_cs, rows);
+                let dst = (a as *mut f32, job.a_step);
+                let (b_step, b_col) = (job.b_step, job.b_col);
+                // Each branch writes its own tile: merging the accumulator
+                // arrays would spill them.
+                if packing && store {
+                    let acc = microkernel_packing::<S, MV, NR2, true, true>(
+                        s, job.kc, src, dst, b, b_step, b_col, cols,
+                    );
+                    write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
+                } else if packing {
+                    let acc = microkernel_packing::<S, MV, NR2, true, false>(
+                        s, job.kc, src, dst, b, b_step, b_col, cols,
+                    );
+                    write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
+                } else {
+                    let acc =
+                        microkernel::<S, MV, NR2>(s, job.kc, a, job.a_step, b, b_step, b_col, cols);
+                    write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
+                }
+            } else {
+                // Partial panel: only the vectors that hold rows.
+                let tile = (i, j, rows, cols);
+                let src = if packing {
+                    job.a_src.add(ip)
+                } else {
+                    core::ptr::null()
+                };
+                match rows.div_ceil(lanes) {
+                    1 => edge::<S, 1, NR2>(s, job, b, src, tile),
+                    2 => edge::<S, 2, NR2>(s, job, b, src, tile),
+                    3 => edge::<S, 3, NR2>(s, job, b, src, tile),
+                    4 => edge::<S, 4, NR2>(s, job, b, src, tile),
+                    5 => edge::<S, 5, NR2>(s, job, b, src, tile),
+                    _ => edge::<S, MV, NR2>(s, job, b, src, tile),
+                }
+            }
+        }
+        ip += mr;
     }
 }
 
@@ -604,7 +668,9 @@ unsafe fn prefetch_tile(job: &BlockJob, i: usize, j: usize, rows: usize, cols: u
 
 /// The partial row panel (packed at `job.a_edge`) with `MV2` vectors
 /// (`MV2 * lanes >= rows`). When `src` is non-null it is the panel's first
-/// row in `A` itself, read and packed into `job.a_edge` on the way.
+/// row in `A` itself, read and packed into `job.a_edge` on the way (also in
+/// a block of one column panel, where nothing reads it again: one edge
+/// panel per block, and one instance of the code less).
 ///
 /// # Safety
 /// As [`compute_block`], for the column panel at `b` and the tile
@@ -636,15 +702,10 @@ unsafe fn edge<S: Simd, const MV2: usize, const NR: usize>(
             );
             write_tile::<S, MV2, NR>(s, &acc, job, i, j, rows, cols);
         } else {
-            let acc = microkernel_packing::<S, MV2, NR, false>(
-                s,
-                job.kc,
-                (src, job.a_src_cs, rows),
-                (job.a_edge as *mut f32, job.mr as isize),
-                b,
-                job.b_step,
-                job.b_col,
-                cols,
+            let src = (src, job.a_src_cs, rows);
+            let dst = (job.a_edge as *mut f32, job.mr as isize);
+            let acc = microkernel_packing::<S, MV2, NR, false, true>(
+                s, job.kc, src, dst, b, job.b_step, job.b_col, cols,
             );
             write_tile::<S, MV2, NR>(s, &acc, job, i, j, rows, cols);
         }
