@@ -572,17 +572,19 @@ unsafe fn column_panel<S: Simd, const MV: usize, const NR2: usize>(
             if rows == mr {
                 prefetch_tile(job, i, j, rows, cols);
                 let a = job.a.offset((ip / mr) as isize * job.a_panel);
-                let src = (job.a_src.add(ip), job.a_src_cs, rows);
                 let dst = (a as *mut f32, job.a_step);
                 let (b_step, b_col) = (job.b_step, job.b_col);
                 // Each branch writes its own tile: merging the accumulator
-                // arrays would spill them.
+                // arrays would spill them. (`a_src` is null unless packing,
+                // so it is offset only then.)
                 if packing && store {
+                    let src = (job.a_src.add(ip), job.a_src_cs, rows);
                     let acc = microkernel_packing::<S, MV, NR2, true, true>(
                         s, job.kc, src, dst, b, b_step, b_col, cols,
                     );
                     write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
                 } else if packing {
+                    let src = (job.a_src.add(ip), job.a_src_cs, rows);
                     let acc = microkernel_packing::<S, MV, NR2, true, false>(
                         s, job.kc, src, dst, b, b_step, b_col, cols,
                     );
