@@ -1,8 +1,8 @@
 //! General matrix multiply with fused epilogues.
 //!
 //! The BLIS/Goto structure: `C` is cut into column blocks of at most [`NC`],
-//! the inner dimension into equal blocks of at most [`KC`], and each task's
-//! rows into blocks of at most [`MC`] (packed `A` block at most 768 KiB,
+//! the inner dimension into equal blocks of at most [`KC`], and the rows
+//! into blocks of at most [`MC`] (packed `A` block at most 768 KiB,
 //! lives in the 1 MiB L2 of this machine's cores). The microkernel multiplies
 //! an `MR x KC` panel of `A` by a `KC x NR` panel of `B` (which stays in L1)
 //! with the `MR x NR` result in registers: 48 x 8 with AVX-512, 16 x 6 with
@@ -16,13 +16,29 @@
 //! is applied to the registers before the one store of the tile, so a fused
 //! forward pass costs no extra pass over memory.
 //!
-//! Parallelism (`Par::Rayon(t)`): one task per thread, task `i` taking the
-//! `i`-th of `t` runs of equal cost of the register tiles of `C` in
-//! row-major (row tile, column panel) order, i.e. whole row tiles with at
-//! most a partial one at each end (see `task_grid`; a partial last row tile
-//! costs less). The tasks' work is equal to about one tile; each packs the
-//! rows of `A` it needs into its own part of the scratch, so only a row tile
-//! cut between two tasks is packed twice.
+//! Parallelism (`Par::Rayon(t)`), two ways:
+//!
+//! * Products of at least 2^24 multiply-adds with at least 8 column panels
+//!   per thread share their work dynamically: each block of `C` is cut into
+//!   units of register tiles (a row block of at most an `A` block's rows by
+//!   a group of column panels; see `UnitGrid`), numbered in row-major
+//!   order. Thread `i` starts on the `i`-th of `t` equal runs of units,
+//!   takes its own from the front and then the others' from the back, and
+//!   waits for the last ones by spinning rather than sleeping; a thread
+//!   packs a row block of `A` once for all the units it takes in it. A
+//!   thread that is slowed down or starts late (the machine is shared) so
+//!   loses units instead of holding up the call.
+//! * Smaller products split statically: thread `i` takes the `i`-th of `t`
+//!   runs of equal cost of the register tiles in row-major order (whole row
+//!   tiles with at most a partial one at each end; see `task_grid`).
+//!
+//! On the `deep` layers at minibatch 256 (2 threads, the two switched
+//! inside one process, interleaved) the dynamic split's median time is the
+//! static one's within noise (time ratio 0.99-1.02 over four runs); its gain
+//! is under interference: in five sessions of four to six alternating runs
+//! of the quick bench (the dynamic code's unit sizes varied between them),
+//! the lowest forward ratio against faer + epilogue over the large layers
+//! was 0.73-1.05 with the static split and 1.05-1.06 with the dynamic one.
 //!
 //! # Performance (this 2-core AVX-512 machine, shared, so figures are noisy)
 //!
@@ -46,6 +62,7 @@ use microkernel::{BlockJob, RawEpilogue, RawMatMut};
 use pack::RawMat;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bound on the inner-dimension block (packed panels of `KC` steps).
 /// `C` is read and written once per block, so the `deep` layers (k = 500,
@@ -156,15 +173,8 @@ fn threads_for(par: Par, m: usize, n: usize, k: usize) -> usize {
     }
 }
 
-/// How a call is cut into tasks: one task per thread, each with its own
-/// packed-`A` buffer of `a_len` floats.
-#[derive(Clone, Copy, Debug)]
-struct TaskGrid {
-    tasks: usize,
-    a_len: usize,
-}
-
-/// How a call is shared between threads: task `t` of `threads` takes the
+/// The static split of a call between threads, and the floats of each
+/// thread's packed-`A` buffer under it: task `t` of `threads` takes the
 /// `t`-th of the runs of equal cost ([`TileCost`]) of the register tiles in
 /// row-major (row tile, column panel) order ([`linear_rects`]). The tasks'
 /// costs differ by at most about one tile, whatever the shape, and
@@ -182,7 +192,7 @@ struct TaskGrid {
 ///
 /// `tiles_m` counts row tiles; `kc` is the block depth the `A` buffers must
 /// hold.
-fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> TaskGrid {
+fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
     let tasks = threads.max(1);
     // A task's rectangles span at most ceil(tiles_m / tasks) + 1 row tiles
     // of equal cost (a partial first and last one around whole ones); a
@@ -193,27 +203,7 @@ fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> TaskGrid {
     } else {
         tiles_m.min(div_ceil(tiles_m, tasks) + 2).max(1)
     } * mr;
-    TaskGrid {
-        tasks,
-        // mc_for(kc) * kc <= A_BLOCK = mc_for(KC) * KC, so the bound at
-        // kc_bound(k) covers every kc_for(k) (see `scratch_len_bound`).
-        a_len: round_up(mc_for(kc).min(rows) * kc, ALIGN / 4),
-    }
-}
-
-/// Floats of scratch that serve every call at instruction set `isa` with
-/// dimensions up to `m x n x k` and at most `threads` threads: the maximum over
-/// every task grid such a call can choose, so that a workspace sized for the
-/// largest minibatch also serves a smaller one.
-fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> usize {
-    let (mr, _) = register_tile(isa);
-    let kc = kc_bound(k);
-    let mut a_len = 0;
-    for t in [1, threads] {
-        let grid = task_grid(t, div_ceil(m, mr), kc, mr);
-        a_len = a_len.max(grid.tasks * grid.a_len);
-    }
-    a_len + b_block_len(n, kc)
+    round_up(mc_for(kc).min(rows) * kc, ALIGN / 4)
 }
 
 /// A rectangle of register tiles: row tiles `tiles.0 .. tiles.1`, column
@@ -313,6 +303,273 @@ fn linear_rects(
         [head, body, tail]
     };
     rects.into_iter().flatten()
+}
+
+/// Register tiles of at least this many multiply-adds make a unit of work
+/// (a unit is one claim; see [`UnitGrid`]).
+const UNIT_MIN_MACS: usize = 1 << 19;
+/// Products share their units dynamically only with at least this many
+/// column panels per thread (few-column products keep the static split).
+const UNITS_PER_THREAD: usize = 8;
+/// Products of at least this many multiply-adds (and [`UNITS_PER_THREAD`]
+/// column panels per thread) share their work dynamically ([`UnitGrid`],
+/// [`Claims`]); smaller ones take the static split ([`task_grid`]). With
+/// the dynamic split for every product, many of the natural-gradient step's
+/// products of 1-16 M multiply-adds or of few columns ran 10-30% slower (2
+/// threads): their units last a few microseconds, so a row block packed by
+/// both threads, a unit more on one thread and the claims' cache-line
+/// traffic between the cores weigh.
+const DYNAMIC_MIN_MACS: usize = 1 << 24;
+/// Floats between two claim cells in the scratch (one cache line each, so
+/// the threads' claims do not contend for a line).
+const CELL_STRIDE: usize = ALIGN / 4;
+
+/// How a block of `C` (one [`NC`] column block at one [`KC`] inner block) is
+/// cut into units of work: row blocks of whole register row tiles (balanced,
+/// at most [`row_block_cap`] tiles each) by balanced groups of column
+/// panels of at least [`UNIT_MIN_MACS`] multiply-adds, numbered in
+/// row-major order. A unit's rows of `A` are packed into the buffer of the
+/// thread that runs it, unless that buffer already holds them (the unit
+/// before it on that thread was in the same row block), so a packed `A` block
+/// serves all the panels a thread takes in its row block, as in a
+/// single-threaded Goto loop.
+///
+/// Threads start on equal runs of units (thread `t` of `T` on units
+/// `U t / T ..`), take their own from the front and, when theirs are done,
+/// the others' from the back ([`Claims`]); a thread that is slowed down
+/// (the machine is shared) or starts late loses units to the other instead
+/// of making it wait. Stolen units come from the end of a run, so the thief
+/// packs only the last row block of its victim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UnitGrid {
+    tiles_m: usize,
+    row_blocks: usize,
+    panels_n: usize,
+    groups: usize,
+}
+
+impl UnitGrid {
+    /// The grid of a block of `tiles_m` row tiles by `panels_n` column
+    /// panels of `mr x nr` tiles at depth `kc`, shared by `tasks` threads.
+    fn new(tasks: usize, tiles_m: usize, panels_n: usize, kc: usize, mr: usize, nr: usize) -> Self {
+        let cap = row_block_cap(tasks, tiles_m, kc, mr);
+        let row_blocks = div_ceil(tiles_m, cap);
+        // Balanced groups of at least UNIT_MIN_MACS each (where the panels
+        // hold that much).
+        let panel_macs = (cap.min(tiles_m) * mr * nr * kc.max(1)).max(1);
+        let groups = (panels_n / div_ceil(UNIT_MIN_MACS, panel_macs)).clamp(1, panels_n.max(1));
+        UnitGrid {
+            tiles_m,
+            row_blocks,
+            panels_n,
+            groups,
+        }
+    }
+
+    fn units(&self) -> usize {
+        self.row_blocks * self.groups
+    }
+
+    /// Row tiles `(first, end)` of row block `rb` (balanced: sizes differ
+    /// by at most one tile).
+    fn row_tiles(&self, rb: usize) -> (usize, usize) {
+        let bound = |r: usize| r * self.tiles_m / self.row_blocks;
+        (bound(rb), bound(rb + 1))
+    }
+
+    /// Column panels `(first, end)` of column group `g` (balanced).
+    fn panels(&self, g: usize) -> (usize, usize) {
+        let bound = |q: usize| q * self.panels_n / self.groups;
+        (bound(g), bound(g + 1))
+    }
+}
+
+/// The most row tiles in a row block of a [`UnitGrid`]: as many as fit a
+/// packed `A` block ([`mc_for`]), and at most a thread's share of the row
+/// tiles (so that threads start on different row blocks). Never decreases
+/// as `tiles_m` grows (scratch sized for the largest shape serves smaller
+/// ones).
+fn row_block_cap(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
+    (mc_for(kc) / mr)
+        .min(div_ceil(tiles_m, tasks.max(1)))
+        .max(1)
+}
+
+/// Floats of one thread's packed-`A` buffer for blocks of `kc` steps.
+fn a_buffer_len(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
+    let rows = row_block_cap(tasks, tiles_m, kc, mr).min(tiles_m.max(1)) * mr;
+    round_up(rows * kc, ALIGN / 4)
+}
+
+/// Floats of scratch for the claim cells of `tasks` threads (none for one).
+fn claims_len(tasks: usize) -> usize {
+    if tasks > 1 {
+        (tasks + 1) * CELL_STRIDE
+    } else {
+        0
+    }
+}
+
+/// Floats of scratch that serve every call at instruction set `isa` with
+/// dimensions up to `m x n x k` and at most `threads` threads: the maximum over
+/// every thread count such a call can choose, so that a workspace sized for
+/// the largest minibatch also serves a smaller one.
+fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> usize {
+    let (mr, _) = register_tile(isa);
+    let kc = kc_bound(k);
+    let tiles_m = div_ceil(m, mr);
+    let mut len = 0;
+    for t in [1, threads] {
+        len = len.max(claims_len(t) + t * a_len_for(t, tiles_m, kc, mr));
+    }
+    len + b_block_len(n, kc)
+}
+
+/// Floats of each thread's packed-`A` buffer: what the static split
+/// ([`task_grid`]) or the dynamic one ([`UnitGrid`]) needs, whichever the
+/// call takes.
+fn a_len_for(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
+    let a_static = task_grid(tasks, tiles_m, kc, mr);
+    if tasks > 1 {
+        a_static.max(a_buffer_len(tasks, tiles_m, kc, mr))
+    } else {
+        a_static
+    }
+}
+
+/// The claim cells of one parallel block: per thread, the run of units it
+/// has not yet handed out (`front << 32 | end`), and the count of units done,
+/// one cache line each.
+struct Claims<'a> {
+    cells: &'a [AtomicU64],
+    tasks: usize,
+    units: usize,
+}
+
+/// u64 per claim cell.
+const CELL_WORDS: usize = CELL_STRIDE / 2;
+
+impl<'a> Claims<'a> {
+    /// Claim cells in `scratch` (at least [`claims_len`]`(tasks)` floats,
+    /// 64-byte aligned), thread `t` starting on units `units t / tasks ..`;
+    /// `None` if `units` does not fit the cells' 32-bit halves.
+    fn new(scratch: &'a mut [MaybeUninit<f32>], tasks: usize, units: usize) -> Option<Self> {
+        let words = (tasks + 1) * CELL_WORDS;
+        if scratch.len() < 2 * words || u32::try_from(units).is_err() {
+            return None;
+        }
+        let base = scratch.as_mut_ptr() as *mut u64;
+        debug_assert!(base.is_aligned());
+        for w in 0..words {
+            let (t, first) = (w / CELL_WORDS, w % CELL_WORDS == 0);
+            let value = if first && t < tasks {
+                pack_run(units * t / tasks, units * (t + 1) / tasks)
+            } else {
+                0
+            };
+            // SAFETY: word w lies in `scratch` (2 words floats >= ... checked
+            // above) and is 8-byte aligned (the scratch is 64-byte aligned).
+            unsafe { base.add(w).write(value) };
+        }
+        // SAFETY: `words` initialised, aligned u64 (AtomicU64 has the size
+        // and alignment of u64), borrowed exclusively from `scratch` for 'a
+        // and from now on only accessed atomically.
+        let cells = unsafe { std::slice::from_raw_parts(base as *const AtomicU64, words) };
+        Some(Claims {
+            cells,
+            tasks,
+            units,
+        })
+    }
+
+    fn run(&self, t: usize) -> &AtomicU64 {
+        &self.cells[t * CELL_WORDS]
+    }
+
+    fn done(&self) -> &AtomicU64 {
+        &self.cells[self.tasks * CELL_WORDS]
+    }
+
+    /// The next unit of thread `t`'s own run, from its front.
+    fn take_own(&self, t: usize) -> Option<usize> {
+        let cell = self.run(t);
+        let mut v = cell.load(Ordering::Relaxed);
+        loop {
+            let (front, end) = unpack_run(v);
+            if front >= end {
+                return None;
+            }
+            match cell.compare_exchange_weak(
+                v,
+                pack_run(front + 1, end),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(front),
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// A unit from the back of the longest run left of another thread.
+    fn steal(&self, t: usize) -> Option<usize> {
+        loop {
+            let mut victim = None;
+            let mut most = 0;
+            for u in (0..self.tasks).filter(|&u| u != t) {
+                let v = self.run(u).load(Ordering::Relaxed);
+                let (front, end) = unpack_run(v);
+                if end > front && end - front > most {
+                    (most, victim) = (end - front, Some((u, v)));
+                }
+            }
+            let (u, v) = victim?;
+            let (front, end) = unpack_run(v);
+            if self
+                .run(u)
+                .compare_exchange(
+                    v,
+                    pack_run(front, end - 1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Some(end - 1);
+            }
+        }
+    }
+
+    /// Records `count` units done by the caller, then waits until every
+    /// unit is done. Only units already claimed can be outstanding, and
+    /// those are running on other threads, so the wait is short: it spins,
+    /// yielding now and then in case those threads share this one's core.
+    /// (Under the static split the waiting thread is rayon's, which sleeps
+    /// after a few dozen microseconds: timestamps taken in each thread showed
+    /// 33-35 us between the last thread's end and the call's return in the
+    /// median call at two of the six large `deep` shapes. Against returning
+    /// at once and leaving the wait to rayon, the spin measured within 0.5%
+    /// in back-to-back calls.)
+    fn finish(&self, count: usize) {
+        let done = self.done();
+        done.fetch_add(count as u64, Ordering::AcqRel);
+        let mut spins = 0u32;
+        while (done.load(Ordering::Acquire) as usize) < self.units {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+fn pack_run(front: usize, end: usize) -> u64 {
+    (front as u64) << 32 | end as u64
+}
+
+fn unpack_run(v: u64) -> (usize, usize) {
+    ((v >> 32) as usize, (v & 0xffff_ffff) as usize)
 }
 
 /// What is applied to each element of `C` while it is still in registers,
@@ -468,15 +725,23 @@ pub fn gemm_fused_with_isa(
     // kc = 0 and only scale C and apply the epilogue.
     let k_eff = if alpha == 0.0 { 0 } else { k };
     let alpha = if k_eff == 0 { 0.0 } else { alpha };
-    let threads = threads_for(par, m, n, k);
+    let tasks = threads_for(par, m, n, k);
     let (mr, nr) = register_tile(isa);
     let tiles_m = div_ceil(m, mr);
-    let cost = TileCost::new(m, mr, lanes(isa));
-    let TaskGrid { tasks, a_len } = task_grid(threads, tiles_m, kc_for(k), mr);
     let kc = kc_for(k_eff);
-    let (scratch, _) =
-        stack.make_aligned_uninit::<f32>(tasks * a_len + b_block_len(n, kc_for(k)), ALIGN);
+    // Buffers and grids are sized for the call's own k (k_eff may be 0).
+    let kc_buf = kc_for(k);
+    let a_len = a_len_for(tasks, tiles_m, kc_buf, mr);
+    let (scratch, _) = stack.make_aligned_uninit::<f32>(
+        claims_len(tasks) + tasks * a_len + b_block_len(n, kc_buf),
+        ALIGN,
+    );
+    let (claim_scratch, scratch) = scratch.split_at_mut(claims_len(tasks));
     let (a_scratch, b_scratch) = scratch.split_at_mut(tasks * a_len);
+    // Dynamic sharing (see DYNAMIC_MIN_MACS) or the static split.
+    let dynamic = tasks > 1
+        && m.saturating_mul(n).saturating_mul(k_eff) >= DYNAMIC_MIN_MACS
+        && div_ceil(n.min(NC), nr) >= UNITS_PER_THREAD * tasks;
 
     let a = RawMat {
         ptr: a.as_ptr(),
@@ -507,138 +772,136 @@ pub fn gemm_fused_with_isa(
     let b_direct = b.rs == 1;
 
     // One rectangle of register tiles of the block of C at columns j0.. and
-    // inner steps p0..: pack its rows of A, run the microkernels. `b_base` is
-    // the packed B block of these (j0, p0) when B is not read in place.
-    let rect_work =
-        |rect: TileRect, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
-            let nc = NC.min(n - j0);
-            let kcb = kc.min(k_eff - p0);
-            let first = p0 == 0;
-            let last = p0 + kcb == k_eff;
-            let panel_len = nr * kcb;
-            let TileRect {
-                tiles: (tile0, tile1),
-                panels: (panel0, panel1),
-            } = rect;
-            if tile0 == tile1 || panel0 == panel1 {
-                return;
-            }
-            let row_begin = tile0 * mr;
-            let row_end = (tile1 * mr).min(m);
-            let col_begin = panel0 * nr;
-            let col_end = (panel1 * nr).min(nc);
-            let rows = row_end - row_begin;
-            let blocks = div_ceil(rows, mc_for(kc));
-            let mc_max = round_up(div_ceil(rows, blocks), mr);
-            let mut i0 = row_begin;
-            while i0 < row_end {
-                let mc = mc_max.min(row_end - i0);
-                let full = mc / mr;
-                let mut a_src = std::ptr::null();
-                let (a_first, a_panel, a_step, a_edge) = if kcb == 0 {
-                    (
-                        std::ptr::NonNull::dangling().as_ptr() as *const f32,
-                        0,
-                        0,
-                        a_buf.as_ptr() as *const f32,
-                    )
-                } else if a.rs == 1 {
+    // inner steps p0..: pack its rows of A (unless `reuse`: the buffer holds
+    // them, and they are one A block), run the microkernels. `b_base` is the
+    // packed B block of these (j0, p0) when B is not read in place. The
+    // packed A is stored for later column panels when the rectangle has
+    // some, or when `store` says later rectangles read it.
+    let rect_work = |rect: TileRect,
+                     a_buf: &mut [MaybeUninit<f32>],
+                     (j0, p0): (usize, usize),
+                     b_base: SendPtr,
+                     reuse: bool,
+                     store: bool| {
+        let nc = NC.min(n - j0);
+        let kcb = kc.min(k_eff - p0);
+        let first = p0 == 0;
+        let last = p0 + kcb == k_eff;
+        let panel_len = nr * kcb;
+        let TileRect {
+            tiles: (tile0, tile1),
+            panels: (panel0, panel1),
+        } = rect;
+        if tile0 == tile1 || panel0 == panel1 {
+            return;
+        }
+        let row_begin = tile0 * mr;
+        let row_end = (tile1 * mr).min(m);
+        let col_begin = panel0 * nr;
+        let col_end = (panel1 * nr).min(nc);
+        let rows = row_end - row_begin;
+        let blocks = div_ceil(rows, mc_for(kc));
+        debug_assert!(!reuse || blocks == 1);
+        let mc_max = round_up(div_ceil(rows, blocks), mr);
+        let mut i0 = row_begin;
+        while i0 < row_end {
+            let mc = mc_max.min(row_end - i0);
+            let full = mc / mr;
+            let mut a_src = std::ptr::null();
+            let (a_first, a_panel, a_step, a_edge) = if kcb == 0 {
+                (
+                    std::ptr::NonNull::dangling().as_ptr() as *const f32,
+                    0,
+                    0,
+                    a_buf.as_ptr() as *const f32,
+                )
+            } else {
+                if !reuse && a.rs == 1 {
                     // Column-major A: the first column panel packs it while
                     // multiplying (see `BlockJob::a_src`), no pass of its own.
                     // SAFETY: (i0, p0) is inside A (i0 < m, p0 < k).
                     a_src = unsafe { a.at(i0, p0) };
-                    let base = a_buf.as_mut_ptr() as *const f32;
-                    // SAFETY: the edge panel (if any) follows the `full` full
-                    // panels inside `a_buf` (see the SAFETY note below).
-                    (base, (mr * kcb) as isize, mr as isize, unsafe {
-                        base.add(full * mr * kcb)
-                    })
-                } else {
+                } else if !reuse {
                     // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
                     // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
                     // (mc is a multiple of mr, at most mc_for(kc) and the
-                    // task's rows; kcb <= kc_for(k); see `task_grid`).
+                    // thread's rows; kcb <= kc_for(k); see `a_len_for`).
                     let op = unsafe {
                         pack::PackA::new(a_buf.as_mut_ptr() as *mut f32, a, (i0, mc), (p0, kcb), mr)
                     };
                     // The ISA was checked available above, so dispatch cannot fail.
                     let _ = dispatch(isa, op);
-                    let base = a_buf.as_ptr() as *const f32;
-                    // SAFETY: the edge panel (if any) follows the `full` full panels.
-                    (base, (mr * kcb) as isize, mr as isize, unsafe {
-                        base.add(full * mr * kcb)
-                    })
-                };
-                let (b_first, b_panel, b_step, b_col) = if kcb == 0 {
-                    (
-                        std::ptr::NonNull::dangling().as_ptr() as *const f32,
-                        0,
-                        0,
-                        0,
-                    )
-                } else if b_direct {
-                    // SAFETY: (p0, j0 + col_begin) is inside B.
-                    (
-                        unsafe { b.at(p0, j0 + col_begin) },
-                        nr as isize * b.cs,
-                        1,
-                        b.cs,
-                    )
+                }
+                let base = a_buf.as_ptr() as *const f32;
+                // SAFETY: the edge panel (if any) follows the `full` full
+                // panels inside `a_buf` (see above).
+                (base, (mr * kcb) as isize, mr as isize, unsafe {
+                    base.add(full * mr * kcb)
+                })
+            };
+            let (b_first, b_panel, b_step, b_col) = if kcb == 0 {
+                (
+                    std::ptr::NonNull::dangling().as_ptr() as *const f32,
+                    0,
+                    0,
+                    0,
+                )
+            } else if b_direct {
+                // SAFETY: (p0, j0 + col_begin) is inside B.
+                (
+                    unsafe { b.at(p0, j0 + col_begin) },
+                    nr as isize * b.cs,
+                    1,
+                    b.cs,
+                )
+            } else {
+                // SAFETY: panel `panel0` of the packed B block exists.
+                (
+                    unsafe { b_base.get().add(panel0 * panel_len) },
+                    panel_len as isize,
+                    nr as isize,
+                    1,
+                )
+            };
+            let job = BlockJob {
+                a: a_first,
+                a_panel,
+                a_step,
+                a_edge,
+                a_src,
+                a_src_cs: a.cs,
+                a_store: store || col_end - col_begin > nr,
+                b: b_first,
+                b_panel,
+                b_step,
+                b_col,
+                kc: kcb,
+                mr,
+                nr,
+                i0,
+                mc,
+                j0: j0 + col_begin,
+                nc: col_end - col_begin,
+                c,
+                alpha,
+                beta: if first { beta } else { 1.0 },
+                read_c: !first || beta != 0.0,
+                epilogue: if last {
+                    raw_epilogue
                 } else {
-                    // SAFETY: panel `panel0` of the packed B block exists.
-                    (
-                        unsafe { b_base.get().add(panel0 * panel_len) },
-                        panel_len as isize,
-                        nr as isize,
-                        1,
-                    )
-                };
-                let job = BlockJob {
-                    a: a_first,
-                    a_panel,
-                    a_step,
-                    a_edge,
-                    a_src,
-                    a_src_cs: a.cs,
-                    b: b_first,
-                    b_panel,
-                    b_step,
-                    b_col,
-                    kc: kcb,
-                    mr,
-                    nr,
-                    i0,
-                    mc,
-                    j0: j0 + col_begin,
-                    nc: col_end - col_begin,
-                    c,
-                    alpha,
-                    beta: if first { beta } else { 1.0 },
-                    read_c: !first || beta != 0.0,
-                    epilogue: if last {
-                        raw_epilogue
-                    } else {
-                        RawEpilogue::None
-                    },
-                };
-                // The ISA was checked available above, so dispatch cannot fail.
-                let _ = dispatch(isa, BlockOp { job: &job });
-                i0 += mc;
-            }
-        };
-    // Task `tid`'s share of that block.
-    let work =
-        |tid: usize, a_buf: &mut [MaybeUninit<f32>], j0: usize, p0: usize, b_base: SendPtr| {
-            let panels_n = div_ceil(NC.min(n - j0), nr);
-            for rect in linear_rects(tiles_m, panels_n, cost, tasks, tid) {
-                rect_work(rect, a_buf, j0, p0, b_base);
-            }
-        };
-    // Run `each(tid, a_buf)` for every task, in parallel when there are several.
+                    RawEpilogue::None
+                },
+            };
+            // The ISA was checked available above, so dispatch cannot fail.
+            let _ = dispatch(isa, BlockOp { job: &job });
+            i0 += mc;
+        }
+    };
+    // Run `each(tid, a_buf)` for every thread, in parallel when there are several.
     let for_tasks = |a_scratch: &mut [MaybeUninit<f32>],
                      each: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)| {
         if tasks > 1 && a_len == 0 {
-            // k == 0: nothing to pack, the tasks only scale C.
+            // k == 0: nothing to pack, the threads only scale C.
             (0..tasks)
                 .into_par_iter()
                 .with_max_len(1)
@@ -664,56 +927,123 @@ pub fn gemm_fused_with_isa(
             }
         }
     };
+    // Pack B[p0.., j0..] into the shared buffer, panels split over threads.
+    let pack_b_block = |b_scratch: &mut [MaybeUninit<f32>], j0: usize, p0: usize| {
+        let nc = NC.min(n - j0);
+        let panels_n = div_ceil(nc, nr);
+        let kcb = kc.min(k_eff - p0);
+        let panel_len = nr * kcb;
+        if kcb == 0 {
+            return;
+        }
+        let b_packed = &mut b_scratch[..panels_n * panel_len];
+        let pack_panels = |q0: usize, chunk: &mut [MaybeUninit<f32>]| {
+            let cols = (chunk.len() / panel_len * nr).min(nc - q0 * nr);
+            // SAFETY: the block B[p0 .. p0+kcb, j0+q0*nr .. +cols] lies
+            // inside B (p0 + kcb <= k, j0 + q0 nr + cols <= n), and `chunk`
+            // holds ceil(cols / nr) panels of nr * kcb floats.
+            unsafe {
+                pack::pack_b(
+                    chunk.as_mut_ptr() as *mut f32,
+                    b,
+                    p0,
+                    kcb,
+                    j0 + q0 * nr,
+                    cols,
+                    nr,
+                )
+            };
+        };
+        if tasks > 1 && panels_n >= tasks {
+            let per = div_ceil(panels_n, tasks);
+            b_packed
+                .par_chunks_mut(per * panel_len)
+                .enumerate()
+                .for_each(|(q, chunk)| pack_panels(q * per, chunk));
+        } else {
+            pack_panels(0, b_packed);
+        }
+    };
 
     let mut j0 = 0;
     while j0 < n {
         let nc = NC.min(n - j0);
         let panels_n = div_ceil(nc, nr);
-        if b_direct {
-            // Nothing is shared between tasks: each owns its tiles of C
-            // for the whole inner dimension, so one parallel region (no
-            // barrier per KC block, and a stolen task carries all its blocks).
-            let unused = SendPtr(std::ptr::null());
-            for_tasks(a_scratch, &|tid, a_buf| {
-                blocks(&mut |p0| work(tid, a_buf, j0, p0, unused))
-            });
-        } else {
+        if dynamic {
+            // Per inner block (units are claimed per block, so a block's
+            // tiles are done before the next block adds to them).
+            let grid = UnitGrid::new(tasks, tiles_m, panels_n, kc_buf, mr, nr);
             blocks(&mut |p0| {
-                let kcb = kc.min(k_eff - p0);
-                // Pack B[p0.., j0..] into the shared buffer, panels split over threads.
-                let panel_len = nr * kcb;
-                if kcb > 0 {
-                    let b_packed = &mut b_scratch[..panels_n * panel_len];
-                    let pack_panels = |q0: usize, chunk: &mut [MaybeUninit<f32>]| {
-                        let cols = (chunk.len() / panel_len * nr).min(nc - q0 * nr);
-                        // SAFETY: the block B[p0 .. p0+kcb, j0+q0*nr .. +cols] lies
-                        // inside B (p0 + kcb <= k, j0 + q0 nr + cols <= n), and `chunk`
-                        // holds ceil(cols / nr) panels of nr * kcb floats.
-                        unsafe {
-                            pack::pack_b(
-                                chunk.as_mut_ptr() as *mut f32,
-                                b,
-                                p0,
-                                kcb,
-                                j0 + q0 * nr,
-                                cols,
-                                nr,
-                            )
-                        };
-                    };
-                    if threads > 1 && panels_n >= threads {
-                        let per = div_ceil(panels_n, threads);
-                        b_packed
-                            .par_chunks_mut(per * panel_len)
-                            .enumerate()
-                            .for_each(|(q, chunk)| pack_panels(q * per, chunk));
-                    } else {
-                        pack_panels(0, b_packed);
-                    }
+                if !b_direct {
+                    pack_b_block(b_scratch, j0, p0);
                 }
                 let b_base = SendPtr(b_scratch.as_ptr() as *const f32);
-                for_tasks(a_scratch, &|tid, a_buf| work(tid, a_buf, j0, p0, b_base));
+                let unit_rect = |unit: usize| TileRect {
+                    tiles: grid.row_tiles(unit / grid.groups),
+                    panels: grid.panels(unit % grid.groups),
+                };
+                let Some(claims) = Claims::new(claim_scratch, tasks, grid.units()) else {
+                    // More units than the claim cells count (not reached by
+                    // any product that fits in memory): one thread runs all.
+                    let mut packed = None;
+                    for unit in 0..grid.units() {
+                        let rb = Some(unit / grid.groups);
+                        let reuse = packed == rb;
+                        packed = rb;
+                        rect_work(unit_rect(unit), a_scratch, (j0, p0), b_base, reuse, true);
+                    }
+                    return;
+                };
+                for_tasks(a_scratch, &|tid, a_buf| {
+                    // The row block whose A the buffer holds.
+                    let mut packed = None;
+                    let mut count = 0;
+                    let mut run = |unit: usize| {
+                        let rb = Some(unit / grid.groups);
+                        let reuse = packed == rb;
+                        packed = rb;
+                        rect_work(
+                            unit_rect(unit),
+                            a_buf,
+                            (j0, p0),
+                            b_base,
+                            reuse,
+                            grid.groups > 1,
+                        );
+                        count += 1;
+                    };
+                    while let Some(unit) = claims.take_own(tid) {
+                        run(unit);
+                    }
+                    while let Some(unit) = claims.steal(tid) {
+                        run(unit);
+                    }
+                    claims.finish(count);
+                });
             });
+        } else {
+            // Static split: thread `tid` takes its run of equal cost.
+            let cost = TileCost::new(m, mr, lanes(isa));
+            let work = |tid: usize, a_buf: &mut [MaybeUninit<f32>], p0: usize, b_base: SendPtr| {
+                for rect in linear_rects(tiles_m, panels_n, cost, tasks, tid) {
+                    rect_work(rect, a_buf, (j0, p0), b_base, false, false);
+                }
+            };
+            if b_direct {
+                // Nothing is shared between threads: each owns its tiles of C
+                // for the whole inner dimension, so one parallel region (no
+                // barrier per KC block, and a stolen task carries all its blocks).
+                let unused = SendPtr(std::ptr::null());
+                for_tasks(a_scratch, &|tid, a_buf| {
+                    blocks(&mut |p0| work(tid, a_buf, p0, unused))
+                });
+            } else {
+                blocks(&mut |p0| {
+                    pack_b_block(b_scratch, j0, p0);
+                    let b_base = SendPtr(b_scratch.as_ptr() as *const f32);
+                    for_tasks(a_scratch, &|tid, a_buf| work(tid, a_buf, p0, b_base));
+                });
+            }
         }
         j0 += nc;
     }
@@ -842,7 +1172,12 @@ pub fn matrixmultiply_gemm(
 
 #[cfg(test)]
 mod tests {
-    use super::{div_ceil, linear_rects, TileCost, TileRect};
+    use super::{
+        a_len_for, claims_len, div_ceil, kc_for, linear_rects, mc_for, row_block_cap, Claims,
+        TileCost, TileRect, UnitGrid, ALIGN,
+    };
+    use std::mem::MaybeUninit;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Every register tile lands in exactly one part; each part's cost is
     /// within one whole tile (plus the integer division's rounding) of an
@@ -925,5 +1260,109 @@ mod tests {
             let shared = w[0].iter().filter(|i| w[1].contains(i)).count();
             assert!(shared <= 1, "{case}: {rows:?}");
         }
+    }
+
+    /// Every register tile lies in exactly one unit; row blocks are balanced
+    /// and no taller than the packed-`A` buffer holds; column groups are
+    /// balanced; the row-block cap never shrinks as the shape grows (scratch sized for the largest
+    /// shape serves smaller ones).
+    #[test]
+    fn unit_grids_cover_every_tile_once_within_the_buffers() {
+        for (mr, nr) in [(48, 8), (16, 6), (4, 4)] {
+            for tasks in 1..=4 {
+                for tiles_m in 1..=30 {
+                    for panels_n in [1, 2, 3, 5, 8, 17, 32, 64] {
+                        for k in [1, 30, 250, 784, 1000] {
+                            check_grid(tasks, tiles_m, panels_n, kc_for(k), mr, nr);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_grid(tasks: usize, tiles_m: usize, panels_n: usize, kc: usize, mr: usize, nr: usize) {
+        let g = UnitGrid::new(tasks, tiles_m, panels_n, kc, mr, nr);
+        let case =
+            format!("{tasks} tasks, {tiles_m}x{panels_n} tiles of {mr}x{nr}, kc {kc}: {g:?}");
+        let cap = row_block_cap(tasks, tiles_m, kc, mr);
+        let mut seen = vec![0u8; tiles_m * panels_n];
+        let mut heights = Vec::new();
+        let mut widths = Vec::new();
+        for unit in 0..g.units() {
+            let (rb, grp) = (unit / g.groups, unit % g.groups);
+            let (t0, t1) = g.row_tiles(rb);
+            let (q0, q1) = g.panels(grp);
+            assert!(
+                t0 < t1 && t1 <= tiles_m && q0 < q1 && q1 <= panels_n,
+                "{case}"
+            );
+            assert!(t1 - t0 <= cap, "{case}: row block {rb} taller than {cap}");
+            assert!(
+                (t1 - t0) * mr * kc <= a_len_for(tasks, tiles_m, kc, mr),
+                "{case}: row block {rb} overflows the A buffer"
+            );
+            heights.push(t1 - t0);
+            widths.push(q1 - q0);
+            for i in t0..t1 {
+                for j in q0..q1 {
+                    seen[i * panels_n + j] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{case}: {seen:?}");
+        let spread = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap();
+        assert!(spread(&heights) <= 1 && spread(&widths) <= 1, "{case}");
+        assert!(cap * mr <= mc_for(kc).max(mr), "{case}");
+        if tiles_m > 1 {
+            assert!(row_block_cap(tasks, tiles_m - 1, kc, mr) <= cap, "{case}");
+        }
+    }
+
+    /// Claims hand out every unit exactly once, whether the threads start
+    /// together or one after another has finished (then the first takes
+    /// all), and `finish` returns only when all units are done.
+    #[test]
+    fn claims_hand_out_every_unit_once() {
+        for tasks in 2..=4 {
+            for units in [0usize, 1, 2, 3, 7, 64, 1000] {
+                for staggered in [false, true] {
+                    let mut scratch = vec![MaybeUninit::<f32>::uninit(); claims_len(tasks) + ALIGN];
+                    let offset = scratch.as_ptr().align_offset(ALIGN);
+                    let claims = Claims::new(&mut scratch[offset..], tasks, units).unwrap();
+                    let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+                    let done = AtomicUsize::new(0);
+                    let slot = |t: usize| {
+                        let mut count = 0;
+                        while let Some(u) = claims.take_own(t).or_else(|| claims.steal(t)) {
+                            hits[u].fetch_add(1, Ordering::Relaxed);
+                            count += 1;
+                        }
+                        done.fetch_add(count, Ordering::Relaxed);
+                        claims.finish(count);
+                        // Everything is done once any thread returns.
+                        assert_eq!(done.load(Ordering::Relaxed), units);
+                    };
+                    if staggered {
+                        (0..tasks).for_each(slot);
+                    } else {
+                        std::thread::scope(|s| {
+                            for t in 0..tasks {
+                                let slot = &slot;
+                                s.spawn(move || slot(t));
+                            }
+                        });
+                    }
+                    let case = format!("{tasks} tasks, {units} units, staggered {staggered}");
+                    assert!(
+                        hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                        "{case}"
+                    );
+                }
+            }
+        }
+        let mut scratch = vec![MaybeUninit::<f32>::uninit(); claims_len(2) + ALIGN];
+        let offset = scratch.as_ptr().align_offset(ALIGN);
+        assert!(Claims::new(&mut scratch[offset..], 2, 1 << 32).is_none());
     }
 }

@@ -335,8 +335,8 @@ fn gemm_matches_reference_on_random_shapes_every_layout() {
 
 /// Shapes that cross every cache block boundary (k > KC, m > MC per thread,
 /// n > NC), so the multi-block accumulation and the block edges are exercised,
-/// with the threads' equal runs of register tiles ending inside a row tile
-/// (both tasks then pack that row tile's `A`).
+/// with the threads' first runs of units ending inside a row block (both
+/// threads then pack that block's `A`).
 #[test]
 fn gemm_matches_reference_across_cache_blocks() {
     let mut rng = Rng::new(3);
@@ -376,15 +376,13 @@ fn gemm_matches_reference_across_cache_blocks() {
                 0.5,
                 par,
             );
-            // Several row blocks of A per task over two inner-dimension
-            // blocks, the tasks' boundary inside a row tile with AVX-512
-            // (17 row tiles of 34 panels: 289 = 8 x 34 + 17 each) and AVX2
-            // (51 of 45: 1147 = 25 x 45 + 22); A
+            // Several row blocks of A per thread over two inner-dimension
+            // blocks (17 row tiles with AVX-512, 51 with AVX2); A
             // column-major (packed by the microkernels) and row-major
             // (packed by 16 x 16 transposes with AVX-512), B read in place
             // and packed (transposed).
             // With m = 2 MC + 10 the last row tile is one vector with
-            // AVX-512, so the cost-weighted cut moves into an earlier tile.
+            // AVX-512.
             for (a_layout, b_layout, m) in [
                 (Layout::ColMajor { pad: 1 }, col, 2 * MC + 45),
                 (Layout::Transposed { pad: 2 }, col, 2 * MC + 45),
@@ -454,6 +452,55 @@ fn gemm_matches_reference_across_cache_blocks() {
             );
         }
     }
+}
+
+/// Products of 2^24 multiply-adds or more with at least 8 column panels per
+/// thread share their units dynamically (threads claim them and steal from
+/// each other's runs): with more threads
+/// than this machine's cores (preempted threads lose units to the others),
+/// and with several calls at once inside tasks of the same rayon pool (a
+/// call's other threads may all be busy; the calling thread then claims
+/// every unit itself, and must not wait for threads that never come).
+#[test]
+fn gemm_matches_reference_with_dynamic_sharing() {
+    let mut rng = Rng::new(11);
+    let col = Layout::ColMajor { pad: 0 };
+    let shapes = [
+        (300, 300, 200),
+        (2 * MC + 45, 270, KC - 3),
+        (97, NC + 9, 60),
+    ];
+    for isa in Isa::available() {
+        for threads in [3, 4] {
+            let par = Par::Rayon(NonZeroUsize::new(threads).unwrap());
+            for &(m, n, k) in &shapes {
+                check_plain(isa, &mut rng, m, n, k, (col, col, col), 1.0, 0.5, par);
+            }
+        }
+    }
+    // Four calls at once on a pool of two threads, each asking for both.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        use rayon::prelude::*;
+        (0..4u64).into_par_iter().for_each(|seed| {
+            let mut rng = Rng::new(100 + seed);
+            let par = Par::Rayon(NonZeroUsize::new(2).unwrap());
+            check_plain(
+                Isa::detect(),
+                &mut rng,
+                300,
+                211,
+                150,
+                (col, col, col),
+                1.0,
+                0.0,
+                par,
+            );
+        });
+    });
 }
 
 #[test]

@@ -88,6 +88,9 @@ pub(crate) struct BlockJob {
     /// column panels read.
     pub a_src: *const f32,
     pub a_src_cs: isize,
+    /// Whether the first column panel, when it reads `a_src`, stores the
+    /// packed copy (false when no later panel reads it).
+    pub a_store: bool,
     /// First column panel of `B`: element `(p, j)` of panel `q` is at
     /// `b + q b_panel + p b_step + j b_col` (packed: `b_step = nr`, `b_col = 1`;
     /// in place: `b_step = 1`, `b_col` = column stride).
@@ -494,9 +497,9 @@ pub(crate) unsafe fn compute_block<S: Simd, const MV: usize, const NR: usize>(
     job: &BlockJob,
 ) {
     debug_assert!(job.mr == MV * S::F32_LANES && job.nr == NR);
-    // A packed by the first column panel is read again only by later ones: a
-    // block of one panel (n <= NR) reads A in place and stores nothing.
-    let store = job.nc > NR;
+    // A packed by the first column panel is read again only by later ones
+    // (of this block or of the thread's next blocks in these rows).
+    let store = job.a_store;
     let mut jp = 0;
     while jp < job.nc {
         let cols = NR.min(job.nc - jp);
