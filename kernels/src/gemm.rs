@@ -30,7 +30,7 @@
 //!   loses units instead of holding up the call.
 //! * Smaller products split statically: thread `i` takes the `i`-th of `t`
 //!   runs of equal cost of the register tiles in row-major order (whole row
-//!   tiles with at most a partial one at each end; see `task_grid`).
+//!   tiles with at most a partial one at each end; see `static_a_len`).
 //!
 //! On the `deep` layers at minibatch 256 (2 threads, the two switched
 //! inside one process, interleaved) the dynamic split's median time is the
@@ -192,7 +192,7 @@ fn threads_for(par: Par, m: usize, n: usize, k: usize) -> usize {
 ///
 /// `tiles_m` counts row tiles; `kc` is the block depth the `A` buffers must
 /// hold.
-fn task_grid(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
+fn static_a_len(threads: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
     let tasks = threads.max(1);
     // A task's rectangles span at most ceil(tiles_m / tasks) + 1 row tiles
     // of equal cost (a partial first and last one around whole ones); a
@@ -313,7 +313,7 @@ const UNIT_MIN_MACS: usize = 1 << 19;
 const UNITS_PER_THREAD: usize = 8;
 /// Products of at least this many multiply-adds (and [`UNITS_PER_THREAD`]
 /// column panels per thread) share their work dynamically ([`UnitGrid`],
-/// [`Claims`]); smaller ones take the static split ([`task_grid`]). With
+/// [`Claims`]); smaller ones take the static split ([`static_a_len`]). With
 /// the dynamic split for every product, many of the natural-gradient step's
 /// products of 1-16 M multiply-adds or of few columns ran 10-30% slower (2
 /// threads): their units last a few microseconds, so a row block packed by
@@ -395,12 +395,6 @@ fn row_block_cap(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
         .max(1)
 }
 
-/// Floats of one thread's packed-`A` buffer for blocks of `kc` steps.
-fn a_buffer_len(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
-    let rows = row_block_cap(tasks, tiles_m, kc, mr).min(tiles_m.max(1)) * mr;
-    round_up(rows * kc, ALIGN / 4)
-}
-
 /// Floats of scratch for the claim cells of `tasks` threads (none for one).
 fn claims_len(tasks: usize) -> usize {
     if tasks > 1 {
@@ -426,12 +420,14 @@ fn scratch_len_bound(isa: Isa, m: usize, n: usize, k: usize, threads: usize) -> 
 }
 
 /// Floats of each thread's packed-`A` buffer: what the static split
-/// ([`task_grid`]) or the dynamic one ([`UnitGrid`]) needs, whichever the
+/// ([`static_a_len`]) or the dynamic one ([`UnitGrid`]) needs, whichever the
 /// call takes.
 fn a_len_for(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
-    let a_static = task_grid(tasks, tiles_m, kc, mr);
+    let a_static = static_a_len(tasks, tiles_m, kc, mr);
     if tasks > 1 {
-        a_static.max(a_buffer_len(tasks, tiles_m, kc, mr))
+        // A row block of the dynamic split.
+        let rows = row_block_cap(tasks, tiles_m, kc, mr).min(tiles_m.max(1)) * mr;
+        a_static.max(round_up(rows * kc, ALIGN / 4))
     } else {
         a_static
     }
@@ -450,16 +446,17 @@ struct Claims<'a> {
 const CELL_WORDS: usize = CELL_STRIDE / 2;
 
 impl<'a> Claims<'a> {
-    /// Claim cells in `scratch` (at least [`claims_len`]`(tasks)` floats,
-    /// 64-byte aligned), thread `t` starting on units `units t / tasks ..`;
-    /// `None` if `units` does not fit the cells' 32-bit halves.
-    fn new(scratch: &'a mut [MaybeUninit<f32>], tasks: usize, units: usize) -> Option<Self> {
+    /// Claim cells in `scratch`, thread `t` starting on units
+    /// `units t / tasks ..`. The driver guarantees what is asserted: the
+    /// scratch holds [`claims_len`]`(tasks)` floats, 64-byte aligned, and
+    /// `units` fits the cells' 32-bit halves.
+    fn new(scratch: &'a mut [MaybeUninit<f32>], tasks: usize, units: usize) -> Self {
         let words = (tasks + 1) * CELL_WORDS;
-        if scratch.len() < 2 * words || u32::try_from(units).is_err() {
-            return None;
-        }
         let base = scratch.as_mut_ptr() as *mut u64;
-        debug_assert!(base.is_aligned());
+        assert!(
+            scratch.len() >= 2 * words && base.is_aligned() && u32::try_from(units).is_ok(),
+            "gemm: claim cells"
+        );
         for w in 0..words {
             let (t, first) = (w / CELL_WORDS, w % CELL_WORDS == 0);
             let value = if first && t < tasks {
@@ -467,19 +464,19 @@ impl<'a> Claims<'a> {
             } else {
                 0
             };
-            // SAFETY: word w lies in `scratch` (2 words floats >= ... checked
-            // above) and is 8-byte aligned (the scratch is 64-byte aligned).
+            // SAFETY: word w lies in `scratch` (at least 2 words floats,
+            // asserted above) and is 8-byte aligned (asserted).
             unsafe { base.add(w).write(value) };
         }
         // SAFETY: `words` initialised, aligned u64 (AtomicU64 has the size
         // and alignment of u64), borrowed exclusively from `scratch` for 'a
         // and from now on only accessed atomically.
         let cells = unsafe { std::slice::from_raw_parts(base as *const AtomicU64, words) };
-        Some(Claims {
+        Claims {
             cells,
             tasks,
             units,
-        })
+        }
     }
 
     fn run(&self, t: usize) -> &AtomicU64 {
@@ -969,10 +966,12 @@ pub fn gemm_fused_with_isa(
     while j0 < n {
         let nc = NC.min(n - j0);
         let panels_n = div_ceil(nc, nr);
-        if dynamic {
+        let grid = UnitGrid::new(tasks, tiles_m, panels_n, kc_buf, mr, nr);
+        // (More units than the claim cells count is not reached by any
+        // product that fits in memory; it would take the static split.)
+        if dynamic && u32::try_from(grid.units()).is_ok() {
             // Per inner block (units are claimed per block, so a block's
             // tiles are done before the next block adds to them).
-            let grid = UnitGrid::new(tasks, tiles_m, panels_n, kc_buf, mr, nr);
             blocks(&mut |p0| {
                 if !b_direct {
                     pack_b_block(b_scratch, j0, p0);
@@ -982,18 +981,7 @@ pub fn gemm_fused_with_isa(
                     tiles: grid.row_tiles(unit / grid.groups),
                     panels: grid.panels(unit % grid.groups),
                 };
-                let Some(claims) = Claims::new(claim_scratch, tasks, grid.units()) else {
-                    // More units than the claim cells count (not reached by
-                    // any product that fits in memory): one thread runs all.
-                    let mut packed = None;
-                    for unit in 0..grid.units() {
-                        let rb = Some(unit / grid.groups);
-                        let reuse = packed == rb;
-                        packed = rb;
-                        rect_work(unit_rect(unit), a_scratch, (j0, p0), b_base, reuse, true);
-                    }
-                    return;
-                };
+                let claims = Claims::new(claim_scratch, tasks, grid.units());
                 for_tasks(a_scratch, &|tid, a_buf| {
                     // The row block whose A the buffer holds.
                     let mut packed = None;
@@ -1182,7 +1170,7 @@ mod tests {
     /// Every register tile lands in exactly one part; each part's cost is
     /// within one whole tile (plus the integer division's rounding) of an
     /// equal share, it is at most three rectangles over at most
-    /// ceil(tiles_m / parts) + 2 row tiles (what `task_grid` sizes the
+    /// ceil(tiles_m / parts) + 2 row tiles (what `static_a_len` sizes the
     /// packing buffers for), and neighbouring parts share at most one row
     /// tile.
     #[test]
@@ -1329,7 +1317,7 @@ mod tests {
                 for staggered in [false, true] {
                     let mut scratch = vec![MaybeUninit::<f32>::uninit(); claims_len(tasks) + ALIGN];
                     let offset = scratch.as_ptr().align_offset(ALIGN);
-                    let claims = Claims::new(&mut scratch[offset..], tasks, units).unwrap();
+                    let claims = Claims::new(&mut scratch[offset..], tasks, units);
                     let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
                     let done = AtomicUsize::new(0);
                     let slot = |t: usize| {
@@ -1361,8 +1349,5 @@ mod tests {
                 }
             }
         }
-        let mut scratch = vec![MaybeUninit::<f32>::uninit(); claims_len(2) + ALIGN];
-        let offset = scratch.as_ptr().align_offset(ALIGN);
-        assert!(Claims::new(&mut scratch[offset..], 2, 1 << 32).is_none());
     }
 }
