@@ -966,10 +966,12 @@ pub fn gemm_fused_with_isa(
     while j0 < n {
         let nc = NC.min(n - j0);
         let panels_n = div_ceil(nc, nr);
-        let grid = UnitGrid::new(tasks, tiles_m, panels_n, kc_buf, mr, nr);
         // (More units than the claim cells count is not reached by any
         // product that fits in memory; it would take the static split.)
-        if dynamic && u32::try_from(grid.units()).is_ok() {
+        let grid = dynamic
+            .then(|| UnitGrid::new(tasks, tiles_m, panels_n, kc_buf, mr, nr))
+            .filter(|grid| u32::try_from(grid.units()).is_ok());
+        if let Some(grid) = grid {
             // Per inner block (units are claimed per block, so a block's
             // tiles are done before the next block adds to them).
             blocks(&mut |p0| {
