@@ -356,7 +356,7 @@ impl UnitGrid {
         let row_blocks = div_ceil(tiles_m, cap);
         // Balanced groups of at least UNIT_MIN_MACS each (where the panels
         // hold that much).
-        let panel_macs = (cap.min(tiles_m) * mr * nr * kc.max(1)).max(1);
+        let panel_macs = (cap * mr * nr * kc.max(1)).max(1);
         let groups = (panels_n / div_ceil(UNIT_MIN_MACS, panel_macs)).clamp(1, panels_n.max(1));
         UnitGrid {
             tiles_m,
@@ -386,7 +386,8 @@ impl UnitGrid {
 
 /// The most row tiles in a row block of a [`UnitGrid`]: as many as fit a
 /// packed `A` block ([`mc_for`]), and at most a thread's share of the row
-/// tiles (so that threads start on different row blocks). Never decreases
+/// tiles (so that threads start on different row blocks), hence at most
+/// `tiles_m` for `tiles_m >= 1`. Never decreases
 /// as `tiles_m` grows (scratch sized for the largest shape serves smaller
 /// ones).
 fn row_block_cap(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
@@ -426,7 +427,7 @@ fn a_len_for(tasks: usize, tiles_m: usize, kc: usize, mr: usize) -> usize {
     let a_static = static_a_len(tasks, tiles_m, kc, mr);
     if tasks > 1 {
         // A row block of the dynamic split.
-        let rows = row_block_cap(tasks, tiles_m, kc, mr).min(tiles_m.max(1)) * mr;
+        let rows = row_block_cap(tasks, tiles_m, kc, mr) * mr;
         a_static.max(round_up(rows * kc, ALIGN / 4))
     } else {
         a_static
@@ -1276,6 +1277,8 @@ mod tests {
         let case =
             format!("{tasks} tasks, {tiles_m}x{panels_n} tiles of {mr}x{nr}, kc {kc}: {g:?}");
         let cap = row_block_cap(tasks, tiles_m, kc, mr);
+        // The buffers and unit sizes rely on a row block never exceeding the rows.
+        assert!(cap <= tiles_m, "{case}: cap {cap}");
         let mut seen = vec![0u8; tiles_m * panels_n];
         let mut heights = Vec::new();
         let mut widths = Vec::new();
