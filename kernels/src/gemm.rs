@@ -2,8 +2,8 @@
 //!
 //! The BLIS/Goto structure: `C` is cut into column blocks of at most [`NC`],
 //! the inner dimension into equal blocks of at most [`KC`], and the rows
-//! into blocks of at most [`MC`] (packed `A` block at most 768 KiB,
-//! lives in the 1 MiB L2 of this machine's cores). The microkernel multiplies
+//! into blocks of at most [`MC`] (packed `A` block at most 768 KiB, sized
+//! for the 1 MiB L2 of the AMD Zen 5 cores the kernels were tuned on). The microkernel multiplies
 //! an `MR x KC` panel of `A` by a `KC x NR` panel of `B` (which stays in L1)
 //! with the `MR x NR` result in registers: 48 x 8 with AVX-512, 16 x 6 with
 //! AVX2+FMA, 4 x 4 scalar. `B` with unit row stride (the usual column-major
@@ -40,13 +40,16 @@
 //! the lowest forward ratio against faer + epilogue over the large layers
 //! was 0.73-1.05 with the static split and 1.05-1.06 with the dynamic one.
 //!
-//! # Performance (this 2-core AVX-512 machine, shared, so figures are noisy)
+//! # Performance (2-core AVX-512 machines, shared, so figures are noisy)
 //!
 //! FMA peak, measured by [`fma_peak_loop`] (24 independent register-resident
-//! 512-bit FMA chains, best of 200 runs of 0.4 ms): 230-260 GFLOP/s on one
-//! core, 470-505 on two. 1024^3: 86-99% of it on one core, 83-95% on two,
-//! 1.00-1.07 of faer; the `deep` layers at minibatch 256 on two threads
-//! 0.96-1.14 of faer (1.34-1.63 on 30x250). `natgrad bench kernels --quick
+//! 512-bit FMA chains, best of 200 runs of 0.4 ms). On the AMD Zen 5 the
+//! kernels were tuned on: 230-260 GFLOP/s on one core, 470-505 on two;
+//! 1024^3 at 86-99% of it on one core, 83-95% on two, 1.00-1.07 of faer;
+//! the `deep` layers at minibatch 256 on two threads 0.96-1.14 of faer
+//! (1.34-1.63 on 30x250). On the Intel Xeon that replaced it: 132-152 and
+//! 262-270; 1024^3 at 57-58% of it on one core and 59-67% on two, 1.05-1.15
+//! of faer; the `deep` layers on two threads 1.13-1.29 of faer. `natgrad bench kernels --quick
 //! --json` prints the current ratios; the README's performance section has
 //! the day's figures.
 
@@ -75,7 +78,8 @@ pub const KC: usize = 1024;
 /// Upper bound on the rows of a packed `A` block (a multiple of every `MR`).
 pub const MC: usize = 384;
 /// Floats in a packed `A` block: `MC x 512` (768 KiB, in the 1 MiB L2 of
-/// this machine's cores with room for the `B` panel being read). A multiple
+/// the AMD Zen 5 cores the kernels were tuned on, with room for the `B`
+/// panel being read; the Intel machine's cores have 2 MiB). A multiple
 /// of `48 * KC`, so that [`mc_for`]`(KC) * KC` is the largest block.
 const A_BLOCK: usize = MC * 512;
 const _: () = assert!(A_BLOCK.is_multiple_of(48 * KC) && MC.is_multiple_of(48));
