@@ -3,18 +3,19 @@
 //! The BLIS/Goto structure: `C` is cut into column blocks of at most [`NC`],
 //! the inner dimension into equal blocks of at most [`KC`], and the rows
 //! into blocks of at most [`MC`] (packed `A` block at most 768 KiB, sized
-//! for the 1 MiB L2 of the AMD Zen 5 cores the kernels were tuned on). The microkernel multiplies
-//! an `MR x KC` panel of `A` by a `KC x NR` panel of `B` (which stays in L1)
-//! with the `MR x NR` result in registers: 48 x 8 with AVX-512, 16 x 6 with
-//! AVX2+FMA, 4 x 4 scalar. `B` with unit row stride (the usual column-major
-//! minibatch) is read in place; other layouts are packed into a shared
-//! `KC x NC` buffer first. A column-major `A` is packed by the microkernels
-//! of each block's first column panel, which load it for the product anyway;
-//! a row-major one (a transposed view such as `W^T`) by 16 x 16 register
-//! transposes with AVX-512, other layouts by a scalar packing pass. On the
-//! last `KC` block the epilogue (bias + activation, or activation derivative)
-//! is applied to the registers before the one store of the tile, so a fused
-//! forward pass costs no extra pass over memory.
+//! for the 1 MiB L2 of the AMD Zen 5 cores the kernels were tuned on). The
+//! microkernel multiplies an `MR x KC` panel of `A` by a `KC x NR` panel of
+//! `B` (which stays in L1) with the `MR x NR` result in registers: 48 x 8
+//! with AVX-512, 16 x 6 with AVX2+FMA, 4 x 4 scalar. `B` with unit row
+//! stride (the usual column-major minibatch) is read in place; other layouts
+//! are packed into a shared `KC x NC` buffer first. A column-major `A` is
+//! packed by the microkernels of each block's first column panel, which load
+//! it for the product anyway; a row-major one (a transposed view such as
+//! `W^T`) by 16 x 16 register transposes with AVX-512, other layouts by a
+//! scalar packing pass. On the last `KC` block the epilogue (bias +
+//! activation, or activation derivative) is applied to the registers before
+//! the one store of the tile, so a fused forward pass costs no extra pass
+//! over memory.
 //!
 //! Parallelism (`Par::Rayon(t)`), two ways:
 //!
@@ -49,9 +50,9 @@
 //! the `deep` layers at minibatch 256 on two threads 0.96-1.14 of faer
 //! (1.34-1.63 on 30x250). On the Intel Xeon that replaced it: 132-152 and
 //! 262-270; 1024^3 at 57-58% of it on one core and 59-67% on two, 1.05-1.15
-//! of faer; the `deep` layers on two threads 1.13-1.29 of faer. `natgrad bench kernels --quick
-//! --json` prints the current ratios; the README's performance section has
-//! the day's figures.
+//! of faer; the `deep` layers on two threads 1.13-1.29 of faer. `natgrad
+//! bench kernels --quick --json` prints the current ratios; the README's
+//! performance section has the day's figures.
 
 mod microkernel;
 mod pack;
