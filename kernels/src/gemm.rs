@@ -50,7 +50,8 @@
 //! the `deep` layers at minibatch 256 on two threads 0.96-1.14 of faer
 //! (1.34-1.63 on 30x250). On the Intel Xeon that replaced it: 132-152 and
 //! 262-270; 1024^3 at 57-58% of it on one core and 59-67% on two, 1.05-1.15
-//! of faer; the `deep` layers on two threads 1.13-1.29 of faer. `natgrad
+//! of faer (at 75-90% in its quiet spells, 50-70% in its noisy ones, which
+//! slow faer alike); the `deep` layers on two threads 1.13-1.29 of faer. `natgrad
 //! bench kernels --quick --json` prints the current ratios; the README's
 //! performance section has the day's figures.
 
