@@ -82,18 +82,11 @@ fn line(
 /// run that the OS interrupted (the machine is shared) does not count.
 pub fn fma_peak_gflops(threads: usize) -> f64 {
     let isa = Isa::detect();
-    let iterations = 100_000;
-    let p = pool(threads);
-    let mut best: f64 = 0.0;
-    for _ in 0..200 {
-        let t = Instant::now();
-        let results = p.broadcast(|_| fma_peak_loop(isa, iterations).unwrap_or((0.0, 0.0)));
-        let secs = t.elapsed().as_secs_f64();
-        let flops: f64 = results.iter().map(|r| r.1).sum();
-        std::hint::black_box(results.iter().map(|r| r.0).sum::<f32>());
-        best = best.max(flops / secs * 1e-9);
-    }
-    best
+    pool(threads).install(|| {
+        (0..200)
+            .map(|_| peak_run(isa, 100_000).0)
+            .fold(0.0, f64::max)
+    })
 }
 
 /// Runs [`fma_peak_loop`] for `iterations` on every thread of the current
@@ -110,70 +103,63 @@ fn peak_run(isa: Isa, iterations: usize) -> (f64, f64) {
 /// Pairs measured by [`peak_fraction_line`].
 const PEAK_PAIRS: usize = 30;
 
-/// Our GEMM at `(m, k, n)` as a fraction of the FMA peak measured next to it
-/// in time, on the current pool with `threads` threads.
+/// The `peak_fraction` line of `ours`, a GEMM of shape `(m, k, n)` on the
+/// current pool with `threads` threads: the GEMM as a fraction of the FMA
+/// peak measured next to it in time.
 ///
 /// The shared host's clock and load change from second to second (the
 /// best-of-200 `peak` line read 95-152 GFLOP/s on one core over one
 /// session), so a median GEMM rate over a best-of-200 peak mixes two
-/// moments. Here each of [`PEAK_PAIRS`] pairs is one GEMM call followed
-/// at once by one run of the peak loop on the same threads lasting as long
-/// as the call did (its length set from the warm-up calls); the line reports
-/// the median GEMM rate, the median peak rate and the median of the pairs'
-/// ratios as `fraction`. Interference that slows the GEMM but not a
+/// moments. Here each of [`PEAK_PAIRS`] pairs is one call of `ours`
+/// followed at once by one run of the peak loop on the same threads lasting
+/// as long as the call did (its length set from the warm-up calls); the line
+/// reports the median GEMM rate, the median peak rate and the median of the
+/// pairs' ratios as `fraction`. Interference that slows the GEMM but not a
 /// register-resident loop (another tenant's memory traffic in the shared
 /// caches) still lowers `fraction`.
 fn peak_fraction_line(
-    shape: (usize, usize, usize),
+    (m, k, n): (usize, usize, usize),
     threads: usize,
-    rng: &mut Rng,
-    emit: &mut dyn FnMut(String),
-) {
-    let (m, k, n) = shape;
-    let par = par_for(threads);
+    ours: &mut dyn FnMut(),
+) -> String {
     let isa = Isa::detect();
-    let w = random(m * k, rng);
-    let x = random(k * n, rng);
-    let mut y = vec![0.0f32; m * n];
-    let mut buf = MemBuffer::new(gemm_scratch(m, n, k, par));
-    let wv = MatRef::from_column_major_slice(&w, m, k);
-    let xv = MatRef::from_column_major_slice(&x, k, n);
     let flops = 2.0 * (m * k * n) as f64;
-    let mut ours = || {
-        let c = MatMut::from_column_major_slice_mut(&mut y, m, n);
+    let mut timed = || {
         let t = Instant::now();
-        gemm(c, 0.0, wv, xv, 1.0, par, MemStack::new(&mut buf)).expect("gemm shapes agree");
+        ours();
         t.elapsed().as_secs_f64()
     };
     // Iterations of the peak loop so that a run lasts as long as a call.
     let mut iterations = 10_000;
     for _ in 0..3 {
-        let secs = ours();
+        let secs = timed();
         let (_, peak_secs) = peak_run(isa, iterations);
         iterations = ((iterations as f64 * secs / peak_secs) as usize).max(1000);
     }
     let (mut g, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..PEAK_PAIRS {
-        let gemm_rate = flops / ours() * 1e-9;
+        let gemm_rate = flops / timed() * 1e-9;
         let (peak_rate, _) = peak_run(isa, iterations);
         g.push(gemm_rate);
         p.push(peak_rate);
         r.push(gemm_rate / peak_rate);
     }
-    emit(format!(
+    format!(
         "{{\"kernel\": \"peak_fraction\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"threads\": {threads}, \
          \"ours_gflops\": {:.1}, \"peak_gflops\": {:.1}, \"fraction\": {:.3}}}",
         median(&mut g),
         median(&mut p),
         median(&mut r)
-    ));
+    )
 }
 
-/// One `gemm` comparison per baseline at shape `(m, k, n)` on the current pool.
+/// One `gemm` comparison per baseline at shape `(m, k, n)` on the current
+/// pool, then, when `peak_fraction`, the [`peak_fraction_line`] of our GEMM.
 fn gemm_lines(
     shape: (usize, usize, usize),
     threads: usize,
     rng: &mut Rng,
+    peak_fraction: bool,
     emit: &mut dyn FnMut(String),
 ) {
     let (m, k, n) = shape;
@@ -196,22 +182,24 @@ fn gemm_lines(
     let reps = reps_for_call(&mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || faer_mm(&mut y_base));
     emit(line("gemm", shape, threads, t_ours, "faer", t_base));
-    if threads != matrixmultiply_threads() {
-        return;
+    if threads == matrixmultiply_threads() {
+        let mm = |out: &mut [f32]| {
+            let c = MatMut::from_column_major_slice_mut(out, m, n);
+            matrixmultiply_gemm(c, 0.0, wv, xv, 1.0).expect("shapes agree");
+        };
+        let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || mm(&mut y_base));
+        emit(line(
+            "gemm",
+            shape,
+            threads,
+            t_ours,
+            "matrixmultiply",
+            t_base,
+        ));
     }
-    let mm = |out: &mut [f32]| {
-        let c = MatMut::from_column_major_slice_mut(out, m, n);
-        matrixmultiply_gemm(c, 0.0, wv, xv, 1.0).expect("shapes agree");
-    };
-    let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || mm(&mut y_base));
-    emit(line(
-        "gemm",
-        shape,
-        threads,
-        t_ours,
-        "matrixmultiply",
-        t_base,
-    ));
+    if peak_fraction {
+        emit(peak_fraction_line(shape, threads, &mut ours));
+    }
 }
 
 /// The unfused baseline's second pass: `Y = act(Y + b 1^T)` column by column
@@ -320,7 +308,7 @@ pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) {
         for shape in deep_shapes(256) {
             let lines = p.install(|| {
                 let mut lines = Vec::new();
-                gemm_lines(shape, t, &mut rng, &mut |l| lines.push(l));
+                gemm_lines(shape, t, &mut rng, false, &mut |l| lines.push(l));
                 forward_line(shape, t, &mut rng, &mut |l| lines.push(l));
                 lines
             });
@@ -328,8 +316,9 @@ pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) {
         }
         let lines = p.install(|| {
             let mut lines = Vec::new();
-            gemm_lines((1024, 1024, 1024), t, &mut rng, &mut |l| lines.push(l));
-            peak_fraction_line((1024, 1024, 1024), t, &mut rng, &mut |l| lines.push(l));
+            gemm_lines((1024, 1024, 1024), t, &mut rng, true, &mut |l| {
+                lines.push(l)
+            });
             lines
         });
         lines.into_iter().for_each(&mut *emit);
