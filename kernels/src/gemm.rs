@@ -51,14 +51,22 @@
 //! (1.34-1.63 on 30x250). On the Intel Xeon that replaced it: 132-152 and
 //! 262-270; 1024^3 at 57-58% of it on one core and 59-67% on two, 1.05-1.15
 //! of faer (at 75-90% in its quiet spells, 50-70% in its noisy ones, which
-//! slow faer alike); the `deep` layers on two threads 1.13-1.29 of faer. `natgrad
-//! bench kernels --quick --json` prints the current ratios; the README's
-//! performance section has the day's figures.
+//! slow faer alike); the `deep` layers on two threads 1.13-1.29 of faer.
+//! OpenBLAS's `SkylakeX` sgemm (feature `openblas`, `openblas_gemm`), in
+//! the same process and paired with the FMA loop the same way, read
+//! 0.61-0.74 of the peak on one thread and 0.59-0.68 on two where ours read
+//! 0.65-0.73 and 0.63-0.74 (ours/OpenBLAS 0.96-1.18 and 1.04-1.17, eight
+//! runs). `natgrad bench kernels --quick --json` prints the current ratios;
+//! the README's performance section has the day's figures.
 
 mod microkernel;
+#[cfg(feature = "openblas")]
+mod openblas;
 mod pack;
 mod vmath;
 
+#[cfg(feature = "openblas")]
+pub use openblas::{openblas_corename, openblas_gemm};
 pub use vmath::activate_slice_with_isa;
 
 use crate::error::check_shape;
@@ -666,19 +674,7 @@ pub fn gemm_fused_with_isa(
         return Err(Error::IsaUnavailable(isa));
     }
     let (m, n, k) = (c.nrows(), c.ncols(), a.ncols());
-    check_shape(
-        a.nrows() == m && b.nrows() == k && b.ncols() == n,
-        "gemm",
-        || {
-            format!(
-                "C is {m}x{n}, A is {}x{}, B is {}x{}",
-                a.nrows(),
-                a.ncols(),
-                b.nrows(),
-                b.ncols()
-            )
-        },
-    )?;
+    check_product_shapes("gemm", (m, n), a, b)?;
     let raw_epilogue = match epilogue {
         Epilogue::None => RawEpilogue::None,
         Epilogue::BiasActivation { bias, activation } => {
@@ -1115,6 +1111,29 @@ pub fn fma_peak_loop(isa: Isa, iterations: usize) -> Result<(f32, f64), Error> {
     dispatch(isa, Op { iterations })
 }
 
+/// Checks that `C (m x n) = A B` is a well-formed product for `op`.
+pub(crate) fn check_product_shapes(
+    op: &'static str,
+    (m, n): (usize, usize),
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+) -> Result<(), Error> {
+    let k = a.ncols();
+    check_shape(
+        a.nrows() == m && b.nrows() == k && b.ncols() == n,
+        op,
+        || {
+            format!(
+                "C is {m}x{n}, A is {}x{}, B is {}x{}",
+                a.nrows(),
+                a.ncols(),
+                b.nrows(),
+                b.ncols()
+            )
+        },
+    )
+}
+
 /// Baseline for benchmarks: `C = alpha A B + beta C` by the `matrixmultiply`
 /// crate's `sgemm` (its own thread pool; thread count from the environment
 /// variable `MATMUL_NUM_THREADS`, read once per process, default: physical
@@ -1127,19 +1146,7 @@ pub fn matrixmultiply_gemm(
     alpha: f32,
 ) -> Result<(), Error> {
     let (m, n, k) = (c.nrows(), c.ncols(), a.ncols());
-    check_shape(
-        a.nrows() == m && b.nrows() == k && b.ncols() == n,
-        "matrixmultiply_gemm",
-        || {
-            format!(
-                "C is {m}x{n}, A is {}x{}, B is {}x{}",
-                a.nrows(),
-                a.ncols(),
-                b.nrows(),
-                b.ncols()
-            )
-        },
-    )?;
+    check_product_shapes("matrixmultiply_gemm", (m, n), a, b)?;
     if m == 0 || n == 0 {
         return Ok(());
     }

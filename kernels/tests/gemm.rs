@@ -914,3 +914,57 @@ fn scratch_for_larger_dimensions_serves_smaller_calls() {
         }
     }
 }
+
+/// The optional OpenBLAS baseline (`--features openblas`, needs the system
+/// `libopenblas`) computes the same product as the reference on the layouts
+/// CBLAS takes, and refuses the others with an error.
+#[cfg(feature = "openblas")]
+#[test]
+fn openblas_baseline_matches_reference_and_refuses_other_layouts() {
+    use natgrad_kernels::gemm::openblas_gemm;
+    let mut rng = Rng::new(11);
+    let cblas_layouts = [
+        Layout::ColMajor { pad: 0 },
+        Layout::ColMajor { pad: 3 },
+        Layout::Transposed { pad: 1 },
+    ];
+    for &(m, n, k) in &[(1, 1, 1), (3, 2, 5), (17, 9, 1), (1, 1, 33), (50, 31, 48)] {
+        for la in cblas_layouts {
+            for lb in cblas_layouts {
+                for (alpha, beta) in [(1.0f32, 0.0f32), (-0.5, 2.0)] {
+                    let a = TestMat::new(m, k, la, &mut rng);
+                    let b = TestMat::new(k, n, lb, &mut rng);
+                    let mut c = TestMat::new(m, n, Layout::ColMajor { pad: 2 }, &mut rng);
+                    let c_old: Vec<f32> = (0..m * n).map(|x| c.get(x % m, x / m)).collect();
+                    openblas_gemm(c.view_mut(), beta, a.view(), b.view(), alpha, 2).unwrap();
+                    assert_eq!(c.touched_padding(), 0, "wrote outside C");
+                    for j in 0..n {
+                        for i in 0..m {
+                            let (exact, scale) =
+                                reference(&a, &b, c_old[i + j * m], alpha, beta, i, j);
+                            let bound =
+                                gamma(k + 2) * scale + gamma_f64(k + 2) * scale + f64::MIN_POSITIVE;
+                            let err = (c.get(i, j) as f64 - exact).abs();
+                            assert!(
+                                err <= bound,
+                                "{m}x{n}x{k} {la:?} {lb:?}: C[{i},{j}] error {err:e} > {bound:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let a = TestMat::new(4, 3, Layout::ReversedRows, &mut rng);
+    let b = TestMat::new(3, 2, Layout::ColMajor { pad: 0 }, &mut rng);
+    let mut c = TestMat::new(4, 2, Layout::ColMajor { pad: 0 }, &mut rng);
+    let err = openblas_gemm(c.view_mut(), 0.0, a.view(), b.view(), 1.0, 1).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let mut c = TestMat::new(4, 2, Layout::Transposed { pad: 0 }, &mut rng);
+    let a = TestMat::new(4, 3, Layout::ColMajor { pad: 0 }, &mut rng);
+    let err = openblas_gemm(c.view_mut(), 0.0, a.view(), b.view(), 1.0, 1).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let mut c = TestMat::new(5, 2, Layout::ColMajor { pad: 0 }, &mut rng);
+    let err = openblas_gemm(c.view_mut(), 0.0, a.view(), b.view(), 1.0, 1).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}

@@ -104,8 +104,9 @@ fn peak_run(isa: Isa, iterations: usize) -> (f64, f64) {
 const PEAK_PAIRS: usize = 30;
 
 /// The `peak_fraction` line of `ours`, a GEMM of shape `(m, k, n)` on the
-/// current pool with `threads` threads: the GEMM as a fraction of the FMA
-/// peak measured next to it in time.
+/// current pool with `threads` threads (named in the line as `"of": of`,
+/// `natgrad` or, with the `openblas` feature, `openblas`): the GEMM as a
+/// fraction of the FMA peak measured next to it in time.
 ///
 /// The shared host's clock and load change from second to second (the
 /// best-of-200 `peak` line read 95-152 GFLOP/s on one core over one
@@ -120,6 +121,7 @@ const PEAK_PAIRS: usize = 30;
 fn peak_fraction_line(
     (m, k, n): (usize, usize, usize),
     threads: usize,
+    of: &str,
     ours: &mut dyn FnMut(),
 ) -> String {
     let isa = Isa::detect();
@@ -145,8 +147,8 @@ fn peak_fraction_line(
         r.push(gemm_rate / peak_rate);
     }
     format!(
-        "{{\"kernel\": \"peak_fraction\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"threads\": {threads}, \
-         \"ours_gflops\": {:.1}, \"peak_gflops\": {:.1}, \"fraction\": {:.3}}}",
+        "{{\"kernel\": \"peak_fraction\", \"of\": \"{of}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \
+         \"threads\": {threads}, \"ours_gflops\": {:.1}, \"peak_gflops\": {:.1}, \"fraction\": {:.3}}}",
         median(&mut g),
         median(&mut p),
         median(&mut r)
@@ -154,7 +156,9 @@ fn peak_fraction_line(
 }
 
 /// One `gemm` comparison per baseline at shape `(m, k, n)` on the current
-/// pool, then, when `peak_fraction`, the [`peak_fraction_line`] of our GEMM.
+/// pool, then, when `peak_fraction`, the [`peak_fraction_line`] of our GEMM
+/// and (feature `openblas`) a comparison with OpenBLAS and its
+/// [`peak_fraction_line`].
 fn gemm_lines(
     shape: (usize, usize, usize),
     threads: usize,
@@ -198,8 +202,49 @@ fn gemm_lines(
         ));
     }
     if peak_fraction {
-        emit(peak_fraction_line(shape, threads, &mut ours));
+        emit(peak_fraction_line(shape, threads, "natgrad", &mut ours));
+        #[cfg(feature = "openblas")]
+        if openblas_sleeps(threads) {
+            let mut openblas = || {
+                let c = MatMut::from_column_major_slice_mut(&mut y_base, m, n);
+                natgrad_kernels::gemm::openblas_gemm(c, 0.0, wv, xv, 1.0, threads)
+                    .expect("shapes agree");
+            };
+            let (t_ours, t_base) = measure_interleaved(reps, &mut ours, &mut openblas);
+            emit(line("gemm", shape, threads, t_ours, "openblas", t_base));
+            emit(peak_fraction_line(
+                shape,
+                threads,
+                "openblas",
+                &mut openblas,
+            ));
+        }
     }
+}
+
+/// Whether OpenBLAS's worker threads go to sleep soon after a call, which
+/// the OpenBLAS lines need: by default they spin for about 2^28 cycles
+/// (a tenth of a second), on the two cores the next measurement (our GEMM,
+/// the FMA loop) runs on; a run that way read OpenBLAS's paired peak at 142
+/// GFLOP/s on two threads where the `peak` line read 275, and our GEMM at
+/// 0.64 of OpenBLAS. OpenBLAS reads the setting (`OPENBLAS_THREAD_TIMEOUT`,
+/// a power of two of cycles, clamped to 4..30) once, when it is loaded, so
+/// it must come from the environment of the process; when it is missing
+/// or above 10 the OpenBLAS lines are left out with a note on stderr.
+#[cfg(feature = "openblas")]
+fn openblas_sleeps(threads: usize) -> bool {
+    const VAR: &str = "OPENBLAS_THREAD_TIMEOUT";
+    let ok = std::env::var(VAR)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|v| v <= 10);
+    if !ok {
+        eprintln!(
+            "openblas lines ({threads} thread(s)) left out: run with {VAR}=4 so that \
+             OpenBLAS's idle workers do not spin on the cores being measured"
+        );
+    }
+    ok
 }
 
 /// The unfused baseline's second pass: `Y = act(Y + b 1^T)` column by column
