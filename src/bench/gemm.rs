@@ -205,6 +205,10 @@ fn gemm_lines(
         emit(peak_fraction_line(shape, threads, "natgrad", &mut ours));
         #[cfg(feature = "openblas")]
         if openblas_sleeps(threads) {
+            eprintln!(
+                "openblas core: {}",
+                natgrad_kernels::gemm::openblas_corename()
+            );
             let mut openblas = || {
                 let c = MatMut::from_column_major_slice_mut(&mut y_base, m, n);
                 natgrad_kernels::gemm::openblas_gemm(c, 0.0, wv, xv, 1.0, threads)
