@@ -37,8 +37,9 @@ const BENCH_USAGE: &str = "natgrad bench kernels|step --quick --json [--threads 
 Measures ours against the baselines (kernels: faer, matrixmultiply, and OpenBLAS
 at 1024^3 when built with --features openblas and run with
 OPENBLAS_THREAD_TIMEOUT=4; steps: SGD) in one process, interleaved, median of
-several repetitions, and prints one JSON object per line. --preset and --batch select cells of the step benchmark;
---phases also prints the median time of each phase of the natural-gradient step.";
+several repetitions, and prints one JSON object per line. --preset and --batch
+select cells of the step benchmark; --phases also prints the median time of
+each phase of the natural-gradient step.";
 
 /// A comma-separated list of positive integers given to `flag`.
 fn positive_list(flag: &str, v: &str, example: &str) -> Result<Vec<usize>, Error> {
