@@ -1237,3 +1237,60 @@ fn levenberg_marquardt_takes_back_a_step_that_blows_up() {
     }
     assert!(last < 0.5 * loss, "loss {loss} -> {last}");
 }
+
+/// `Par::Seq` keeps a whole step on the calling thread: with every worker of
+/// rayon's global pool held busy, a sequential step of each optimizer still
+/// finishes (a step that handed any part of its work to the pool would wait
+/// for a worker until the blockers are released, after the deadline).
+#[test]
+fn sequential_steps_never_wait_for_the_rayon_pool() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    let workers = rayon::current_num_threads();
+    let started = Arc::new(AtomicUsize::new(0));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    for _ in 0..workers {
+        let (started, release_rx) = (started.clone(), release_rx.clone());
+        rayon::spawn(move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            let _ = release_rx.lock().unwrap().recv();
+        });
+    }
+    while started.load(Ordering::SeqCst) < workers {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let sizes = [30, 40, 20, 30];
+        let acts = [Activation::Tanh, Activation::Sigmoid, Activation::Identity];
+        let mut net =
+            Mlp::new(&sizes, &acts, Likelihood::Gaussian, Init::GlorotUniform, 3).unwrap();
+        let b = 64;
+        let x = random(30 * b, 5, 1.0);
+        let x = MatRef::from_column_major_slice(&x, 30, b);
+        let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+        let config = NaturalGradientConfig {
+            weight_decay: 1e-3,
+            ..NaturalGradientConfig::default()
+        };
+        let mut opts: Vec<Box<dyn Optimizer>> = vec![
+            Box::new(NaturalGradient::new(&net, b, config).unwrap()),
+            Box::new(Sgd::new(&net, SgdConfig::default()).unwrap()),
+            Box::new(Adam::new(&net, AdamConfig::default()).unwrap()),
+        ];
+        for opt in &mut opts {
+            for _ in 0..3 {
+                opt.step(&mut net, &mut ws, x, x).unwrap();
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let finished = done_rx.recv_timeout(Duration::from_secs(30)).is_ok();
+    for _ in 0..workers {
+        let _ = release_tx.send(());
+    }
+    assert!(finished, "a Par::Seq step waited for rayon's busy pool");
+}

@@ -408,6 +408,18 @@ impl LayerPlan {
     }
 }
 
+/// The `with_min_len` of the step's per-layer loops: one layer per task when
+/// the step may use several threads, and every layer in one task otherwise.
+/// A task that is never split runs on the calling thread, so `Par::Seq` keeps
+/// the whole step on the caller's thread (and its stack), never on rayon's.
+fn layers_per_task(par: Par) -> usize {
+    if par.degree() > 1 {
+        1
+    } else {
+        usize::MAX
+    }
+}
+
 /// Sum of the diagonal of the column-major `n x n` matrix in `m`.
 fn trace(m: &[f32], n: usize) -> f64 {
     (0..n).map(|i| m[i * n + i] as f64).sum()
@@ -1115,13 +1127,14 @@ impl Optimizer for NaturalGradient {
         let loss = net.loss_and_gradient(ws, x, y)?;
         check_grads_finite(&ws.grads)?;
         let wd = self.config.weight_decay;
+        let (b, par) = (ws.batch, ws.par);
         if wd > 0.0 {
             ws.grads
                 .par_iter_mut()
                 .zip(net.layers().par_iter())
+                .with_min_len(layers_per_task(par))
                 .for_each(|(g, l)| g.iter_mut().zip(&l.params).for_each(|(g, &w)| *g += wd * w));
         }
-        let (b, par) = (ws.batch, ws.par);
         let num_layers = net.num_layers();
         let k = self.steps + 1;
         // Statistics steps: every `statistics_interval`-th, the first included;
@@ -1225,6 +1238,7 @@ impl Optimizer for NaturalGradient {
             self.layers
                 .par_iter_mut()
                 .zip(self.sampled_errs.par_iter())
+                .with_min_len(layers_per_task(par))
                 .try_for_each(|(st, e)| -> Result<(), Error> {
                     if st.plan.g_gram || st.g_diag {
                         // Formed from the sampled errors at factorisation, or exact.
@@ -1295,6 +1309,7 @@ impl Optimizer for NaturalGradient {
                 .par_iter_mut()
                 .zip(ws.acts[..num_layers].par_iter())
                 .zip(self.sampled_errs.par_iter())
+                .with_min_len(layers_per_task(par))
                 .try_for_each(|((st, a), es)| -> Result<(), natgrad_kernels::Error> {
                     let abar = view(a, st.n_in1, b, st.n_in1);
                     if first && stats_step && !st.plan.a_gram {
@@ -1357,6 +1372,7 @@ impl Optimizer for NaturalGradient {
             .zip(ws.errs.par_iter_mut())
             .zip(ws.grads.par_iter())
             .zip(self.sampled_errs.par_iter())
+            .with_min_len(layers_per_task(par))
             .try_for_each(
                 |((((st, a), e), g), es)| -> Result<(), natgrad_kernels::Error> {
                     let stack = MemStack::new(&mut st.scratch);
@@ -1461,6 +1477,7 @@ impl Optimizer for NaturalGradient {
         net.layers_mut()
             .par_iter_mut()
             .zip(self.layers.par_iter_mut())
+            .with_min_len(layers_per_task(par))
             .try_for_each(|(layer, st)| -> Result<(), natgrad_kernels::Error> {
                 st.penalty_dot = if wd > 0.0 && lm_check {
                     add_and_penalty_change(&mut layer.params, &st.delta)?

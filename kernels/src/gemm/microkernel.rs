@@ -567,55 +567,116 @@ unsafe fn column_panel<S: Simd, const MV: usize, const NR2: usize>(
     let mut ip = 0;
     while ip < job.mc {
         let rows = mr.min(job.mc - ip);
+        // Each tile runs in a stack frame of its own (`Simd::vectorize` at the
+        // same instruction set): inlined into one function, the tile variants
+        // below took a frame of 3.5 MiB in an unoptimised build, more than a
+        // rayon worker's stack. Optimised, a call per tile is nothing next to
+        // its `kc` steps.
         let (i, j) = (job.i0 + ip, job.j0 + jp);
-        // SAFETY: row panel ip / mr of the job's A (full) or its packed edge
-        // panel, and when packing, rows ip.. of the job's A itself; the
-        // tile lies inside the job's block of C (caller contract).
-        unsafe {
-            if rows == mr {
-                prefetch_tile::<S>(job, i, j, rows, cols);
-                let a = job.a.offset((ip / mr) as isize * job.a_panel);
-                let dst = (a as *mut f32, job.a_step);
-                let (b_step, b_col) = (job.b_step, job.b_col);
-                // Each branch writes its own tile: merging the accumulator
-                // arrays would spill them. (`a_src` is null unless packing,
-                // so it is offset only then.)
-                if packing && store {
-                    let src = (job.a_src.add(ip), job.a_src_cs, rows);
-                    let acc = microkernel_packing::<S, MV, NR2, true, true>(
-                        s, job.kc, src, dst, b, b_step, b_col, cols,
-                    );
-                    write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
-                } else if packing {
-                    let src = (job.a_src.add(ip), job.a_src_cs, rows);
-                    let acc = microkernel_packing::<S, MV, NR2, true, false>(
-                        s, job.kc, src, dst, b, b_step, b_col, cols,
-                    );
-                    write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
-                } else {
-                    let acc =
-                        microkernel::<S, MV, NR2>(s, job.kc, a, job.a_step, b, b_step, b_col, cols);
-                    write_any_tile::<S, MV, NR2>(s, &acc, job, i, j, cols);
-                }
+        let at = TileAt {
+            job,
+            b,
+            ip,
+            tile: (i, j, rows, cols),
+        };
+        if rows == mr {
+            match (packing, store) {
+                (true, true) => s.vectorize(FullTile::<MV, NR2, true, true>(at)),
+                (true, false) => s.vectorize(FullTile::<MV, NR2, true, false>(at)),
+                _ => s.vectorize(FullTile::<MV, NR2, false, false>(at)),
+            }
+        } else {
+            // Partial panel: only the vectors that hold rows.
+            let src = if packing {
+                // SAFETY: rows ip.. of the job's A itself (caller contract).
+                unsafe { job.a_src.add(ip) }
             } else {
-                // Partial panel: only the vectors that hold rows.
-                let tile = (i, j, rows, cols);
-                let src = if packing {
-                    job.a_src.add(ip)
-                } else {
-                    core::ptr::null()
-                };
-                match rows.div_ceil(lanes) {
-                    1 => edge::<S, 1, NR2>(s, job, b, src, tile),
-                    2 => edge::<S, 2, NR2>(s, job, b, src, tile),
-                    3 => edge::<S, 3, NR2>(s, job, b, src, tile),
-                    4 => edge::<S, 4, NR2>(s, job, b, src, tile),
-                    5 => edge::<S, 5, NR2>(s, job, b, src, tile),
-                    _ => edge::<S, MV, NR2>(s, job, b, src, tile),
-                }
+                core::ptr::null()
+            };
+            let at = EdgeAt { at, src };
+            match rows.div_ceil(lanes) {
+                1 => s.vectorize(EdgeTile::<1, NR2>(at)),
+                2 => s.vectorize(EdgeTile::<2, NR2>(at)),
+                3 => s.vectorize(EdgeTile::<3, NR2>(at)),
+                4 => s.vectorize(EdgeTile::<4, NR2>(at)),
+                5 => s.vectorize(EdgeTile::<5, NR2>(at)),
+                _ => s.vectorize(EdgeTile::<MV, NR2>(at)),
             }
         }
         ip += mr;
+    }
+}
+
+/// Where a tile of a column panel lies: its job, the panel's `B`, its row
+/// offset `ip` in the block and `(i, j, rows, cols)` in `C`.
+#[derive(Clone, Copy)]
+struct TileAt<'a> {
+    job: &'a BlockJob,
+    b: *const f32,
+    ip: usize,
+    tile: (usize, usize, usize, usize),
+}
+
+/// A full tile (`MV` vectors by `NR` columns) of a column panel, `A` read
+/// from its packed panel, or from `A` itself when `PACK` (and then stored
+/// packed when `STORE`).
+///
+/// Built only by [`column_panel`], under its safety contract, which is what
+/// makes `with_simd` (a safe trait method) sound.
+struct FullTile<'a, const MV: usize, const NR: usize, const PACK: bool, const STORE: bool>(
+    TileAt<'a>,
+);
+
+impl<const MV: usize, const NR: usize, const PACK: bool, const STORE: bool> pulp::WithSimd
+    for FullTile<'_, MV, NR, PACK, STORE>
+{
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let TileAt { job, b, ip, tile } = self.0;
+        let (i, j, rows, cols) = tile;
+        let mr = MV * S::F32_LANES;
+        // SAFETY: row panel ip / mr of the job's A (full), or when packing
+        // rows ip.. of the job's A itself; the tile lies inside the job's
+        // block of C (`column_panel`'s contract, under which this was built).
+        unsafe {
+            prefetch_tile::<S>(job, i, j, rows, cols);
+            let a = job.a.offset((ip / mr) as isize * job.a_panel);
+            let (b_step, b_col) = (job.b_step, job.b_col);
+            let acc = if PACK {
+                // (`a_src` is null unless packing, so it is offset only then.)
+                let src = (job.a_src.add(ip), job.a_src_cs, rows);
+                let dst = (a as *mut f32, job.a_step);
+                microkernel_packing::<S, MV, NR, true, STORE>(
+                    s, job.kc, src, dst, b, b_step, b_col, cols,
+                )
+            } else {
+                microkernel::<S, MV, NR>(s, job.kc, a, job.a_step, b, b_step, b_col, cols)
+            };
+            write_any_tile::<S, MV, NR>(s, &acc, job, i, j, cols);
+        }
+    }
+}
+
+/// A tile's place and, when packing, its first row in `A` itself (else null).
+#[derive(Clone, Copy)]
+struct EdgeAt<'a> {
+    at: TileAt<'a>,
+    src: *const f32,
+}
+
+/// The partial last row panel's tile, `MV2` vectors tall: [`edge`] in a
+/// frame of its own. Built only by [`column_panel`], under its contract.
+struct EdgeTile<'a, const MV2: usize, const NR: usize>(EdgeAt<'a>);
+
+impl<const MV2: usize, const NR: usize> pulp::WithSimd for EdgeTile<'_, MV2, NR> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let EdgeAt { at, src } = self.0;
+        // SAFETY: the job's partial row panel and the tile inside its block
+        // of C (`column_panel`'s contract, under which this was built).
+        unsafe { edge::<S, MV2, NR>(s, at.job, at.b, src, at.tile) }
     }
 }
 
