@@ -19,7 +19,7 @@
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat};
-use natgrad::bench::factor::{factor_of, spd};
+use natgrad::app::bench::factor::{factor_of, spd};
 use natgrad_kernels::cholesky::{
     cholesky_in_place, cholesky_rank_update, cholesky_scratch, cholesky_update_scratch,
 };
@@ -62,7 +62,7 @@ fn bench_syrk(c: &mut Criterion) {
     let mut g = configure(c, "syrk");
     let mut rng = Rng::new(1);
     for (t, b) in cases() {
-        let pool = natgrad::bench::pool(t);
+        let pool = natgrad::app::bench::pool(t);
         let par = par_for(t);
         for n in NS {
             let x = Mat::<f32>::from_fn(n, b, |_, _| rng.normal_f32());
@@ -126,7 +126,7 @@ fn bench_cholesky(c: &mut Criterion) {
     let mut g = configure(c, "cholesky");
     let mut rng = Rng::new(2);
     for t in [2, 1] {
-        let pool = natgrad::bench::pool(t);
+        let pool = natgrad::app::bench::pool(t);
         let par = par_for(t);
         for n in NS {
             let a = spd(n, &mut rng);
@@ -177,7 +177,7 @@ fn bench_solve(c: &mut Criterion) {
     let mut g = configure(c, "solve");
     let mut rng = Rng::new(3);
     for (t, m) in cases() {
-        let pool = natgrad::bench::pool(t);
+        let pool = natgrad::app::bench::pool(t);
         let par = par_for(t);
         for n in NS {
             let l = factor_of(n, &mut rng);
@@ -225,7 +225,7 @@ fn bench_update(c: &mut Criterion) {
         if k > 256 {
             continue; // the target range of the update is k <= 256
         }
-        let pool = natgrad::bench::pool(t);
+        let pool = natgrad::app::bench::pool(t);
         let par = par_for(t);
         for n in NS {
             let l0 = factor_of(n, &mut rng);
@@ -312,9 +312,9 @@ fn main() {
             get(3),
             get(4),
         );
-        let pool = natgrad::bench::pool(t);
+        let pool = natgrad::app::bench::pool(t);
         let mut rng = Rng::new(7);
-        use natgrad::bench::factor as q;
+        use natgrad::app::bench::factor as q;
         // Inside the pool, as `quick_lines` measures.
         let lines = pool.install(|| {
             let mut lines = Vec::new();
@@ -331,7 +331,7 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--quick") {
-        natgrad::bench::factor::quick_lines(&[2, 1], &mut |l| println!("{l}"));
+        natgrad::app::bench::factor::quick_lines(&[2, 1], &mut |l| println!("{l}"));
         return;
     }
     benches();
@@ -341,7 +341,7 @@ fn main() {
 fn profile(kernel: &str, n: usize, m: usize, t: usize) {
     let mut rng = Rng::new(9);
     let par = par_for(t);
-    let pool = natgrad::bench::pool(t);
+    let pool = natgrad::app::bench::pool(t);
     let start = std::time::Instant::now();
     let mut calls = 0usize;
     let a = spd(n, &mut rng);

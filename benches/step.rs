@@ -7,7 +7,7 @@ use natgrad::kernels::rng::Rng;
 use natgrad::kernels::{MatRef, Par};
 use natgrad::mlp::Mlp;
 
-use natgrad::race::{tuned, OptimizerKind};
+use natgrad::app::race::{tuned, OptimizerKind};
 use natgrad::workspace::Workspace;
 use std::time::Duration;
 

@@ -1,4 +1,6 @@
-//! The crate's error type.
+//! The crate's error type, and every bad input with the error it gets.
+//!
+#![doc = include_str!("../docs/robustness.md")]
 
 use std::fmt;
 use std::path::PathBuf;

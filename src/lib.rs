@@ -4,19 +4,17 @@
 //! gradient for nonlinear networks (Bernacchia, Lengyel & Hennequin, NeurIPS
 //! 2018), on the hand-tuned CPU kernels of `natgrad-kernels`.
 
-pub mod bench;
 pub mod checkpoint;
-pub mod cli;
 pub mod data;
 pub mod error;
 pub mod linear;
 pub mod mlp;
 pub mod optim;
-pub mod plot;
-pub mod race;
-pub mod robustness;
-pub mod tune;
 pub mod workspace;
+
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod app;
 
 pub use error::Error;
 pub use natgrad_kernels as kernels;

@@ -601,7 +601,11 @@ fn embedded_dataset_is_real_mnist_sized() {
     let dataset = load_embedded().unwrap();
     assert_eq!(dataset.name, "embedded-mnist-10k");
     // The race's settings for the embedded set assume its size.
-    assert_eq!(dataset.train.count, natgrad::race::EMBEDDED_TRAIN_COUNT);
+    #[cfg(feature = "cli")]
+    assert_eq!(
+        dataset.train.count,
+        natgrad::app::race::EMBEDDED_TRAIN_COUNT
+    );
     for (split, count) in [(&dataset.train, 8000), (&dataset.test, 2000)] {
         assert_eq!(split.count, count);
         assert_eq!((split.rows, split.cols), (28, 28));

@@ -491,8 +491,10 @@ fn bad_inputs_give_typed_errors() {
     assert!(matches!(run_experiment(&cfg), Err(Error::InvalidConfig(_))));
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn command_line_rejects_bad_flags() {
+    use natgrad::app::linear::cli_main;
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     for bad in [
         &["--bogus"][..],
@@ -507,8 +509,10 @@ fn command_line_rejects_bad_flags() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn command_line_writes_csv_and_png() {
+    use natgrad::app::linear::cli_main;
     let dir = std::env::temp_dir().join(format!("natgrad-linear-test-{}", std::process::id()));
     let args: Vec<String> = ["--out", dir.to_str().unwrap(), "--quick"]
         .iter()
@@ -603,9 +607,10 @@ fn path_min_singular_finds_a_crossing() {
     assert!((s - 1.0).abs() <= 1e-12, "{s}");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn plot_helper_writes_png_and_refuses_empty_charts() {
-    use natgrad::plot::{line_chart_png, Series};
+    use natgrad::app::plot::{line_chart_png, Series};
     let dir = std::env::temp_dir().join(format!("natgrad-plot-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("halving.png");
@@ -622,7 +627,7 @@ fn plot_helper_writes_png_and_refuses_empty_charts() {
         Err(Error::InvalidConfig(_))
     ));
     assert!(matches!(
-        natgrad::plot::charts_png(&dir.join("none.png"), &[], 2, (100, 100)),
+        natgrad::app::plot::charts_png(&dir.join("none.png"), &[], 2, (100, 100)),
         Err(Error::InvalidConfig(_))
     ));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -1083,6 +1083,7 @@ impl pulp::WithSimd for BlockOp<'_> {
 /// chains at instruction set `isa` (the machine's FMA peak, as a yardstick for
 /// GEMM). Returns a checksum (so the loop cannot be optimised away) and the
 /// number of floating-point operations performed (2 per lane per FMA).
+#[cfg(feature = "bench")]
 pub fn fma_peak_loop(isa: Isa, iterations: usize) -> Result<(f32, f64), Error> {
     struct Op {
         iterations: usize,
@@ -1138,6 +1139,7 @@ pub(crate) fn check_product_shapes(
 /// crate's `sgemm` (its own thread pool; thread count from the environment
 /// variable `MATMUL_NUM_THREADS`, read once per process, default: physical
 /// cores). Same shape checks as [`gemm`].
+#[cfg(feature = "bench")]
 pub fn matrixmultiply_gemm(
     c: MatMut<'_, f32>,
     beta: f32,

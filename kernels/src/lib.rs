@@ -20,6 +20,7 @@
 //! allocates nothing.
 
 pub mod activation;
+#[cfg(feature = "bench")]
 pub mod alloc_counter;
 pub mod cholesky;
 pub mod error;

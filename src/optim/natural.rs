@@ -158,7 +158,7 @@ pub struct NaturalGradientConfig {
     /// third of an SGD step; on a fraction `f` it costs `f` of that, for a
     /// noisier estimate of the actual change (the predicted change always uses
     /// the whole minibatch's gradient). The race uses 1/4, see
-    /// [`crate::race::tuned`].
+    /// [`crate::app::race::tuned`].
     pub damping_check_fraction: f32,
     /// Steps between Cholesky refreshes (>= 1). Default 1: with per-minibatch
     /// factors every step has new factors anyway. A damping raised by the
@@ -195,7 +195,7 @@ pub struct NaturalGradientConfig {
     /// 20 and 40 s: 53.5 against 47.0, 50.8 against 45.3) despite 20% more
     /// steps; the noise of the sampled estimate (a rank-`b` matrix when
     /// `b < n_L`) lengthens the output layer's steps. On `deep` (Bernoulli) it
-    /// was better and the race uses it (see [`crate::race::tuned`]).
+    /// was better and the race uses it (see [`crate::app::race::tuned`]).
     pub exact_output_factor: bool,
     /// For a Gaussian likelihood, draw the output layer's sampled backward
     /// factor directly: its sampled errors are standard normal vectors,

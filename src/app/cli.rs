@@ -17,12 +17,12 @@ USAGE:
 /// Runs the command line on `args` (without the program name).
 pub fn run(args: &[String]) -> Result<(), Error> {
     match args.first().map(String::as_str) {
-        None => crate::race::cli_main(&[]),
-        Some("race") => crate::race::cli_main(&args[1..]),
-        Some(a) if a.starts_with("--") => crate::race::cli_main(args),
-        Some("linear") => crate::linear::cli_main(&args[1..]),
+        None => crate::app::race::cli_main(&[]),
+        Some("race") => crate::app::race::cli_main(&args[1..]),
+        Some(a) if a.starts_with("--") => crate::app::race::cli_main(args),
+        Some("linear") => crate::app::linear::cli_main(&args[1..]),
         Some("bench") => bench_main(&args[1..]),
-        Some("tune") => crate::tune::cli_main(&args[1..]),
+        Some("tune") => crate::app::tune::cli_main(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())
@@ -99,18 +99,20 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
     let mut emit = |line: String| println!("{line}");
     match what {
         Some("kernels") => {
-            crate::bench::gemm::quick_lines(&threads, &mut emit);
-            crate::bench::factor::quick_lines(&threads, &mut emit);
+            crate::app::bench::gemm::quick_lines(&threads, &mut emit);
+            crate::app::bench::factor::quick_lines(&threads, &mut emit);
             Ok(())
         }
         Some("step") => {
             let t = if threads == [1, 2] { vec![2] } else { threads };
-            crate::bench::step::quick_lines(&t, &presets, &batches, &mut emit)?;
+            crate::app::bench::step::quick_lines(&t, &presets, &batches, &mut emit)?;
             if phases {
                 for &threads in &t {
                     for preset in &presets {
                         for &batch in &batches {
-                            crate::bench::step::phase_lines(preset, batch, threads, 9, &mut emit)?;
+                            crate::app::bench::step::phase_lines(
+                                preset, batch, threads, 9, &mut emit,
+                            )?;
                         }
                     }
                 }

@@ -82,14 +82,14 @@ impl Hyper {
 
 /// The tuned settings of each optimizer for each preset.
 ///
-/// How they were found (`natgrad tune`, see [`crate::tune`]): on the embedded training
+/// How they were found (`natgrad tune`, see [`crate::app::tune`]): on the embedded training
 /// set split 6,000 / 2,000 into fit and validation parts, each candidate ran for
 /// a fixed budget (below) from the race's initial weights, and the setting with the
 /// lowest validation loss at the end won; ties within 2% went to the more
 /// conservative (smaller step, more damping) setting, which is the one more
 /// likely to carry over to other datasets.
 ///
-/// The grids are in [`crate::tune::candidates`]: SGD at minibatch 20 (plain, the
+/// The grids are in [`crate::app::tune::candidates`]: SGD at minibatch 20 (plain, the
 /// paper's) and 100 (momentum 0.9) with learning rates from 5e-4 to 0.16; Adam at
 /// minibatch 20 and 100 with rates from 1e-4 to 3e-3; NG at minibatch 256, 500
 /// and 1000 with eta 1, the 1/L scale and LM damping (the paper's), per-minibatch
@@ -631,7 +631,7 @@ pub fn run_one(
         step_times.push(f64::NAN);
     }
     let (curve, failed) = (st.curve, st.failed);
-    let median_step_ms = 1e3 * crate::bench::median(&mut step_times);
+    let median_step_ms = 1e3 * crate::app::bench::median(&mut step_times);
     Ok(RunResult {
         kind,
         hyper,
@@ -1053,7 +1053,7 @@ pub fn write_outputs(r: &RaceResult, dir: &std::path::Path) -> Result<(), Error>
     }
     write_file(&dir.join("curves.csv"), &csv)?;
     write_file(&dir.join("summary.json"), &(summary_json(r) + "\n"))?;
-    use crate::plot::{charts_png, Chart, Series};
+    use crate::app::plot::{charts_png, Chart, Series};
     let series = |x_of: &dyn Fn(&CurvePoint) -> f64| -> Vec<Series> {
         r.runs
             .iter()

@@ -1,15 +1,15 @@
 //! `natgrad tune`: the documented hyperparameter search behind
-//! [`crate::race::tuned`].
+//! [`crate::app::race::tuned`].
 //!
 //! The training set is split into a fit part (the first 75%) and a validation
 //! part (the last 25%); the test set is never looked at. Each candidate trains
 //! from the race's initial weights for the given budget and is scored by its
 //! final validation loss. A candidate that diverges scores infinity.
 
+use crate::app::race::{prepare, run_one, Hyper, OptimizerKind, Prepared, RunOptions};
 use crate::data::Dataset;
 use crate::mlp::Mlp;
 use crate::optim::{AdamConfig, DampingAdaptation, NaturalGradientConfig, SgdConfig};
-use crate::race::{prepare, run_one, Hyper, OptimizerKind, Prepared, RunOptions};
 use crate::Error;
 use natgrad_kernels::Par;
 

@@ -6,7 +6,7 @@
 //! `assets/DejaVuSans-LICENSE.txt`), so no system font is needed.
 //!
 //! ```no_run
-//! use natgrad::plot::{line_chart_png, Series};
+//! use natgrad::app::plot::{line_chart_png, Series};
 //! let s = Series::new("halving", (0..20).map(|k| (k as f64, 0.5f64.powi(k))).collect());
 //! line_chart_png("halving.png".as_ref(), "Halving", "step", "value", &[s], true)?;
 //! # Ok::<(), natgrad::Error>(())
@@ -20,7 +20,7 @@ use plotters::style::FontStyle;
 
 use crate::Error;
 
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
 /// Default palette (colour-blind friendly "Tableau 10").
