@@ -7,11 +7,12 @@ use natgrad::kernels::alloc_counter::{
     track_current_thread, tracked_allocations, CountingAllocator,
 };
 use natgrad::kernels::rng::Rng;
+use natgrad::kernels::MatMut;
 use natgrad::kernels::{Activation, MatRef, Par};
 use natgrad::mlp::{Init, Likelihood, Mlp};
 use natgrad::optim::{
-    Adam, AdamConfig, FactorUpdate, InverseApplication, NaturalGradient, NaturalGradientConfig,
-    Optimizer, Preconditioning, Sgd, SgdConfig,
+    Adam, AdamConfig, FactorUpdate, InverseApplication, KroneckerPreconditioner, NaturalGradient,
+    NaturalGradientConfig, Optimizer, Preconditioning, Sgd, SgdConfig,
 };
 use natgrad::workspace::Workspace;
 
@@ -161,6 +162,67 @@ fn steps_allocate_nothing_after_the_first() {
                     );
                 });
             }
+        }
+    }
+    // The layer-level preconditioner: a step of begin_step, observe and
+    // precondition on two layers allocates nothing either.
+    for par in [Par::Seq, Par::rayon(2)] {
+        for config in [
+            NaturalGradientConfig::default(),
+            NaturalGradientConfig {
+                factor_decay: 0.95,
+                refresh_interval: 3,
+                factor_update: FactorUpdate::RankUpdate,
+                ..Default::default()
+            },
+            NaturalGradientConfig {
+                inverse: InverseApplication::Explicit,
+                factor_decay: 0.9,
+                ..Default::default()
+            },
+        ] {
+            let shapes = [(40, 33), (33, 7)];
+            let mut pre = KroneckerPreconditioner::new(&shapes, b, config).unwrap();
+            let mut e = vec![0.0f32; 33 * b];
+            Rng::new(2).fill_normal(&mut e);
+            let grads: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&(i, o)| e[..o * (i + 1)].to_vec())
+                .collect();
+            let mut outs: Vec<Vec<f32>> = grads.iter().map(|g| vec![0.0; g.len()]).collect();
+            let mut step = |pre: &mut KroneckerPreconditioner| {
+                let stats = pre.begin_step();
+                for (l, &(n_in, n_out)) in shapes.iter().enumerate() {
+                    if stats {
+                        let xs = MatRef::from_column_major_slice(&x[..n_in * b], n_in, b);
+                        let es = MatRef::from_column_major_slice(&e[..n_out * b], n_out, b);
+                        pre.observe(l, xs, es, par).unwrap();
+                    }
+                    let g = MatRef::from_column_major_slice(&grads[l], n_out, n_in + 1);
+                    let out = MatMut::from_column_major_slice_mut(&mut outs[l], n_out, n_in + 1);
+                    pre.precondition(l, g, out, par).unwrap();
+                }
+            };
+            pool.install(|| {
+                step(&mut pre);
+                let mut window = || {
+                    let before = tracked_allocations();
+                    for _ in 0..10 {
+                        step(&mut pre);
+                    }
+                    tracked_allocations() - before
+                };
+                let warm = (0..5).map(|_| window()).position(|a| a == 0);
+                assert!(
+                    warm.is_some(),
+                    "KroneckerPreconditioner ({par:?}) allocated in every window"
+                );
+                let allocs = window() + window();
+                assert_eq!(
+                    allocs, 0,
+                    "KroneckerPreconditioner ({par:?}) allocated {allocs} times"
+                );
+            });
         }
     }
 }

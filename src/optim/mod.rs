@@ -7,14 +7,17 @@
 //! the network's weights and the optimizer's state as they were.
 
 mod adam;
+mod config;
+pub mod kronecker;
 mod natural;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
-pub use natural::{
-    DampingAdaptation, FactorUpdate, InverseApplication, NaturalGradient, NaturalGradientConfig,
-    PhaseSecs, Preconditioning,
+pub use config::{
+    DampingAdaptation, FactorUpdate, InverseApplication, NaturalGradientConfig, Preconditioning,
 };
+pub use kronecker::KroneckerPreconditioner;
+pub use natural::{NaturalGradient, PhaseSecs};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::mlp::Mlp;
