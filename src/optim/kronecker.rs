@@ -1117,7 +1117,7 @@ impl KroneckerPreconditioner {
     /// (both `n_out x (n_in+1)`, `[dW | db]`). On a refresh step the layer's
     /// damped factors are factorised first; if one is not positive definite
     /// the damping is raised tenfold (up to its upper bound, at most
-    /// [`MAX_DAMPING_RETRIES`] times) and the factorisation retried, and the
+    /// six times) and the factorisation retried, and the
     /// other layers are refactorised at the new damping on the next step.
     ///
     /// # Errors
