@@ -1,7 +1,7 @@
 //! The multilayer perceptron: layer sizes, activations, biases, an output
 //! likelihood, and the forward and backward passes on a [`Workspace`].
 //!
-//! Layer `i` (1-based, as in PAPER.md) computes `s_i = W_i a_{i-1} + b_i`,
+//! Layer `i` (1-based, as in docs/math.md) computes `s_i = W_i a_{i-1} + b_i`,
 //! `a_i = phi_i(s_i)`. Its parameters are stored as one column-major
 //! `n_i x (n_{i-1} + 1)` matrix `Wbar_i = [W_i | b_i]`: the bias is the last
 //! column, so that the forward factor `A_i = E[abar abar^T]` of the natural
@@ -213,7 +213,7 @@ impl Mlp {
         Ok(net)
     }
 
-    /// The `paper` preset (PAPER.md section 2): 784-400-200-100-50-100-200-400-784,
+    /// The `paper` preset (docs/math.md section 2.5): 784-400-200-100-50-100-200-400-784,
     /// tanh on every hidden layer, linear output, Gaussian likelihood (squared loss).
     pub fn paper(seed: u64) -> Mlp {
         let sizes = [784, 400, 200, 100, 50, 100, 200, 400, 784];
