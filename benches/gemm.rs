@@ -1,5 +1,5 @@
 //! Criterion groups `gemm` and `forward`: natgrad's kernels against baselines
-//! at the layer shapes of the `paper` and `deep` autoencoders (PAPER.md) with
+//! at the layer shapes of the `paper` and `deep` autoencoders (docs/math.md section 4) with
 //! minibatch 20, 100, 256 and 1000, plus 1024^3, on 1 thread and on all threads.
 //!
 //! * `gemm`: `Y = W X` by natgrad, faer's `matmul` and matrixmultiply's `sgemm`

@@ -113,8 +113,8 @@ impl Split {
 /// Standardisation of inputs to mean zero and unit variance, with one global
 /// scalar mean and standard deviation computed on the training split.
 ///
-/// PAPER.md's `paper` preset wants "inputs mean-centred and scaled to unit
-/// variance". Global scalars are used rather than per-pixel statistics: MNIST's
+/// The `paper` preset (docs/math.md section 2.5) wants inputs centred and
+/// scaled to unit variance. Global scalars are used rather than per-pixel statistics: MNIST's
 /// border pixels are zero in (almost) every image, so a per-pixel standard
 /// deviation is zero or tiny there and dividing by it would blow rare strokes up
 /// to huge values. A global affine map keeps the images' geometry and is the

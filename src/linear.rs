@@ -1,4 +1,4 @@
-//! The exact natural gradient of deep linear networks (PAPER.md section 1;
+//! The exact natural gradient of deep linear networks (docs/math.md section 1;
 //! Bernacchia, Lengyel & Hennequin, NeurIPS 2018), made executable and checked
 //! against a brute-force Fisher matrix.
 //!
@@ -30,8 +30,8 @@
 //! ```
 //!
 //! Damping ([`Damping`]): Tikhonov adds `g` to both factors; the
-//! Levenberg-Marquardt rule of PAPER.md section 2 adds `sqrt(g)` to both and
-//! adapts `g` (`x 3/2` when the actual loss decrease is below 1/4 of the
+//! Levenberg-Marquardt rule of docs/math.md section 2.4 adds `sqrt(g)` to
+//! both and adapts `g` (`x 3/2` when the actual loss decrease is below 1/4 of the
 //! Gauss-Newton model's prediction, `x 2/3` above 3/4, starting at 1).
 //!
 //! # Why the closed form is exact, and when

@@ -1,7 +1,7 @@
 //! The multilayer perceptron: layer sizes, activations, biases, an output
 //! likelihood, and the forward and backward passes on a [`Workspace`].
 //!
-//! Layer `i` (1-based, as in PAPER.md) computes `s_i = W_i a_{i-1} + b_i`,
+//! Layer `i` (1-based, as in docs/math.md) computes `s_i = W_i a_{i-1} + b_i`,
 //! `a_i = phi_i(s_i)`. Its parameters are stored as one column-major
 //! `n_i x (n_{i-1} + 1)` matrix `Wbar_i = [W_i | b_i]`: the bias is the last
 //! column, so that the forward factor `A_i = E[abar abar^T]` of the natural
@@ -213,7 +213,7 @@ impl Mlp {
         Ok(net)
     }
 
-    /// The `paper` preset (PAPER.md section 2): 784-400-200-100-50-100-200-400-784,
+    /// The `paper` preset (docs/math.md section 2.5): 784-400-200-100-50-100-200-400-784,
     /// tanh on every hidden layer, linear output, Gaussian likelihood (squared loss).
     pub fn paper(seed: u64) -> Mlp {
         let sizes = [784, 400, 200, 100, 50, 100, 200, 400, 784];
@@ -892,4 +892,134 @@ pub(crate) fn check_finite_mat(m: MatRef<'_, f32>, what: &str) -> Result<(), Err
         }
     }
     Ok(())
+}
+
+/// Classification: the predicted class of each example and the accuracy
+/// against labels, for networks whose outputs score one class each.
+impl Mlp {
+    /// Writes the predicted class of each column of `x` (`n_0 x n`, one
+    /// example per column) into `classes` (length `n`): the index of the
+    /// largest output, the first on ties. For [`Likelihood::Categorical`] that
+    /// is the most probable class (softmax is monotonic in the logits); for
+    /// Bernoulli and Gaussian outputs it is the highest-scoring output.
+    ///
+    /// Any `n` works: `x` is run through the network in chunks of the
+    /// workspace's maximum batch. Allocates nothing. Overwrites the
+    /// workspace's activations, not its gradients.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `classes.len() != x.ncols()` or `x` has the wrong
+    /// number of rows; the errors of [`Mlp::forward`] otherwise.
+    ///
+    /// # Example
+    /// ```
+    /// use natgrad::kernels::{Activation, MatRef, Par};
+    /// use natgrad::mlp::{Init, Likelihood, Mlp};
+    /// use natgrad::workspace::Workspace;
+    ///
+    /// // 2 inputs, 3 classes; a single linear layer with hand-set weights.
+    /// let mut net = Mlp::new(&[2, 3], &[Activation::Identity], Likelihood::Categorical,
+    ///                        Init::GlorotUniform, 1)?;
+    /// // [W | b], column-major 3 x 3: class 0 scores x0, class 1 scores x1,
+    /// // class 2 scores the constant 0.5 (its bias).
+    /// net.params_mut().next().unwrap()
+    ///     .copy_from_slice(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5]);
+    /// let mut ws = Workspace::new(&net, 2, Par::Seq)?;
+    /// let x = [2.0, 0.0, /**/ 0.0, 3.0, /**/ 0.1, 0.2]; // three examples
+    /// let x = MatRef::from_column_major_slice(&x, 2, 3);
+    /// let mut classes = [0usize; 3];
+    /// net.predict_classes(&mut ws, x, &mut classes)?;
+    /// assert_eq!(classes, [0, 1, 2]);
+    /// assert_eq!(net.accuracy(&mut ws, x, &[0, 1, 0])?, 2.0 / 3.0);
+    /// # Ok::<(), natgrad::Error>(())
+    /// ```
+    pub fn predict_classes(
+        &self,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        classes: &mut [usize],
+    ) -> Result<(), Error> {
+        if classes.len() != x.ncols() {
+            return Err(Error::Shape(format!(
+                "{} examples but room for {} predicted classes",
+                x.ncols(),
+                classes.len()
+            )));
+        }
+        let chunk = ws.max_batch().max(1);
+        let mut start = 0;
+        while start < x.ncols() {
+            let len = chunk.min(x.ncols() - start);
+            self.forward(ws, x.subcols(start, len))?;
+            let out = self.output(ws);
+            for (j, class) in classes[start..start + len].iter_mut().enumerate() {
+                *class = Self::argmax_column(out, j);
+            }
+            start += len;
+        }
+        Ok(())
+    }
+
+    /// The fraction of the columns of `x` (`n_0 x n`) whose predicted class
+    /// (as [`Mlp::predict_classes`]) equals their label, `labels[j]` for
+    /// column `j` (labels are class indices, `0..n_L`, as in
+    /// [`crate::data::Split::labels`]). Any `n > 0`; allocates nothing.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `labels.len() != x.ncols()`, `x` is empty or a
+    /// label is not below the network's output width; the errors of
+    /// [`Mlp::forward`] otherwise.
+    pub fn accuracy(
+        &self,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        labels: &[u8],
+    ) -> Result<f64, Error> {
+        if labels.len() != x.ncols() {
+            return Err(Error::Shape(format!(
+                "{} examples but {} labels",
+                x.ncols(),
+                labels.len()
+            )));
+        }
+        if labels.is_empty() {
+            return Err(Error::Shape(
+                "cannot measure accuracy on an empty dataset".into(),
+            ));
+        }
+        if let Some(j) = labels
+            .iter()
+            .position(|&l| usize::from(l) >= self.output_size())
+        {
+            return Err(Error::Shape(format!(
+                "label {} of example {j} is not a class of a network with {} outputs",
+                labels[j],
+                self.output_size()
+            )));
+        }
+        let chunk = ws.max_batch().max(1);
+        let mut correct = 0usize;
+        let mut start = 0;
+        while start < x.ncols() {
+            let len = chunk.min(x.ncols() - start);
+            self.forward(ws, x.subcols(start, len))?;
+            let out = self.output(ws);
+            for (j, &label) in labels[start..start + len].iter().enumerate() {
+                correct += usize::from(Self::argmax_column(out, j) == usize::from(label));
+            }
+            start += len;
+        }
+        Ok(correct as f64 / labels.len() as f64)
+    }
+
+    /// The row of the largest entry of column `j`, the first on ties.
+    fn argmax_column(out: MatRef<'_, f32>, j: usize) -> usize {
+        let mut best = 0;
+        for i in 1..out.nrows() {
+            if out[(i, j)] > out[(best, j)] {
+                best = i;
+            }
+        }
+        best
+    }
 }

@@ -1,5 +1,5 @@
 //! Tests of the exact natural gradient of deep linear networks
-//! (`natgrad::linear`, PAPER.md section 1, issue 4).
+//! (`natgrad::linear`, docs/math.md section 1).
 
 use faer::Mat;
 use natgrad::kernels::rng::Rng;

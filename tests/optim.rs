@@ -1051,7 +1051,7 @@ fn invalid_configurations_are_refused() {
 }
 
 /// In a deep linear Gaussian network the online factors are exact in
-/// expectation (PAPER.md section 2): `A_i = W_{<i} C W_{<i}^T` (plus the bias
+/// expectation (docs/math.md section 2.1): `A_i = W_{<i} C W_{<i}^T` (plus the bias
 /// row and column) and `G_i = W_{>i}^T W_{>i}`. `A` is computed from the same
 /// minibatch as `C`, so it agrees to rounding; `G` is a Monte-Carlo estimate from
 /// N = b * samples Gaussian draws, whose relative error is about sqrt(2 / N) per

@@ -33,31 +33,17 @@
 //!   runs of equal cost of the register tiles in row-major order (whole row
 //!   tiles with at most a partial one at each end; see `static_a_len`).
 //!
-//! On the `deep` layers at minibatch 256 (2 threads, the two switched
-//! inside one process, interleaved) the dynamic split's median time is the
-//! static one's within noise (time ratio 0.99-1.02 over four runs); its gain
-//! is under interference: in five sessions of four to six alternating runs
-//! of the quick bench (the dynamic code's unit sizes varied between them),
-//! the lowest forward ratio against faer + epilogue over the large layers
-//! was 0.73-1.05 with the static split and 1.05-1.06 with the dynamic one.
+//! The dynamic split is no slower than the static one on a quiet machine
+//! and keeps a call from waiting on a thread that other load has slowed;
+//! below its threshold its bookkeeping costs more than it saves.
 //!
-//! # Performance (2-core AVX-512 machines, shared, so figures are noisy)
+//! # Performance
 //!
-//! FMA peak, measured by [`fma_peak_loop`] (24 independent register-resident
-//! 512-bit FMA chains, best of 200 runs of 0.4 ms). On the AMD Zen 5 the
-//! kernels were tuned on: 230-260 GFLOP/s on one core, 470-505 on two;
-//! 1024^3 at 86-99% of it on one core, 83-95% on two, 1.00-1.07 of faer;
-//! the `deep` layers at minibatch 256 on two threads 0.96-1.14 of faer
-//! (1.34-1.63 on 30x250). On the Intel Xeon that replaced it: 132-152 and
-//! 262-270; 1024^3 at 57-58% of it on one core and 59-67% on two, 1.05-1.15
-//! of faer (at 75-90% in its quiet spells, 50-70% in its noisy ones, which
-//! slow faer alike); the `deep` layers on two threads 1.13-1.29 of faer.
-//! OpenBLAS's `SkylakeX` sgemm (feature `openblas`, `openblas_gemm`), in
-//! the same process and paired with the FMA loop the same way, read
-//! 0.61-0.74 of the peak on one thread and 0.59-0.68 on two where ours read
-//! 0.65-0.73 and 0.63-0.74 (ours/OpenBLAS 0.96-1.18 and 1.04-1.17, eight
-//! runs). `natgrad bench kernels --quick --json` prints the current ratios;
-//! the README's performance section has the day's figures.
+//! `fma_peak_loop` (behind the feature `bench`) measures the machine's FMA
+//! peak, the yardstick of `natgrad bench kernels --quick --json`, which also
+//! prints this GEMM's speed against faer and matrixmultiply. Measured figures,
+//! with the machines and the method, are in the repository's
+//! `docs/performance.md`.
 
 mod microkernel;
 #[cfg(feature = "openblas")]
@@ -78,12 +64,9 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bound on the inner-dimension block (packed panels of `KC` steps).
-/// `C` is read and written once per block, so the `deep` layers (k = 500,
-/// 784, 1000) take one block each; the packed `A` block then has fewer rows
-/// (`mc_for`). 1024 against 512 (2 threads, toggled in one process,
-/// interleaved with faer): 1000x784x256 +2-3%, 500x1000x256 and
-/// 784x1000x256 +2-3% (+0.5-1.6% on one thread), 1024^3 +2.5-3%,
-/// 300x3000x512 +6%.
+/// `C` is read and written once per block, so a large `KC` lets the layers
+/// of the `deep` autoencoder (k = 500, 784, 1000) take one block each; the
+/// packed `A` block then has fewer rows (`mc_for`).
 pub const KC: usize = 1024;
 /// Upper bound on the rows of a packed `A` block (a multiple of every `MR`).
 pub const MC: usize = 384;

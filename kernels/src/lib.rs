@@ -19,6 +19,8 @@
 //! function returning a [`StackReq`]; given a [`MemStack`] of that size the call
 //! allocates nothing.
 
+#![deny(missing_docs)]
+
 pub mod activation;
 #[cfg(feature = "bench")]
 pub mod alloc_counter;

@@ -11,7 +11,7 @@ use crate::linear::{
 use crate::Error;
 
 const USAGE: &str = "natgrad linear [--out DIR] [--json] [--quick]
-    Runs the deep-linear natural-gradient experiment (PAPER.md section 1).
+    Runs the deep-linear natural-gradient experiment (docs/math.md section 1).
     --out DIR   where to write linear.csv and linear.png (default linear-out/)
     --json      print one JSON line per run and per brute-force Fisher check
     --quick     the reduced experiment of the test suite (no bottleneck)";

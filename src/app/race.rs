@@ -1,5 +1,5 @@
 //! The race: natural gradient against SGD and Adam on MNIST autoencoding, on the
-//! wall clock (PAPER.md, "Reference benchmarks").
+//! wall clock (docs/math.md section 4).
 //!
 //! Every optimizer starts from the same initial weights, sees the same data
 //! order and gets the same training budget in seconds. Evaluation (test loss

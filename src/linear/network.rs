@@ -140,7 +140,7 @@ pub enum Damping {
         /// The value `g > 0` added to each factor.
         per_factor: f64,
     },
-    /// The Levenberg-Marquardt rule of PAPER.md section 2: `sqrt(g)` added to
+    /// The Levenberg-Marquardt rule of docs/math.md section 2.4: `sqrt(g)` added to
     /// each factor, and after every step `g *= 3/2` when the ratio `rho` of
     /// actual to predicted loss decrease is below 1/4, `g *= 2/3` when it is
     /// above 3/4. The local model is the Gauss-Newton quadratic

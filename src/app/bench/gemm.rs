@@ -1,7 +1,7 @@
 //! Quick-bench lines for `gemm`, `forward`, the FMA `peak` and the 1024^3
 //! GEMM's `peak_fraction`.
 //!
-//! Shapes: every layer of the `deep` autoencoder (PAPER.md) as `Y = W X` with
+//! Shapes: every layer of the `deep` autoencoder (docs/math.md section 4) as `Y = W X` with
 //! `W` of shape `n_out x n_in` and a minibatch of 256 columns, plus 1024^3.
 //! `gemm` is compared with faer's matmul and with matrixmultiply's sgemm;
 //! `forward` (fused `act(W X + b 1^T)`) with faer's matmul followed by a
