@@ -93,14 +93,14 @@ pub enum InverseApplication {
 
 /// Settings of [`NaturalGradient`](super::NaturalGradient) and
 /// [`KroneckerPreconditioner`](super::KroneckerPreconditioner). The defaults reproduce the paper's
-/// configuration (PAPER.md section 2) except where noted.
+/// configuration (docs/math.md section 2.5) except where noted.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NaturalGradientConfig {
     /// Step size `eta`. Default 1.0 (the paper's value: with exact curvature a
     /// unit natural-gradient step is the Newton-like step).
     pub learning_rate: f32,
     /// Divide the step by the number of layers `L` (the exact deep-linear
-    /// result, PAPER.md section 1). Default true.
+    /// result, docs/math.md section 1.2). Default true.
     pub scale_by_depth: bool,
     /// Decay `rho` of the running averages of the factors, in [0, 1). 0 means the
     /// factors come from the current minibatch alone (the paper's setting).
@@ -148,13 +148,11 @@ pub struct NaturalGradientConfig {
     /// of `diag(p (1 - p))` for Bernoulli (**beyond** the paper, which
     /// estimates every `G_i` from the sampled errors). The output layer's `G`
     /// side then costs a row scaling instead of an `n_L x n_L` SYRK, Cholesky
-    /// and solve (`paper` at minibatch 1000: about 1.3 of the step's 12
-    /// GFLOP). The errors propagated to the layers below are still sampled;
+    /// and solve. The errors propagated to the layers below are still sampled;
     /// Categorical outputs (`diag(p) - p p^T`) always use the sampled
     /// estimate. Default false (the paper's): on `paper` (Gaussian) the exact
-    /// factor validated about 10% worse than the sampled one (`natgrad tune`,
-    /// 20 and 40 s: 53.5 against 47.0, 50.8 against 45.3) despite 20% more
-    /// steps; the noise of the sampled estimate (a rank-`b` matrix when
+    /// factor validated worse than the sampled one despite taking more steps
+    /// (figures in `docs/performance.md`); the noise of the sampled estimate (a rank-`b` matrix when
     /// `b < n_L`) lengthens the output layer's steps. On `deep` (Bernoulli) it
     /// was better and the race uses it (see `docs/race.md`).
     pub exact_output_factor: bool,
@@ -177,11 +175,8 @@ pub struct NaturalGradientConfig {
     /// independently of the errors of the layers below, which changes no
     /// factor's expectation. Ignored with [`FactorUpdate::RankUpdate`], the
     /// exact output factor, or a Gram-form output side (those use the errors
-    /// themselves). Default true: at `paper`/1000 (2 threads) the step's
-    /// sampling phase fell from 6.8-7.9 ms to 5.1-5.8 ms and the step from
-    /// 2.19-2.39 to 2.05-2.20 SGD steps (`natgrad bench step --quick`), with
-    /// the same test loss (seeds 1-3, 400 steps at the race's settings, 150
-    /// at b = 1000). False gives the same factors as
+    /// themselves). Default true: fewer flops for the same factor
+    /// distributions (measured in `docs/performance.md`). False gives the same factors as
     /// the Gram form sample for sample (used to check the Gram identities).
     pub wishart_output_factor: bool,
     /// How the damped inverses are applied: triangular solves with the

@@ -8,7 +8,7 @@
 //!
 //! A dense layer `s = W a + b` (`a` its input, `n_in` wide; `s` its
 //! pre-activation, `n_out` wide) has the Fisher block approximated by
-//! `A (x) G` (docs/math.md section 2):
+//! `A (x) G` (docs/math.md sections 2.1 and 2.2):
 //!
 //! ```text
 //! A = E[abar abar^T],  abar = [a; 1]        ((n_in+1) x (n_in+1))
@@ -177,7 +177,7 @@ pub(crate) struct LayerPlan {
 }
 
 impl LayerPlan {
-    /// The cheapest form allowed by `mode` (flop counts of PAPER.md section 3
+    /// The cheapest form allowed by `mode` (flop counts of docs/math.md sections 3.1 and 3.2
     /// and [`Preconditioning::Gram`]); `gram_ok` says whether the configuration
     /// has per-minibatch factors.
     /// `g_diag`: the backward factor is diagonal (a row scaling). `penalty`:

@@ -1,4 +1,4 @@
-//! The online natural gradient (PAPER.md sections 2 and 3).
+//! The online natural gradient (docs/math.md sections 2 and 3).
 //!
 //! For every layer `i`, with `abar = [a_{i-1}; 1]` and `e_i` the error of the
 //! layer back-propagated from targets sampled from the model itself,
