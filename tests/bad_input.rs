@@ -1034,3 +1034,159 @@ fn gram_preconditioning_without_per_minibatch_factors() {
         }
     }
 }
+
+/// `gemm` with a NaN or infinite `alpha` or `beta` is refused before `C`
+/// is touched (issue #22: it used to return `Ok`).
+#[test]
+fn gemm_given_non_finite_alpha_or_beta() {
+    let par = Par::Seq;
+    let a = [1.0f32; 6];
+    let b = [1.0f32; 6];
+    let mut mem = stack_for(gemm_scratch(2, 2, 3, par));
+    for (alpha, beta) in [
+        (f32::NAN, 0.0),
+        (f32::INFINITY, 1.0),
+        (1.0, f32::NAN),
+        (1.0, f32::NEG_INFINITY),
+    ] {
+        let mut c = [7.0f32; 4];
+        let r = gemm(
+            MatMut::from_column_major_slice_mut(&mut c, 2, 2),
+            beta,
+            MatRef::from_column_major_slice(&a, 2, 3),
+            MatRef::from_column_major_slice(&b, 3, 2),
+            alpha,
+            par,
+            MemStack::new(&mut mem),
+        );
+        match r {
+            Err(kernels::Error::InvalidArgument { op: "gemm", detail }) => {
+                assert!(detail.contains("must be finite"), "{detail}")
+            }
+            other => panic!("gemm alpha {alpha} beta {beta} gave {other:?}"),
+        }
+        assert_eq!(c, [7.0; 4], "C was touched");
+    }
+}
+
+/// Every kernel that takes scratch refuses a stack smaller than its
+/// `*_scratch` asks for, with `InvalidArgument`, leaving its output alone
+/// (issue #22: only `gemm` checked; the others panicked).
+#[test]
+fn kernels_given_too_little_scratch() {
+    use natgrad::kernels::cholesky::{cholesky_inverse_in_place, cholesky_inverse_scratch};
+    use natgrad::kernels::syrk::{syrk_lower_f64, syrk_lower_trapezoidal};
+    use natgrad::kernels::trsm::{lower_times_in_place, lower_times_scratch};
+    let par = Par::Seq;
+    let n = 64;
+    let k = 40;
+    let too_small = |req: kernels::StackReq| {
+        let bytes = req.unaligned_bytes_required();
+        assert!(bytes > 64, "the case needs scratch to be meaningful");
+        MemBuffer::new(kernels::StackReq::new::<u8>(bytes / 2))
+    };
+    let scratch_error = |r: Result<(), kernels::Error>, what: &str| match r {
+        Err(kernels::Error::InvalidArgument { detail, .. }) => {
+            assert!(detail.contains("scratch holds"), "{what}: {detail}")
+        }
+        other => panic!("{what} with too little scratch gave {other:?}"),
+    };
+    let mut spd = vec![0.0f32; n * n];
+    for i in 0..n {
+        spd[i * n + i] = 2.0;
+    }
+    let x = data(n, k, 3);
+
+    let mut buf = too_small(cholesky_scratch(n, par));
+    let mut a = spd.clone();
+    let r = cholesky_in_place(
+        MatMut::from_column_major_slice_mut(&mut a, n, n),
+        0.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "cholesky_in_place");
+    assert_eq!(a, spd, "A was touched");
+
+    let mut buf = too_small(cholesky_update_scratch(n, k, par));
+    let mut w = x.clone();
+    let r = cholesky_rank_update(
+        MatMut::from_column_major_slice_mut(&mut a, n, n),
+        MatMut::from_column_major_slice_mut(&mut w, n, k),
+        &vec![1.0; k],
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "cholesky_rank_update");
+    assert_eq!(a, spd, "L was touched");
+
+    let mut buf = too_small(cholesky_inverse_scratch(n, par));
+    let r = cholesky_inverse_in_place(
+        MatMut::from_column_major_slice_mut(&mut a, n, n),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "cholesky_inverse_in_place");
+    assert_eq!(a, spd, "L was touched");
+
+    let mut buf = too_small(solve_scratch(n, k, par));
+    let mut rhs = x.clone();
+    let r = solve_llt_left_in_place(
+        MatRef::from_column_major_slice(&spd, n, n),
+        MatMut::from_column_major_slice_mut(&mut rhs, n, k),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "solve_llt_left_in_place");
+    let r = solve_llt_right_in_place(
+        MatRef::from_column_major_slice(&spd, n, n),
+        MatMut::from_column_major_slice_mut(&mut rhs, n, k).transpose_mut(),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "solve_llt_right_in_place");
+    assert_eq!(rhs, x, "B was touched");
+
+    let mut buf = too_small(lower_times_scratch(n, k, par));
+    let r = lower_times_in_place(
+        MatRef::from_column_major_slice(&spd, n, n),
+        MatMut::from_column_major_slice_mut(&mut rhs, n, k),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "lower_times_in_place");
+    assert_eq!(rhs, x, "B was touched");
+
+    let mut buf = too_small(syrk_scratch(n, k, par));
+    let mut c = vec![5.0f32; n * n];
+    let r = syrk_lower(
+        MatMut::from_column_major_slice_mut(&mut c, n, n),
+        1.0,
+        MatRef::from_column_major_slice(&x, n, k),
+        1.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "syrk_lower");
+    let r = syrk_lower_trapezoidal(
+        MatMut::from_column_major_slice_mut(&mut c, n, n),
+        1.0,
+        MatRef::from_column_major_slice(&x, n, k),
+        1.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "syrk_lower_trapezoidal");
+    assert_eq!(c, vec![5.0; n * n], "C was touched");
+    let mut c64 = vec![5.0f64; n * n];
+    let r = syrk_lower_f64(
+        MatMut::from_column_major_slice_mut(&mut c64, n, n),
+        1.0,
+        MatRef::from_column_major_slice(&x, n, k),
+        1.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "syrk_lower_f64");
+    assert_eq!(c64, vec![5.0; n * n], "C was touched");
+}
