@@ -502,18 +502,79 @@ fn candidate_names(stem: &str) -> [String; 4] {
     ]
 }
 
+/// Opens `path` for reading if it is a regular file (symbolic links
+/// followed).
+///
+/// The file type is checked before the file is opened: opening a FIFO for
+/// reading blocks until a writer appears, and a device such as `/dev/zero`
+/// never ends. The open file is checked again, in case the path was
+/// replaced in between.
+///
+/// # Errors
+/// [`Error::Io`] naming `path` if it does not exist or cannot be opened;
+/// [`Error::Format`] naming it if it is a FIFO, a device, a socket or a
+/// directory.
+pub fn open_regular_file(path: &Path) -> Result<File, Error> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_regular = |kind: std::fs::FileType| {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else {
+            file_type_name(kind)
+        };
+        format_error(
+            path,
+            format!("is {what}, not a regular file; natgrad reads data and checkpoints only from regular files"),
+        )
+    };
+    let metadata = std::fs::metadata(path).map_err(io_error)?;
+    if !metadata.is_file() {
+        return Err(not_regular(metadata.file_type()));
+    }
+    let file = File::open(path).map_err(io_error)?;
+    let metadata = file.metadata().map_err(io_error)?;
+    if !metadata.is_file() {
+        return Err(not_regular(metadata.file_type()));
+    }
+    Ok(file)
+}
+
+#[cfg(unix)]
+fn file_type_name(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_type_name(_kind: std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
 /// Finds one IDX file in `dir` under any of its accepted names and reads it.
 fn read_idx_file(dir: &Path, stem: &str) -> Result<(PathBuf, Vec<u8>), Error> {
     let names = candidate_names(stem);
     for name in &names {
         let path = dir.join(name);
-        match File::open(&path) {
+        match open_regular_file(&path) {
             Ok(file) => {
                 let bytes = read_bounded(file, &path)?;
                 return Ok((path, bytes));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(Error::Io { path, source }),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         }
     }
     let directory_note = if dir.is_dir() {

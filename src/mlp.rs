@@ -32,11 +32,80 @@ pub enum Likelihood {
     /// `y ~ N(f(x), I)`: loss `1/2 ||y - f(x)||^2`, identity output.
     Gaussian,
     /// `y_k ~ Bernoulli(sigmoid(s_k))` per output: binary cross-entropy from
-    /// the logits `s`, summed over outputs. Targets may be any value in [0, 1].
+    /// the logits `s`, summed over outputs. Targets may be any value in [0, 1];
+    /// others are refused by [`Mlp::loss`] with [`Error::InvalidData`].
     Bernoulli,
     /// `y ~ Categorical(softmax(s))`: cross-entropy from the logits; targets
-    /// are probability vectors (one-hot for labels).
+    /// are probability vectors (one-hot for labels): every entry `>= 0` and
+    /// each column summing to 1 within [`categorical_sum_tolerance`]`(n)`.
+    /// Others are refused by [`Mlp::loss`] with [`Error::InvalidData`] (the
+    /// cross-entropy of a non-distribution can be any number, negative too).
     Categorical,
+}
+
+/// How far from 1 the sum of a Categorical target column of `n` entries may
+/// be: `(n + 1) * f32::EPSILON`, i.e. `2 (n + 1) u` with `u = 2^-24`.
+///
+/// Derivation: a probability vector computed the usual way in f32, `p_i =
+/// fl(e_i / fl(sum_k e_k))`, has `sum_i p_i = 1 + d` with `|d| <= (n - 1) u`
+/// from the f32 sum of the `e_k` (to first order) plus `u` from each rounded
+/// division, so `|d| <= n u (1 + O(u))`; rounding an exact distribution to
+/// f32 gives `|d| <= n u / 2`. natgrad sums the column in f64 (exact to
+/// `2^-53` per term, negligible) and allows twice the first bound plus `2u`
+/// of slack: `(2n + 2) u`. For MNIST's 10 classes that is `1.3e-6`. One-hot
+/// labels sum to exactly 1.
+pub fn categorical_sum_tolerance(n: usize) -> f64 {
+    (n as f64 + 1.0) * f64::from(f32::EPSILON)
+}
+
+/// Refuses targets outside the likelihood's support: Bernoulli targets
+/// outside `[0, 1]`, Categorical columns with a negative entry or a sum
+/// farther than [`categorical_sum_tolerance`] from 1. Non-finite values are
+/// left to the non-finite check (which names them as such).
+fn check_target_support(likelihood: Likelihood, y: MatRef<'_, f32>) -> Result<(), Error> {
+    let n = y.nrows();
+    match likelihood {
+        Likelihood::Gaussian => Ok(()),
+        Likelihood::Bernoulli => {
+            for j in 0..y.ncols() {
+                for i in 0..n {
+                    let v = y[(i, j)];
+                    if v.is_finite() && !(0.0..=1.0).contains(&v) {
+                        return Err(Error::InvalidData(format!(
+                            "Bernoulli target {v} at row {i}, column {j} is outside [0, 1]"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Likelihood::Categorical => {
+            let tolerance = categorical_sum_tolerance(n);
+            for j in 0..y.ncols() {
+                let mut sum = 0.0f64;
+                for i in 0..n {
+                    let v = y[(i, j)];
+                    if !v.is_finite() {
+                        return Ok(());
+                    }
+                    if v < 0.0 {
+                        return Err(Error::InvalidData(format!(
+                            "Categorical target {v} at row {i}, column {j} is negative; \
+                             targets must be probability vectors"
+                        )));
+                    }
+                    sum += f64::from(v);
+                }
+                if (sum - 1.0).abs() > tolerance {
+                    return Err(Error::InvalidData(format!(
+                        "Categorical target column {j} sums to {sum}, not 1 (tolerance \
+                         {tolerance:.1e}); targets must be probability vectors"
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 impl Likelihood {
@@ -397,6 +466,11 @@ impl Mlp {
     /// negative log-likelihood per example (constants dropped), averaged over the
     /// minibatch. Also writes the output error `e_L = d(-log p)/d s_L` (per
     /// example, not divided by `b`) into the workspace when `write_error`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `y` is not `n_L x b`; [`Error::InvalidData`] for
+    /// targets outside the likelihood's support (see [`Likelihood`]);
+    /// [`Error::NonFinite`] for NaN or infinite targets or a non-finite loss.
     pub fn loss(
         &self,
         ws: &mut Workspace,
@@ -412,6 +486,7 @@ impl Mlp {
                 y.ncols()
             )));
         }
+        check_target_support(self.likelihood, y)?;
         let l = self.layers.len();
         let likelihood = self.likelihood;
         let (acts, errs) = (&ws.acts[l], &mut ws.errs[l - 1]);

@@ -1190,3 +1190,110 @@ fn kernels_given_too_little_scratch() {
     scratch_error(r, "syrk_lower_f64");
     assert_eq!(c64, vec![5.0; n * n], "C was touched");
 }
+
+/// A `max_batch` beyond `MAX_BATCH` (up to `usize::MAX`) is refused before
+/// anything is allocated (issue #22: "capacity overflow" panics and aborts
+/// on failed allocations).
+#[test]
+fn huge_max_batch_is_refused_not_a_panic_or_an_abort() {
+    use natgrad::workspace::MAX_BATCH;
+    let net = net();
+    for max_batch in [usize::MAX, usize::MAX / 2, 1 << 40, MAX_BATCH + 1] {
+        match Workspace::new(&net, max_batch, Par::Seq) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("limit"), "{m}"),
+            Err(e) => panic!("workspace, {max_batch}: {e}"),
+            Ok(_) => panic!("workspace, {max_batch}: accepted"),
+        }
+        match NaturalGradient::new(&net, max_batch, NaturalGradientConfig::default()) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("limit"), "{m}"),
+            Err(e) => panic!("natural gradient, {max_batch}: {e}"),
+            Ok(_) => panic!("natural gradient, {max_batch}: accepted"),
+        }
+    }
+}
+
+/// Bernoulli targets outside [0, 1] and Categorical targets that are not
+/// probability vectors are refused by the loss (so by every step and by
+/// `evaluate`); a softmax computed in f32 is accepted (issue #22: a
+/// Categorical loss of -25.44 came out).
+#[test]
+fn targets_outside_the_likelihood_support() {
+    let (n, b) = (4, 3);
+    let x = data(n, b, 9);
+    let xm = MatRef::from_column_major_slice(&x, n, b);
+    for (likelihood, bad, what) in [
+        (
+            Likelihood::Bernoulli,
+            vec![0.5f32, 0.0, 1.0, 5.0],
+            "outside [0, 1]",
+        ),
+        (
+            Likelihood::Bernoulli,
+            vec![0.5, -0.1, 1.0, 0.0],
+            "outside [0, 1]",
+        ),
+        (
+            Likelihood::Categorical,
+            vec![0.5, 0.5, 0.5, 0.5],
+            "sums to 2",
+        ),
+        (
+            Likelihood::Categorical,
+            vec![1.5, -0.5, 0.0, 0.0],
+            "negative",
+        ),
+        (Likelihood::Categorical, vec![0.0; 4], "sums to 0"),
+    ] {
+        let net = Mlp::new(
+            &[n, 5, n],
+            &[Activation::Tanh, Activation::Identity],
+            likelihood,
+            Init::GlorotUniform,
+            2,
+        )
+        .unwrap();
+        let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+        // Columns 0 and 1 are valid; column 2 is the bad one.
+        let mut y = vec![0.0f32; n * b];
+        y[0] = 1.0;
+        y[n + 1] = 1.0;
+        y[2 * n..].copy_from_slice(&bad);
+        let ym = MatRef::from_column_major_slice(&y, n, b);
+        match net.loss_and_gradient(&mut ws, xm, ym) {
+            Err(Error::InvalidData(m)) => {
+                assert!(m.contains(what) && m.contains("column 2"), "{m}")
+            }
+            other => panic!("{likelihood:?} {bad:?}: {other:?}"),
+        }
+        assert!(matches!(
+            net.evaluate(&mut ws, xm, ym),
+            Err(Error::InvalidData(_))
+        ));
+        let mut opt = Sgd::new(&net, SgdConfig::default()).unwrap();
+        let mut net2 = net.clone();
+        assert!(matches!(
+            opt.step(&mut net2, &mut ws, xm, ym),
+            Err(Error::InvalidData(_))
+        ));
+        assert_eq!(net2, net, "weights changed");
+    }
+    // A softmax in f32 of 10 classes, within the derived tolerance.
+    let n = 10;
+    let logits: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 7.0).collect();
+    let e: Vec<f32> = logits.iter().map(|s| s.exp()).collect();
+    let z: f32 = e.iter().sum();
+    let p: Vec<f32> = e.iter().map(|v| v / z).collect();
+    let net = Mlp::new(
+        &[n, 3, n],
+        &[Activation::Tanh, Activation::Identity],
+        Likelihood::Categorical,
+        Init::GlorotUniform,
+        2,
+    )
+    .unwrap();
+    let mut ws = Workspace::new(&net, 1, Par::Seq).unwrap();
+    let xm = MatRef::from_column_major_slice(&p, n, 1);
+    assert!(net.loss_and_gradient(&mut ws, xm, xm).unwrap() > 0.0);
+    let tolerance = natgrad::mlp::categorical_sum_tolerance(n);
+    assert!((tolerance - 11.0 * f64::from(f32::EPSILON)).abs() < 1e-20);
+}

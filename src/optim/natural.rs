@@ -533,11 +533,7 @@ impl NaturalGradient {
                 "damping_check_fraction must be in (0, 1], got {f}"
             )));
         }
-        if max_batch == 0 {
-            return Err(Error::InvalidConfig(
-                "the maximum minibatch size must be at least 1".into(),
-            ));
-        }
+        super::check_buffer_sizes(net, max_batch)?;
         let gram_ok = gram_applies(&config);
         if config.preconditioning == Preconditioning::Gram && !gram_ok {
             return Err(Error::InvalidConfig(
@@ -1085,6 +1081,7 @@ impl Optimizer for NaturalGradient {
             name: "ng".into(),
             buffers,
             scalars,
+            settings: super::settings_of(&self.config, Some(self.max_batch)),
         }
     }
 
