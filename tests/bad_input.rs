@@ -1297,3 +1297,39 @@ fn targets_outside_the_likelihood_support() {
     let tolerance = natgrad::mlp::categorical_sum_tolerance(n);
     assert!((tolerance - 11.0 * f64::from(f32::EPSILON)).abs() < 1e-20);
 }
+
+/// A `Split` built by hand (its fields are public) whose pixel count does
+/// not match `rows * cols * count` is refused before any matrix view is
+/// made of it (issue #22: faer's length assertion panicked).
+#[cfg(feature = "cli")]
+#[test]
+fn a_split_whose_lengths_disagree_is_refused_not_a_panic() {
+    use natgrad::data::{Dataset, Images, Split};
+    let split = |pixels: usize, labels: usize| Split {
+        pixels: vec![7; pixels],
+        labels: vec![1; labels],
+        rows: 28,
+        cols: 28,
+        count: 10,
+    };
+    let net = Mlp::deep(1);
+    for (train, test, what) in [
+        (split(784 * 9, 10), split(784 * 10, 10), "pixel bytes"),
+        (split(784 * 10, 10), split(784 * 10 + 1, 10), "pixel bytes"),
+        (split(784 * 10, 9), split(784 * 10, 10), "labels"),
+    ] {
+        match Images::new(&train, None).and(Images::new(&test, None)) {
+            Err(Error::Shape(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let data = Dataset {
+            name: "hand-made".into(),
+            train,
+            test,
+        };
+        match natgrad::app::race::prepare(&data, &net) {
+            Err(Error::Shape(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{:?}", other.map(|p| p.train_count)),
+        }
+    }
+}

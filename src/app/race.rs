@@ -5,7 +5,7 @@
 //! order and gets the same training budget in seconds. Evaluation (test loss
 //! and a fixed training subset) runs with the clock stopped.
 
-use crate::data::{Dataset, Standardizer};
+use crate::data::{Dataset, Images, Standardizer};
 use crate::mlp::{Likelihood, Mlp};
 use crate::optim::{
     Adam, AdamConfig, DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, Sgd,
@@ -263,17 +263,15 @@ pub fn tuned_for(preset: &str, kind: OptimizerKind, train_count: usize) -> Resul
     })
 }
 
-/// Inputs and targets for one preset, column-major `784 x count`.
-#[derive(Clone, Debug)]
-pub struct Prepared {
+/// The data of one preset: the dataset's images read as the network's
+/// inputs (see [`crate::data::Images`]: bytes widened a minibatch at a time).
+/// The targets are the inputs (autoencoding); nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepared<'a> {
     /// Training inputs.
-    pub train_x: Vec<f32>,
-    /// Training targets.
-    pub train_y: Vec<f32>,
-    /// Test inputs.
-    pub test_x: Vec<f32>,
-    /// Test targets.
-    pub test_y: Vec<f32>,
+    pub train: Images<'a>,
+    /// Test (or, for `natgrad tune`, validation) inputs.
+    pub test: Images<'a>,
     /// Features per example.
     pub features: usize,
     /// Training examples.
@@ -286,7 +284,12 @@ pub struct Prepared {
 /// and targets standardised with the training set's mean and standard
 /// deviation (the paper's setting); Bernoulli nets (the `deep` preset) see raw
 /// intensities in [0, 1], the targets' natural range.
-pub fn prepare(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
+///
+/// # Errors
+/// [`Error::Shape`] if the images do not have the network's input and output
+/// width, a split is empty, or a split's lengths disagree (its fields are
+/// public: see [`crate::data::Split::check`]).
+pub fn prepare<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, Error> {
     let features = data.train.features();
     if features != net.input_size() || features != net.output_size() {
         return Err(Error::Shape(format!(
@@ -295,22 +298,55 @@ pub fn prepare(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
             net.output_size()
         )));
     }
-    let mut train_x = data.train.images.clone();
-    let mut test_x = data.test.images.clone();
-    if net.likelihood() == Likelihood::Gaussian {
-        let st = Standardizer::fit(&data.train)?;
-        st.apply(&mut train_x);
-        st.apply(&mut test_x);
+    if data.test.features() != features {
+        return Err(Error::Shape(format!(
+            "the test images have {} pixels, the training images {features}",
+            data.test.features()
+        )));
     }
+    if data.train.count == 0 || data.test.count == 0 {
+        return Err(Error::Shape(format!(
+            "the dataset has {} training and {} test images; both must be positive",
+            data.train.count, data.test.count
+        )));
+    }
+    let standardizer = if net.likelihood() == Likelihood::Gaussian {
+        Some(Standardizer::fit(&data.train)?)
+    } else {
+        None
+    };
     Ok(Prepared {
-        train_y: train_x.clone(),
-        test_y: test_x.clone(),
-        train_x,
-        test_x,
+        train: Images::new(&data.train, standardizer.as_ref())?,
+        test: Images::new(&data.test, standardizer.as_ref())?,
         features,
         train_count: data.train.count,
         test_count: data.test.count,
     })
+}
+
+/// Mean loss of `net` on `images` as inputs and targets, widened into `buf`
+/// a chunk of the workspace's maximum batch at a time: the same chunks, so
+/// the same value, as [`Mlp::evaluate`] on the whole matrix.
+fn mean_loss(
+    net: &Mlp,
+    ws: &mut Workspace,
+    images: Images<'_>,
+    buf: &mut [f32],
+) -> Result<f64, Error> {
+    let (n, f) = (images.count(), images.features());
+    let chunk = ws.max_batch();
+    let mut total = 0.0;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let x = &mut buf[..len * f];
+        images.widen(start, x)?;
+        let x = MatRef::from_column_major_slice(x, f, len);
+        net.forward(ws, x)?;
+        total += net.loss(ws, x, false)? * len as f64;
+        start += len;
+    }
+    Ok(total / n as f64)
 }
 
 /// One point of a learning curve.
@@ -475,21 +511,13 @@ impl LoopState {
     }
 }
 
-/// Gathers the columns `idx` of `src` (`features x n`) into `dst`.
-fn gather(dst: &mut [f32], src: &[f32], idx: &[usize], features: usize) {
-    for (j, &i) in idx.iter().enumerate() {
-        dst[j * features..(j + 1) * features]
-            .copy_from_slice(&src[i * features..(i + 1) * features]);
-    }
-}
-
 /// Trains a fresh copy of `initial` with `hyper` on `data` for the budget.
 /// `progress` is called after every evaluation with the new point.
 pub fn run_one(
     kind: OptimizerKind,
     hyper: Hyper,
     initial: &Mlp,
-    data: &Prepared,
+    data: &Prepared<'_>,
     opts: &RunOptions,
     progress: &mut dyn FnMut(&CurvePoint, u64),
 ) -> Result<RunResult, Error> {
@@ -499,16 +527,17 @@ pub fn run_one(
     let mut ws = Workspace::new(&net, b.max(eval_batch), opts.par)?;
     let mut opt = hyper.build(&net, b)?;
     let f = data.features;
-    let train_x = MatRef::from_column_major_slice(&data.train_x, f, data.train_count);
-    let train_y = MatRef::from_column_major_slice(&data.train_y, f, data.train_count);
-    let test_x = MatRef::from_column_major_slice(&data.test_x, f, data.test_count);
-    let test_y = MatRef::from_column_major_slice(&data.test_y, f, data.test_count);
+    // The only f32 copies of the data: one minibatch and one evaluation chunk.
+    let mut xb = vec![0.0f32; f * b];
+    let mut eval_buf = vec![0.0f32; f * ws.max_batch()];
     // A fixed training subset as large as the test set tracks the training loss.
-    let sub = data.train_count.min(data.test_count.max(1));
-    let evaluate = |net: &Mlp, ws: &mut Workspace| -> Result<(f64, f64), Error> {
+    let sub = data
+        .train
+        .range(0, data.train_count.min(data.test_count.max(1)))?;
+    let evaluate = |net: &Mlp, ws: &mut Workspace, buf: &mut [f32]| -> Result<(f64, f64), Error> {
         Ok((
-            net.evaluate(ws, train_x.subcols(0, sub), train_y.subcols(0, sub))?,
-            net.evaluate(ws, test_x, test_y)?,
+            mean_loss(net, ws, sub, buf)?,
+            mean_loss(net, ws, data.test, buf)?,
         ))
     };
 
@@ -545,7 +574,7 @@ pub fn run_one(
         None => {
             let epoch_rng = rng.state();
             rng.shuffle(&mut order);
-            let (train_loss, test_loss) = evaluate(&net, &mut ws)?;
+            let (train_loss, test_loss) = evaluate(&net, &mut ws, &mut eval_buf)?;
             LoopState {
                 steps: 0,
                 examples: 0,
@@ -564,8 +593,6 @@ pub fn run_one(
             }
         }
     };
-    let mut xb = vec![0.0f32; f * b];
-    let mut yb = vec![0.0f32; f * b];
     progress(
         st.curve.last().expect("a curve has its initial point"),
         st.steps,
@@ -586,11 +613,10 @@ pub fn run_one(
         let idx = &order[st.cursor..st.cursor + b];
         st.cursor += b;
         let t0 = Instant::now();
-        gather(&mut xb, &data.train_x, idx, f);
-        gather(&mut yb, &data.train_y, idx, f);
+        data.train.gather(idx, &mut xb)?;
         let x = MatRef::from_column_major_slice(&xb, f, b);
-        let y = MatRef::from_column_major_slice(&yb, f, b);
-        let outcome = opt.step(&mut net, &mut ws, x, y);
+        // Autoencoding: the targets are the inputs.
+        let outcome = opt.step(&mut net, &mut ws, x, x);
         let dt = t0.elapsed();
         st.trained += dt;
         step_times.push(dt.as_secs_f64());
@@ -607,7 +633,7 @@ pub fn run_one(
         }
         if st.trained.as_secs_f64() >= st.next_eval || st.trained >= budget {
             st.next_eval += opts.eval_every_secs;
-            let (train_loss, test_loss) = evaluate(&net, &mut ws)?;
+            let (train_loss, test_loss) = evaluate(&net, &mut ws, &mut eval_buf)?;
             let p = CurvePoint {
                 step: st.steps,
                 examples: st.examples,

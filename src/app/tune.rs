@@ -202,8 +202,9 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
     }
 }
 
-/// Fit/validation split of the training set, prepared for `net`.
-pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
+/// Fit/validation split of the training set, prepared for `net` (ranges of
+/// the training images; nothing is copied).
+pub fn fit_validation<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, Error> {
     let all = prepare(data, net)?;
     let f = all.features;
     let n_fit = all.train_count * 3 / 4;
@@ -215,10 +216,8 @@ pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
         )));
     }
     Ok(Prepared {
-        train_x: all.train_x[..n_fit * f].to_vec(),
-        train_y: all.train_y[..n_fit * f].to_vec(),
-        test_x: all.train_x[n_fit * f..].to_vec(),
-        test_y: all.train_y[n_fit * f..].to_vec(),
+        train: all.train.range(0, n_fit)?,
+        test: all.train.range(n_fit, n_val)?,
         features: f,
         train_count: n_fit,
         test_count: n_val,
