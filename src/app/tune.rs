@@ -230,6 +230,10 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]";
     let (mut preset, mut kind, mut budget, mut dir, mut filter) = (None, None, 20.0, None, None);
     let mut seed = 1u64;
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        return Ok(());
+    }
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it
@@ -238,15 +242,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         match a.as_str() {
             "--preset" => preset = Some(v.clone()),
             "--optimizer" => kind = Some(OptimizerKind::parse(v)?),
-            "--budget" => {
-                budget = v
-                    .parse()
-                    .ok()
-                    .filter(|b: &f64| *b > 0.0 && b.is_finite())
-                    .ok_or_else(|| {
-                        Error::Usage(format!("--budget takes positive seconds, got {v:?}"))
-                    })?
-            }
+            "--budget" => budget = crate::app::race::parse_budget(a, v)?,
             "--data" => dir = Some(std::path::PathBuf::from(v)),
             "--filter" => filter = Some(v.clone()),
             "--seed" => {
