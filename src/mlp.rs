@@ -457,9 +457,14 @@ impl Mlp {
 
     /// The network's outputs for the last forward pass (`n_L x b`): the mean for
     /// Gaussian, the logits for Bernoulli and Categorical.
-    pub fn output<'a>(&self, ws: &'a Workspace) -> MatRef<'a, f32> {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network (its buffers
+    /// would not fit the view).
+    pub fn output<'a>(&self, ws: &'a Workspace) -> Result<MatRef<'a, f32>, Error> {
+        ws.check_compatible(self)?;
         let n = self.output_size();
-        view(&ws.acts[self.layers.len()], n, ws.batch, n + 1)
+        Ok(view(&ws.acts[self.layers.len()], n, ws.batch, n + 1))
     }
 
     /// Loss of the last forward pass against targets `y` (`n_L x b`): the
@@ -468,7 +473,8 @@ impl Mlp {
     /// example, not divided by `b`) into the workspace when `write_error`.
     ///
     /// # Errors
-    /// [`Error::Shape`] if `y` is not `n_L x b`; [`Error::InvalidData`] for
+    /// [`Error::Shape`] if `ws` was built for another network or `y` is not
+    /// `n_L x b`; [`Error::InvalidData`] for
     /// targets outside the likelihood's support (see [`Likelihood`]);
     /// [`Error::NonFinite`] for NaN or infinite targets or a non-finite loss.
     pub fn loss(
@@ -477,6 +483,7 @@ impl Mlp {
         y: MatRef<'_, f32>,
         write_error: bool,
     ) -> Result<f64, Error> {
+        ws.check_compatible(self)?;
         let n = self.output_size();
         let b = ws.batch;
         if y.nrows() != n || y.ncols() != b {
@@ -547,10 +554,26 @@ impl Mlp {
     /// `Rng::new(seed + c)`, in parallel under the workspace's `Par`. The
     /// samples depend on `rng` and the minibatch only, not on the number of
     /// threads.
-    pub fn sample_output_error(&self, ws: &Workspace, errs_out: &mut [f32], rng: &mut Rng) {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network or `errs_out`
+    /// is shorter than `n_L * b` (nothing is drawn from `rng` then).
+    pub fn sample_output_error(
+        &self,
+        ws: &Workspace,
+        errs_out: &mut [f32],
+        rng: &mut Rng,
+    ) -> Result<(), Error> {
+        ws.check_compatible(self)?;
         let n = self.output_size();
         let b = ws.batch;
         let acts = &ws.acts[self.layers.len()];
+        if errs_out.len() < n * b {
+            return Err(Error::Shape(format!(
+                "the output error buffer holds {} values, the minibatch needs {n} x {b}",
+                errs_out.len()
+            )));
+        }
         let errs_out = &mut errs_out[..n * b];
         let seed = rng.next_u64();
         let likelihood = self.likelihood;
@@ -562,6 +585,7 @@ impl Mlp {
         };
         let parallel = ws.par.degree() > 1 && b > SAMPLE_CHUNK_COLS;
         for_each_chunk(errs_out, chunk_len, parallel, sample);
+        Ok(())
     }
 
     /// For a Gaussian likelihood: the lower Cholesky factor of `W_L^T W_L`
@@ -660,17 +684,28 @@ impl Mlp {
     /// of `p_k (1 - p_k)`. Categorical: `diag(p) - p p^T` is not diagonal
     /// ([`Likelihood::has_diagonal_output_fisher`] is false); returns false and
     /// leaves `out` alone.
-    pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> bool {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network or `out` is
+    /// shorter than `n_L`.
+    pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> Result<bool, Error> {
+        ws.check_compatible(self)?;
         if !self.likelihood.has_diagonal_output_fisher() {
-            return false;
+            return Ok(false);
         }
         let n = self.output_size();
         let b = ws.batch;
+        if out.len() < n {
+            return Err(Error::Shape(format!(
+                "the diagonal buffer holds {} values, the output layer has {n}",
+                out.len()
+            )));
+        }
         let out = &mut out[..n];
         match self.likelihood {
             Likelihood::Gaussian => {
                 out.fill(1.0);
-                true
+                Ok(true)
             }
             Likelihood::Bernoulli => {
                 let acts = &ws.acts[self.layers.len()];
@@ -684,7 +719,7 @@ impl Mlp {
                 }
                 let inv = 1.0 / b.max(1) as f32;
                 out.iter_mut().for_each(|o| *o *= inv);
-                true
+                Ok(true)
             }
             Likelihood::Categorical => unreachable!("checked above"),
         }

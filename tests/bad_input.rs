@@ -677,7 +677,7 @@ fn curvature_factor_that_will_not_factorise() {
     let xm = MatRef::from_column_major_slice(&x, 3, 4);
     net.forward(&mut ws, xm).unwrap();
     let y: Vec<f32> = {
-        let out = net.output(&ws);
+        let out = net.output(&ws).unwrap();
         (0..4)
             .flat_map(|j| (0..3).map(move |i| out[(i, j)]))
             .collect()
@@ -1332,4 +1332,53 @@ fn a_split_whose_lengths_disagree_is_refused_not_a_panic() {
             other => panic!("{:?}", other.map(|p| p.train_count)),
         }
     }
+}
+
+/// The public functions that read a workspace or fill a caller's buffer
+/// refuse a workspace of another network and a buffer too short, instead
+/// of panicking on an index or in faer's view assertion.
+#[test]
+fn a_workspace_of_another_network_or_a_short_buffer_for_the_output_functions() {
+    let net = net();
+    let other = Mlp::new(
+        &[6, 9, 6],
+        &[Activation::Tanh, Activation::Identity],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        1,
+    )
+    .unwrap();
+    let mut ws = Workspace::new(&other, B, Par::Seq).unwrap();
+    let x = data(6, B, 1);
+    let xm = MatRef::from_column_major_slice(&x, 6, B);
+    other.forward(&mut ws, xm).unwrap();
+    assert!(matches!(net.output(&ws), Err(Error::Shape(_))));
+    assert!(matches!(net.loss(&mut ws, xm, false), Err(Error::Shape(_))));
+    let mut rng = Rng::new(1);
+    let mut errs = vec![0.0f32; 6 * B];
+    assert!(matches!(
+        net.sample_output_error(&ws, &mut errs, &mut rng),
+        Err(Error::Shape(_))
+    ));
+    let mut diag = vec![0.0f32; 6];
+    assert!(matches!(
+        net.output_fisher_diagonal(&ws, &mut diag),
+        Err(Error::Shape(_))
+    ));
+    // The right workspace, buffers too short.
+    let mut ws = Workspace::new(&net, B, Par::Seq).unwrap();
+    net.forward(&mut ws, xm).unwrap();
+    assert_eq!(net.output(&ws).unwrap().ncols(), B);
+    let mut short = vec![0.0f32; 6 * B - 1];
+    match net.sample_output_error(&ws, &mut short, &mut rng) {
+        Err(Error::Shape(m)) => assert!(m.contains("holds 47 values"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        net.output_fisher_diagonal(&ws, &mut diag[..5]),
+        Err(Error::Shape(_))
+    ));
+    net.sample_output_error(&ws, &mut errs, &mut rng).unwrap();
+    assert!(net.output_fisher_diagonal(&ws, &mut diag).unwrap());
+    assert_eq!(diag, vec![1.0; 6]);
 }

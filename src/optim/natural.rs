@@ -1168,7 +1168,7 @@ impl Optimizer for NaturalGradient {
         // 2. Backward factors from errors of targets sampled from the model
         //    (the output layer's exactly, where it is diagonal).
         if stats_step && out_diag {
-            net.output_fisher_diagonal(ws, &mut self.fisher_diag);
+            net.output_fisher_diagonal(ws, &mut self.fisher_diag)?;
             let st = self.layers.last_mut().expect("a network has layers");
             let n = st.n_out;
             for (i, &d) in self.fisher_diag.iter().enumerate() {
@@ -1223,7 +1223,7 @@ impl Optimizer for NaturalGradient {
                         stack,
                     )?;
                 } else {
-                    net.sample_output_error(ws, &mut self.sampled_errs[last], rng);
+                    net.sample_output_error(ws, &mut self.sampled_errs[last], rng)?;
                     let stack = MemStack::new(&mut self.scratch);
                     net.backward(&ws.acts, &mut self.sampled_errs, None, b, par, stack)?;
                 }
