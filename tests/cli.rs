@@ -182,7 +182,7 @@ fn bad_output_locations_are_refused_before_training() {
     // A directory no one can create or write into.
     refused(
         &["race", "--budget", "30", "--out", "/proc/natgrad-out"],
-        &["/proc/natgrad-out"],
+        &["/proc/natgrad-out: cannot create this directory"],
         10,
     );
     // A read-only directory (unless this user, e.g. root, may write anyway).

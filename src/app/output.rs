@@ -47,7 +47,15 @@ pub fn check_out_dir(dir: &Path, flag: &str) -> Result<(), Error> {
         }
         _ => {}
     }
-    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    fs::create_dir_all(dir).map_err(|e| {
+        io(
+            dir,
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create this directory ({e}); choose another {flag}"),
+            ),
+        )
+    })?;
     let probe = dir.join(format!(".natgrad-write-probe-{}", std::process::id()));
     fs::OpenOptions::new()
         .write(true)
