@@ -697,17 +697,8 @@ pub fn run_one(
                 net = ck.net;
                 Some(LoopState::from_progress(&ck.progress, path)?)
             }
-            None => {
-                eprintln!(
-                    "natgrad: --resume: no checkpoint at {}{}; this run starts from the beginning",
-                    plan.path.display(),
-                    plan.legacy_path
-                        .as_ref()
-                        .map(|p| format!(" or {}", p.display()))
-                        .unwrap_or_default()
-                );
-                None
-            }
+            // Reported by `check_resumes` before the race.
+            None => None,
         },
         _ => None,
     };
@@ -1189,16 +1180,35 @@ fn check_resumes(opts: &RaceOptions, data: &Dataset) -> Result<(), Error> {
                     load_for_resume(path, &plan, opts.seed, b, &initial, opt.as_mut())?;
                     found += 1;
                 }
-                None => looked.push(plan.path.display().to_string()),
+                None => looked.push(plan),
             }
         }
     }
+    let place = |plan: &CheckpointPlan| {
+        plan.path.display().to_string()
+            + &plan
+                .legacy_path
+                .as_ref()
+                .map(|p| format!(" or {}", p.display()))
+                .unwrap_or_default()
+    };
     if found == 0 {
         eprintln!(
             "natgrad: --resume: nothing to resume: no checkpoint found (looked for {}); \
              every run starts from the beginning",
-            looked.join(", ")
+            looked
+                .iter()
+                .map(|p| p.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
+    } else {
+        for plan in &looked {
+            eprintln!(
+                "natgrad: --resume: no checkpoint at {}; this run starts from the beginning",
+                place(plan)
+            );
+        }
     }
     Ok(())
 }
