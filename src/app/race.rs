@@ -830,9 +830,6 @@ pub fn run_one(
     }
     let (curve, failed) = (st.curve, st.failed);
     let median_step_ms = 1e3 * crate::app::bench::median(&mut step_times);
-    if failed_saves > 1 {
-        eprintln!("natgrad: warning: {failed_saves} checkpoint saves of this run failed");
-    }
     Ok(RunResult {
         kind,
         hyper,
