@@ -29,9 +29,7 @@ const EPOCHS: usize = 3;
 /// `n` examples of a split, and their labels.
 fn examples(split: &Split, n: usize) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
     let n = n.min(split.count);
-    let images = (0..n)
-        .flat_map(|i| split.image(i).iter().copied())
-        .collect();
+    let images = split.to_f32()[..n * split.features()].to_vec();
     let labels = split.labels[..n].to_vec();
     let mut one_hot = vec![0.0f32; CLASSES * n];
     for (j, &label) in labels.iter().enumerate() {

@@ -339,12 +339,8 @@ fn main() -> Result<(), natgrad::Error> {
     let par = Par::rayon(0);
     let data = natgrad::data::load_embedded()?;
     let n = data.train.features();
-    let take = |split: &natgrad::data::Split| -> Vec<f32> {
-        (0..split.count)
-            .flat_map(|i| split.image(i).to_vec())
-            .collect()
-    };
-    let (train_x, test_x) = (take(&data.train), take(&data.test));
+    // One image per column, pixels widened from bytes to `byte / 255`.
+    let (train_x, test_x) = (data.train.to_f32(), data.test.to_f32());
     let mut init = Model::new(n, 3);
     let mut scratch = Model::scratch(n, par);
     println!(

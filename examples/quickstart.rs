@@ -28,9 +28,9 @@ const STEPS: usize = 30;
 /// The first `n` images of a split as one column-major matrix, one image
 /// per column (the layout every natgrad call takes).
 fn first_images(split: &Split, n: usize) -> Vec<f32> {
-    (0..n.min(split.count))
-        .flat_map(|i| split.image(i).iter().copied())
-        .collect()
+    // The split holds its pixels as bytes; `to_f32` widens them to `byte / 255`.
+    let n = n.min(split.count);
+    split.to_f32()[..n * split.features()].to_vec()
 }
 
 /// Trains `net` with `opt` on minibatches of `train` in order (the targets of

@@ -18,14 +18,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //!
 //! All integers little-endian; floats are stored as their IEEE-754 bit
 //! patterns, so a load gives back exactly the bits that were saved.
 //!
 //! ```text
 //! header   magic  b"NATGRADC"                          8 bytes
-//!          version u32 = 1, reserved u32 = 0           8 bytes
+//!          version u32 = 2, reserved u32 = 0           8 bytes
 //!          payload length u64                          8 bytes
 //! payload  likelihood u8 (0 Gaussian, 1 Bernoulli, 2 Categorical)
 //!          layer count u32, then per layer:
@@ -35,6 +35,8 @@
 //!          buffer count u64, then per buffer: length u64 + f32 values
 //!          scalar count u64 + u64 values
 //!          progress count u64, then per entry: key length u32 + UTF-8, value u64
+//!          settings count u64, then per entry: name and value, each
+//!            length u32 + UTF-8 (see `OptimizerState::settings`)
 //! trailer  FNV-1a 64 of header and payload, u64       8 bytes
 //! ```
 //!
@@ -44,6 +46,13 @@
 //! trailer no longer matches. Before anything is allocated every length is
 //! checked against the bytes that remain, so a corrupted or hostile file costs
 //! at most a few times its own size in memory.
+//!
+//! Version 1 (before issue #22) had no settings record, so a checkpoint could
+//! be loaded into an optimizer built with other settings; a version-1 file is
+//! refused with a message saying so (its settings cannot be recovered, so
+//! there is nothing to migrate to). [`load`] also refuses a path that is not
+//! a regular file (a FIFO, a device such as `/dev/zero`, a directory) and
+//! reads at most [`MAX_FILE_BYTES`].
 //!
 //! # Atomicity
 //!
@@ -57,14 +66,18 @@ use crate::optim::{Optimizer, OptimizerState};
 use crate::Error;
 use natgrad_kernels::Activation;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// First eight bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"NATGRADC";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The largest checkpoint [`load`] reads: 2^34 bytes (16 GiB), far above the
+/// state of any network natgrad trains in memory, and a bound on what a
+/// path to an endless file can cost.
+pub const MAX_FILE_BYTES: u64 = 1 << 34;
 /// Bytes before the payload: magic, version, reserved word, payload length.
 const HEADER_LEN: usize = 24;
 /// Bytes after the payload: the checksum.
@@ -185,6 +198,11 @@ pub fn to_bytes(ckpt: &Checkpoint) -> Vec<u8> {
         put_str(&mut out, key);
         put_u64(&mut out, *value);
     }
+    put_u64(&mut out, ckpt.optimizer.settings.len() as u64);
+    for (name, value) in &ckpt.optimizer.settings {
+        put_str(&mut out, name);
+        put_str(&mut out, value);
+    }
     let payload_len = (out.len() - HEADER_LEN) as u64;
     out[16..24].copy_from_slice(&payload_len.to_le_bytes());
     let sum = fnv1a64(&out);
@@ -291,6 +309,13 @@ fn parse(bytes: &[u8]) -> Result<Checkpoint, String> {
     let word =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let version = word(8);
+    if version == 1 {
+        return Err(format!(
+            "checkpoint format version 1, written by an older natgrad that did not record \
+             the optimizer's settings; this build reads version {VERSION} only: finish that \
+             run with the build that wrote it, or delete the file to start afresh"
+        ));
+    }
     if version != VERSION {
         return Err(format!(
             "checkpoint format version {version}; this build reads version {VERSION}"
@@ -379,9 +404,17 @@ fn parse(bytes: &[u8]) -> Result<Checkpoint, String> {
         let value = r.u64("progress value")?;
         progress.push((key, value));
     }
+    let raw = r.u64("settings count")?;
+    let num_settings = r.count(raw, 8, "the settings count")?;
+    let mut settings = Vec::with_capacity(num_settings);
+    for _ in 0..num_settings {
+        let name = r.string("setting name")?;
+        let value = r.string("setting value")?;
+        settings.push((name, value));
+    }
     if r.remaining() != 0 {
         return Err(format!(
-            "{} unexpected bytes after the progress record",
+            "{} unexpected bytes after the settings record",
             r.remaining()
         ));
     }
@@ -391,6 +424,7 @@ fn parse(bytes: &[u8]) -> Result<Checkpoint, String> {
             name,
             buffers,
             scalars,
+            settings,
         },
         progress,
     })
@@ -469,12 +503,26 @@ fn sync_dir(_dir: &Path) -> Result<(), Error> {
 }
 
 /// Reads and verifies the checkpoint at `path`: [`Error::Io`] if it cannot be
-/// read, [`Error::Format`] naming the file if it is truncated, corrupted, of
-/// another version, or describes an invalid network.
+/// read, [`Error::Format`] naming the file if it is not a regular file (a
+/// FIFO, a device, a directory: checked before it is opened, so a FIFO
+/// cannot block), longer than [`MAX_FILE_BYTES`] (the read stops there),
+/// truncated, corrupted, of another version, or describes an invalid
+/// network.
 pub fn load(path: &Path) -> Result<Checkpoint, Error> {
-    let bytes = fs::read(path).map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = crate::data::open_regular_file(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("longer than the {MAX_FILE_BYTES} bytes a checkpoint may have"),
+        });
+    }
     from_bytes(&bytes, path)
 }

@@ -16,6 +16,10 @@ pub enum Error {
     NonFinite(String),
     /// A configuration value is out of its domain (learning rate, damping, ...).
     InvalidConfig(String),
+    /// Data values outside their domain: targets a likelihood cannot have
+    /// (Bernoulli outside `[0, 1]`, Categorical columns that are not
+    /// probability vectors), images and labels that do not fit a dataset.
+    InvalidData(String),
     /// A curvature factor could not be factorised even at the largest damping.
     NotPositiveDefinite(String),
     /// Reading or writing a file failed.
@@ -43,6 +47,7 @@ impl fmt::Display for Error {
             Error::Shape(s) => write!(f, "shape mismatch: {s}"),
             Error::NonFinite(s) => write!(f, "non-finite value: {s}"),
             Error::InvalidConfig(s) => write!(f, "invalid configuration: {s}"),
+            Error::InvalidData(s) => write!(f, "invalid data: {s}"),
             Error::NotPositiveDefinite(s) => write!(f, "factor not positive definite: {s}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, detail } => write!(f, "{}: {detail}", path.display()),

@@ -32,11 +32,80 @@ pub enum Likelihood {
     /// `y ~ N(f(x), I)`: loss `1/2 ||y - f(x)||^2`, identity output.
     Gaussian,
     /// `y_k ~ Bernoulli(sigmoid(s_k))` per output: binary cross-entropy from
-    /// the logits `s`, summed over outputs. Targets may be any value in [0, 1].
+    /// the logits `s`, summed over outputs. Targets may be any value in [0, 1];
+    /// others are refused by [`Mlp::loss`] with [`Error::InvalidData`].
     Bernoulli,
     /// `y ~ Categorical(softmax(s))`: cross-entropy from the logits; targets
-    /// are probability vectors (one-hot for labels).
+    /// are probability vectors (one-hot for labels): every entry `>= 0` and
+    /// each column summing to 1 within [`categorical_sum_tolerance`]`(n)`.
+    /// Others are refused by [`Mlp::loss`] with [`Error::InvalidData`] (the
+    /// cross-entropy of a non-distribution can be any number, negative too).
     Categorical,
+}
+
+/// How far from 1 the sum of a Categorical target column of `n` entries may
+/// be: `(n + 1) * f32::EPSILON`, i.e. `2 (n + 1) u` with `u = 2^-24`.
+///
+/// Derivation: a probability vector computed the usual way in f32, `p_i =
+/// fl(e_i / fl(sum_k e_k))`, has `sum_i p_i = 1 + d` with `|d| <= (n - 1) u`
+/// from the f32 sum of the `e_k` (to first order) plus `u` from each rounded
+/// division, so `|d| <= n u (1 + O(u))`; rounding an exact distribution to
+/// f32 gives `|d| <= n u / 2`. natgrad sums the column in f64 (exact to
+/// `2^-53` per term, negligible) and allows twice the first bound plus `2u`
+/// of slack: `(2n + 2) u`. For MNIST's 10 classes that is `1.3e-6`. One-hot
+/// labels sum to exactly 1.
+pub fn categorical_sum_tolerance(n: usize) -> f64 {
+    (n as f64 + 1.0) * f64::from(f32::EPSILON)
+}
+
+/// Refuses targets outside the likelihood's support: Bernoulli targets
+/// outside `[0, 1]`, Categorical columns with a negative entry or a sum
+/// farther than [`categorical_sum_tolerance`] from 1. Non-finite values are
+/// left to the non-finite check (which names them as such).
+fn check_target_support(likelihood: Likelihood, y: MatRef<'_, f32>) -> Result<(), Error> {
+    let n = y.nrows();
+    match likelihood {
+        Likelihood::Gaussian => Ok(()),
+        Likelihood::Bernoulli => {
+            for j in 0..y.ncols() {
+                for i in 0..n {
+                    let v = y[(i, j)];
+                    if v.is_finite() && !(0.0..=1.0).contains(&v) {
+                        return Err(Error::InvalidData(format!(
+                            "Bernoulli target {v} at row {i}, column {j} is outside [0, 1]"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Likelihood::Categorical => {
+            let tolerance = categorical_sum_tolerance(n);
+            for j in 0..y.ncols() {
+                let mut sum = 0.0f64;
+                for i in 0..n {
+                    let v = y[(i, j)];
+                    if !v.is_finite() {
+                        return Ok(());
+                    }
+                    if v < 0.0 {
+                        return Err(Error::InvalidData(format!(
+                            "Categorical target {v} at row {i}, column {j} is negative; \
+                             targets must be probability vectors"
+                        )));
+                    }
+                    sum += f64::from(v);
+                }
+                if (sum - 1.0).abs() > tolerance {
+                    return Err(Error::InvalidData(format!(
+                        "Categorical target column {j} sums to {sum}, not 1 (tolerance \
+                         {tolerance:.1e}); targets must be probability vectors"
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 impl Likelihood {
@@ -388,21 +457,33 @@ impl Mlp {
 
     /// The network's outputs for the last forward pass (`n_L x b`): the mean for
     /// Gaussian, the logits for Bernoulli and Categorical.
-    pub fn output<'a>(&self, ws: &'a Workspace) -> MatRef<'a, f32> {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network (its buffers
+    /// would not fit the view).
+    pub fn output<'a>(&self, ws: &'a Workspace) -> Result<MatRef<'a, f32>, Error> {
+        ws.check_compatible(self)?;
         let n = self.output_size();
-        view(&ws.acts[self.layers.len()], n, ws.batch, n + 1)
+        Ok(view(&ws.acts[self.layers.len()], n, ws.batch, n + 1))
     }
 
     /// Loss of the last forward pass against targets `y` (`n_L x b`): the
     /// negative log-likelihood per example (constants dropped), averaged over the
     /// minibatch. Also writes the output error `e_L = d(-log p)/d s_L` (per
     /// example, not divided by `b`) into the workspace when `write_error`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network or `y` is not
+    /// `n_L x b`; [`Error::InvalidData`] for
+    /// targets outside the likelihood's support (see [`Likelihood`]);
+    /// [`Error::NonFinite`] for NaN or infinite targets or a non-finite loss.
     pub fn loss(
         &self,
         ws: &mut Workspace,
         y: MatRef<'_, f32>,
         write_error: bool,
     ) -> Result<f64, Error> {
+        ws.check_compatible(self)?;
         let n = self.output_size();
         let b = ws.batch;
         if y.nrows() != n || y.ncols() != b {
@@ -412,6 +493,7 @@ impl Mlp {
                 y.ncols()
             )));
         }
+        check_target_support(self.likelihood, y)?;
         let l = self.layers.len();
         let likelihood = self.likelihood;
         let (acts, errs) = (&ws.acts[l], &mut ws.errs[l - 1]);
@@ -472,10 +554,26 @@ impl Mlp {
     /// `Rng::new(seed + c)`, in parallel under the workspace's `Par`. The
     /// samples depend on `rng` and the minibatch only, not on the number of
     /// threads.
-    pub fn sample_output_error(&self, ws: &Workspace, errs_out: &mut [f32], rng: &mut Rng) {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network or `errs_out`
+    /// is shorter than `n_L * b` (nothing is drawn from `rng` then).
+    pub fn sample_output_error(
+        &self,
+        ws: &Workspace,
+        errs_out: &mut [f32],
+        rng: &mut Rng,
+    ) -> Result<(), Error> {
+        ws.check_compatible(self)?;
         let n = self.output_size();
         let b = ws.batch;
         let acts = &ws.acts[self.layers.len()];
+        if errs_out.len() < n * b {
+            return Err(Error::Shape(format!(
+                "the output error buffer holds {} values, the minibatch needs {n} x {b}",
+                errs_out.len()
+            )));
+        }
         let errs_out = &mut errs_out[..n * b];
         let seed = rng.next_u64();
         let likelihood = self.likelihood;
@@ -487,6 +585,7 @@ impl Mlp {
         };
         let parallel = ws.par.degree() > 1 && b > SAMPLE_CHUNK_COLS;
         for_each_chunk(errs_out, chunk_len, parallel, sample);
+        Ok(())
     }
 
     /// For a Gaussian likelihood: the lower Cholesky factor of `W_L^T W_L`
@@ -585,17 +684,28 @@ impl Mlp {
     /// of `p_k (1 - p_k)`. Categorical: `diag(p) - p p^T` is not diagonal
     /// ([`Likelihood::has_diagonal_output_fisher`] is false); returns false and
     /// leaves `out` alone.
-    pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> bool {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `ws` was built for another network or `out` is
+    /// shorter than `n_L`.
+    pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> Result<bool, Error> {
+        ws.check_compatible(self)?;
         if !self.likelihood.has_diagonal_output_fisher() {
-            return false;
+            return Ok(false);
         }
         let n = self.output_size();
         let b = ws.batch;
+        if out.len() < n {
+            return Err(Error::Shape(format!(
+                "the diagonal buffer holds {} values, the output layer has {n}",
+                out.len()
+            )));
+        }
         let out = &mut out[..n];
         match self.likelihood {
             Likelihood::Gaussian => {
                 out.fill(1.0);
-                true
+                Ok(true)
             }
             Likelihood::Bernoulli => {
                 let acts = &ws.acts[self.layers.len()];
@@ -609,7 +719,7 @@ impl Mlp {
                 }
                 let inv = 1.0 / b.max(1) as f32;
                 out.iter_mut().for_each(|o| *o *= inv);
-                true
+                Ok(true)
             }
             Likelihood::Categorical => unreachable!("checked above"),
         }
@@ -951,7 +1061,7 @@ impl Mlp {
         while start < x.ncols() {
             let len = chunk.min(x.ncols() - start);
             self.forward(ws, x.subcols(start, len))?;
-            let out = self.output(ws);
+            let out = self.output(ws)?;
             for (j, class) in classes[start..start + len].iter_mut().enumerate() {
                 *class = Self::argmax_column(out, j);
             }
@@ -1003,7 +1113,7 @@ impl Mlp {
         while start < x.ncols() {
             let len = chunk.min(x.ncols() - start);
             self.forward(ws, x.subcols(start, len))?;
-            let out = self.output(ws);
+            let out = self.output(ws)?;
             for (j, &label) in labels[start..start + len].iter().enumerate() {
                 correct += usize::from(Self::argmax_column(out, j) == usize::from(label));
             }

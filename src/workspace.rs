@@ -7,6 +7,79 @@ use crate::Error;
 use natgrad_kernels::gemm::gemm_scratch;
 use natgrad_kernels::{MatMut, MatRef, MemBuffer, Par, StackReq};
 
+/// The largest `max_batch` a [`Workspace`] or an optimizer is built for:
+/// 2^20 columns. A minibatch of a million examples is far past any use of
+/// minibatch training (the race's largest is 1,000) and keeps every buffer
+/// length `width * max_batch` far from overflowing; larger requests are
+/// refused with [`Error::InvalidConfig`] before anything is allocated.
+pub const MAX_BATCH: usize = 1 << 20;
+
+/// Refuses a `max_batch` of 0 or above [`MAX_BATCH`] ([`Error::InvalidConfig`]).
+pub(crate) fn check_max_batch(max_batch: usize) -> Result<(), Error> {
+    if max_batch == 0 {
+        return Err(Error::InvalidConfig(
+            "the maximum minibatch size must be at least 1".into(),
+        ));
+    }
+    if max_batch > MAX_BATCH {
+        return Err(Error::InvalidConfig(format!(
+            "the maximum minibatch size {max_batch} is more than natgrad's limit of \
+             {MAX_BATCH} columns"
+        )));
+    }
+    Ok(())
+}
+
+/// `a * b` for a buffer length, or [`Error::InvalidConfig`] naming `what` if
+/// it overflows.
+pub(crate) fn checked_len(a: usize, b: usize, what: &str) -> Result<usize, Error> {
+    a.checked_mul(b).ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "{what} would hold {a} x {b} values, more than memory can address"
+        ))
+    })
+}
+
+/// The message of a failed allocation of `bytes` bytes for `what`.
+pub(crate) fn allocation_failed(what: &str, bytes: u128) -> Error {
+    Error::InvalidConfig(format!(
+        "cannot allocate {bytes} bytes for {what}: not enough memory (use a smaller \
+         maximum minibatch or network)"
+    ))
+}
+
+/// A zeroed `Vec` of `len` floats, or [`Error::InvalidConfig`] if the
+/// allocator refuses (instead of aborting the process).
+pub(crate) fn try_zeros(len: usize, what: &str) -> Result<Vec<f32>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| allocation_failed(what, 4 * len as u128))?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// Kernel scratch of `req`, or [`Error::InvalidConfig`] if its size
+/// overflows or the allocator refuses.
+pub(crate) fn try_scratch(req: StackReq, what: &str) -> Result<MemBuffer, Error> {
+    MemBuffer::try_new(req)
+        .map_err(|_| allocation_failed(what, req.unaligned_bytes_required() as u128))
+}
+
+/// Checks, before the first allocation, that `bytes` bytes can be had at
+/// all: a trial reservation that is released at once (untouched pages cost
+/// nothing). Lets a constructor that allocates many buffers return
+/// [`Error::InvalidConfig`] instead of aborting halfway.
+pub(crate) fn probe_allocation(bytes: u128, what: &str) -> Result<(), Error> {
+    let fail = || allocation_failed(what, bytes);
+    let n = usize::try_from(bytes).map_err(|_| fail())?;
+    if n > isize::MAX as usize {
+        return Err(fail());
+    }
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(n).map_err(|_| fail())?;
+    Ok(())
+}
+
 /// Buffers for one network at minibatches of up to `max_batch` examples.
 ///
 /// * `acts[i]` holds `abar_i = [a_i; 1]`, `(n_i + 1) x b` column-major (the row
@@ -30,26 +103,28 @@ pub struct Workspace {
 impl Workspace {
     /// Buffers for `net` at minibatches of up to `max_batch` columns, with
     /// kernels parallelised as `par`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if `max_batch` is 0 or above [`MAX_BATCH`],
+    /// or if the buffers cannot be allocated (the allocator's refusal is
+    /// returned, not turned into an abort).
     pub fn new(net: &Mlp, max_batch: usize, par: Par) -> Result<Workspace, Error> {
-        if max_batch == 0 {
-            return Err(Error::InvalidConfig(
-                "the maximum minibatch size must be at least 1".into(),
-            ));
-        }
+        check_max_batch(max_batch)?;
         let sizes = net.sizes();
+        let what = "the workspace";
         let acts = sizes
             .iter()
-            .map(|&n| vec![0.0f32; (n + 1) * max_batch])
-            .collect();
+            .map(|&n| try_zeros(checked_len(n + 1, max_batch, what)?, what))
+            .collect::<Result<_, _>>()?;
         let errs = sizes[1..]
             .iter()
-            .map(|&n| vec![0.0f32; n * max_batch])
-            .collect();
+            .map(|&n| try_zeros(checked_len(n, max_batch, what)?, what))
+            .collect::<Result<_, _>>()?;
         let grads = net
             .layers()
             .iter()
-            .map(|l| vec![0.0f32; l.params.len()])
-            .collect();
+            .map(|l| try_zeros(l.params.len(), what))
+            .collect::<Result<_, _>>()?;
         let req = StackReq::any_of(
             &net.layers()
                 .iter()
@@ -69,7 +144,7 @@ impl Workspace {
             acts,
             errs,
             grads,
-            scratch: MemBuffer::new(req),
+            scratch: try_scratch(req, "the workspace's kernel scratch")?,
             loss_partials: vec![0.0; max_batch.div_ceil(crate::mlp::LOSS_CHUNK_COLS)],
             par,
         })

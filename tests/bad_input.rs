@@ -677,7 +677,7 @@ fn curvature_factor_that_will_not_factorise() {
     let xm = MatRef::from_column_major_slice(&x, 3, 4);
     net.forward(&mut ws, xm).unwrap();
     let y: Vec<f32> = {
-        let out = net.output(&ws);
+        let out = net.output(&ws).unwrap();
         (0..4)
             .flat_map(|j| (0..3).map(move |i| out[(i, j)]))
             .collect()
@@ -1033,4 +1033,352 @@ fn gram_preconditioning_without_per_minibatch_factors() {
             Ok(_) => panic!("{what}: accepted"),
         }
     }
+}
+
+/// `gemm` with a NaN or infinite `alpha` or `beta` is refused before `C`
+/// is touched (issue #22: it used to return `Ok`).
+#[test]
+fn gemm_given_non_finite_alpha_or_beta() {
+    let par = Par::Seq;
+    let a = [1.0f32; 6];
+    let b = [1.0f32; 6];
+    let mut mem = stack_for(gemm_scratch(2, 2, 3, par));
+    for (alpha, beta) in [
+        (f32::NAN, 0.0),
+        (f32::INFINITY, 1.0),
+        (1.0, f32::NAN),
+        (1.0, f32::NEG_INFINITY),
+    ] {
+        let mut c = [7.0f32; 4];
+        let r = gemm(
+            MatMut::from_column_major_slice_mut(&mut c, 2, 2),
+            beta,
+            MatRef::from_column_major_slice(&a, 2, 3),
+            MatRef::from_column_major_slice(&b, 3, 2),
+            alpha,
+            par,
+            MemStack::new(&mut mem),
+        );
+        match r {
+            Err(kernels::Error::InvalidArgument { op: "gemm", detail }) => {
+                assert!(detail.contains("must be finite"), "{detail}")
+            }
+            other => panic!("gemm alpha {alpha} beta {beta} gave {other:?}"),
+        }
+        assert_eq!(c, [7.0; 4], "C was touched");
+    }
+}
+
+/// Every kernel that takes scratch refuses a stack smaller than its
+/// `*_scratch` asks for, with `InvalidArgument`, leaving its output alone
+/// (issue #22: only `gemm` checked; the others panicked).
+#[test]
+fn kernels_given_too_little_scratch() {
+    use natgrad::kernels::cholesky::{cholesky_inverse_in_place, cholesky_inverse_scratch};
+    use natgrad::kernels::syrk::{syrk_lower_f64, syrk_lower_trapezoidal};
+    use natgrad::kernels::trsm::{lower_times_in_place, lower_times_scratch};
+    let par = Par::Seq;
+    let n = 64;
+    let k = 40;
+    let too_small = |req: kernels::StackReq| {
+        let bytes = req.unaligned_bytes_required();
+        assert!(bytes > 64, "the case needs scratch to be meaningful");
+        MemBuffer::new(kernels::StackReq::new::<u8>(bytes / 2))
+    };
+    let scratch_error = |r: Result<(), kernels::Error>, what: &str| match r {
+        Err(kernels::Error::InvalidArgument { detail, .. }) => {
+            assert!(detail.contains("scratch holds"), "{what}: {detail}")
+        }
+        other => panic!("{what} with too little scratch gave {other:?}"),
+    };
+    let mut spd = vec![0.0f32; n * n];
+    for i in 0..n {
+        spd[i * n + i] = 2.0;
+    }
+    let x = data(n, k, 3);
+
+    let mut buf = too_small(cholesky_scratch(n, par));
+    let mut a = spd.clone();
+    let r = cholesky_in_place(
+        MatMut::from_column_major_slice_mut(&mut a, n, n),
+        0.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "cholesky_in_place");
+    assert_eq!(a, spd, "A was touched");
+
+    let mut buf = too_small(cholesky_update_scratch(n, k, par));
+    let mut w = x.clone();
+    let r = cholesky_rank_update(
+        MatMut::from_column_major_slice_mut(&mut a, n, n),
+        MatMut::from_column_major_slice_mut(&mut w, n, k),
+        &vec![1.0; k],
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "cholesky_rank_update");
+    assert_eq!(a, spd, "L was touched");
+
+    let mut buf = too_small(cholesky_inverse_scratch(n, par));
+    let r = cholesky_inverse_in_place(
+        MatMut::from_column_major_slice_mut(&mut a, n, n),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "cholesky_inverse_in_place");
+    assert_eq!(a, spd, "L was touched");
+
+    let mut buf = too_small(solve_scratch(n, k, par));
+    let mut rhs = x.clone();
+    let r = solve_llt_left_in_place(
+        MatRef::from_column_major_slice(&spd, n, n),
+        MatMut::from_column_major_slice_mut(&mut rhs, n, k),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "solve_llt_left_in_place");
+    let r = solve_llt_right_in_place(
+        MatRef::from_column_major_slice(&spd, n, n),
+        MatMut::from_column_major_slice_mut(&mut rhs, n, k).transpose_mut(),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "solve_llt_right_in_place");
+    assert_eq!(rhs, x, "B was touched");
+
+    let mut buf = too_small(lower_times_scratch(n, k, par));
+    let r = lower_times_in_place(
+        MatRef::from_column_major_slice(&spd, n, n),
+        MatMut::from_column_major_slice_mut(&mut rhs, n, k),
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "lower_times_in_place");
+    assert_eq!(rhs, x, "B was touched");
+
+    let mut buf = too_small(syrk_scratch(n, k, par));
+    let mut c = vec![5.0f32; n * n];
+    let r = syrk_lower(
+        MatMut::from_column_major_slice_mut(&mut c, n, n),
+        1.0,
+        MatRef::from_column_major_slice(&x, n, k),
+        1.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "syrk_lower");
+    let r = syrk_lower_trapezoidal(
+        MatMut::from_column_major_slice_mut(&mut c, n, n),
+        1.0,
+        MatRef::from_column_major_slice(&x, n, k),
+        1.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "syrk_lower_trapezoidal");
+    assert_eq!(c, vec![5.0; n * n], "C was touched");
+    let mut c64 = vec![5.0f64; n * n];
+    let r = syrk_lower_f64(
+        MatMut::from_column_major_slice_mut(&mut c64, n, n),
+        1.0,
+        MatRef::from_column_major_slice(&x, n, k),
+        1.0,
+        par,
+        MemStack::new(&mut buf),
+    );
+    scratch_error(r, "syrk_lower_f64");
+    assert_eq!(c64, vec![5.0; n * n], "C was touched");
+}
+
+/// A `max_batch` beyond `MAX_BATCH` (up to `usize::MAX`) is refused before
+/// anything is allocated (issue #22: "capacity overflow" panics and aborts
+/// on failed allocations).
+#[test]
+fn huge_max_batch_is_refused_not_a_panic_or_an_abort() {
+    use natgrad::workspace::MAX_BATCH;
+    let net = net();
+    for max_batch in [usize::MAX, usize::MAX / 2, 1 << 40, MAX_BATCH + 1] {
+        match Workspace::new(&net, max_batch, Par::Seq) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("limit"), "{m}"),
+            Err(e) => panic!("workspace, {max_batch}: {e}"),
+            Ok(_) => panic!("workspace, {max_batch}: accepted"),
+        }
+        match NaturalGradient::new(&net, max_batch, NaturalGradientConfig::default()) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("limit"), "{m}"),
+            Err(e) => panic!("natural gradient, {max_batch}: {e}"),
+            Ok(_) => panic!("natural gradient, {max_batch}: accepted"),
+        }
+    }
+}
+
+/// Bernoulli targets outside [0, 1] and Categorical targets that are not
+/// probability vectors are refused by the loss (so by every step and by
+/// `evaluate`); a softmax computed in f32 is accepted (issue #22: a
+/// Categorical loss of -25.44 came out).
+#[test]
+fn targets_outside_the_likelihood_support() {
+    let (n, b) = (4, 3);
+    let x = data(n, b, 9);
+    let xm = MatRef::from_column_major_slice(&x, n, b);
+    for (likelihood, bad, what) in [
+        (
+            Likelihood::Bernoulli,
+            vec![0.5f32, 0.0, 1.0, 5.0],
+            "outside [0, 1]",
+        ),
+        (
+            Likelihood::Bernoulli,
+            vec![0.5, -0.1, 1.0, 0.0],
+            "outside [0, 1]",
+        ),
+        (
+            Likelihood::Categorical,
+            vec![0.5, 0.5, 0.5, 0.5],
+            "sums to 2",
+        ),
+        (
+            Likelihood::Categorical,
+            vec![1.5, -0.5, 0.0, 0.0],
+            "negative",
+        ),
+        (Likelihood::Categorical, vec![0.0; 4], "sums to 0"),
+    ] {
+        let net = Mlp::new(
+            &[n, 5, n],
+            &[Activation::Tanh, Activation::Identity],
+            likelihood,
+            Init::GlorotUniform,
+            2,
+        )
+        .unwrap();
+        let mut ws = Workspace::new(&net, b, Par::Seq).unwrap();
+        // Columns 0 and 1 are valid; column 2 is the bad one.
+        let mut y = vec![0.0f32; n * b];
+        y[0] = 1.0;
+        y[n + 1] = 1.0;
+        y[2 * n..].copy_from_slice(&bad);
+        let ym = MatRef::from_column_major_slice(&y, n, b);
+        match net.loss_and_gradient(&mut ws, xm, ym) {
+            Err(Error::InvalidData(m)) => {
+                assert!(m.contains(what) && m.contains("column 2"), "{m}")
+            }
+            other => panic!("{likelihood:?} {bad:?}: {other:?}"),
+        }
+        assert!(matches!(
+            net.evaluate(&mut ws, xm, ym),
+            Err(Error::InvalidData(_))
+        ));
+        let mut opt = Sgd::new(&net, SgdConfig::default()).unwrap();
+        let mut net2 = net.clone();
+        assert!(matches!(
+            opt.step(&mut net2, &mut ws, xm, ym),
+            Err(Error::InvalidData(_))
+        ));
+        assert_eq!(net2, net, "weights changed");
+    }
+    // A softmax in f32 of 10 classes, within the derived tolerance.
+    let n = 10;
+    let logits: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 7.0).collect();
+    let e: Vec<f32> = logits.iter().map(|s| s.exp()).collect();
+    let z: f32 = e.iter().sum();
+    let p: Vec<f32> = e.iter().map(|v| v / z).collect();
+    let net = Mlp::new(
+        &[n, 3, n],
+        &[Activation::Tanh, Activation::Identity],
+        Likelihood::Categorical,
+        Init::GlorotUniform,
+        2,
+    )
+    .unwrap();
+    let mut ws = Workspace::new(&net, 1, Par::Seq).unwrap();
+    let xm = MatRef::from_column_major_slice(&p, n, 1);
+    assert!(net.loss_and_gradient(&mut ws, xm, xm).unwrap() > 0.0);
+    let tolerance = natgrad::mlp::categorical_sum_tolerance(n);
+    assert!((tolerance - 11.0 * f64::from(f32::EPSILON)).abs() < 1e-20);
+}
+
+/// A `Split` built by hand (its fields are public) whose pixel count does
+/// not match `rows * cols * count` is refused before any matrix view is
+/// made of it (issue #22: faer's length assertion panicked).
+#[cfg(feature = "cli")]
+#[test]
+fn a_split_whose_lengths_disagree_is_refused_not_a_panic() {
+    use natgrad::data::{Dataset, Images, Split};
+    let split = |pixels: usize, labels: usize| Split {
+        pixels: vec![7; pixels],
+        labels: vec![1; labels],
+        rows: 28,
+        cols: 28,
+        count: 10,
+    };
+    let net = Mlp::deep(1);
+    for (train, test, what) in [
+        (split(784 * 9, 10), split(784 * 10, 10), "pixel bytes"),
+        (split(784 * 10, 10), split(784 * 10 + 1, 10), "pixel bytes"),
+        (split(784 * 10, 9), split(784 * 10, 10), "labels"),
+    ] {
+        match Images::new(&train, None).and(Images::new(&test, None)) {
+            Err(Error::Shape(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let data = Dataset {
+            name: "hand-made".into(),
+            train,
+            test,
+        };
+        match natgrad::app::race::prepare(&data, &net) {
+            Err(Error::Shape(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{:?}", other.map(|p| p.train_count)),
+        }
+    }
+}
+
+/// The public functions that read a workspace or fill a caller's buffer
+/// refuse a workspace of another network and a buffer too short, instead
+/// of panicking on an index or in faer's view assertion.
+#[test]
+fn a_workspace_of_another_network_or_a_short_buffer_for_the_output_functions() {
+    let net = net();
+    let other = Mlp::new(
+        &[6, 9, 6],
+        &[Activation::Tanh, Activation::Identity],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        1,
+    )
+    .unwrap();
+    let mut ws = Workspace::new(&other, B, Par::Seq).unwrap();
+    let x = data(6, B, 1);
+    let xm = MatRef::from_column_major_slice(&x, 6, B);
+    other.forward(&mut ws, xm).unwrap();
+    assert!(matches!(net.output(&ws), Err(Error::Shape(_))));
+    assert!(matches!(net.loss(&mut ws, xm, false), Err(Error::Shape(_))));
+    let mut rng = Rng::new(1);
+    let mut errs = vec![0.0f32; 6 * B];
+    assert!(matches!(
+        net.sample_output_error(&ws, &mut errs, &mut rng),
+        Err(Error::Shape(_))
+    ));
+    let mut diag = vec![0.0f32; 6];
+    assert!(matches!(
+        net.output_fisher_diagonal(&ws, &mut diag),
+        Err(Error::Shape(_))
+    ));
+    // The right workspace, buffers too short.
+    let mut ws = Workspace::new(&net, B, Par::Seq).unwrap();
+    net.forward(&mut ws, xm).unwrap();
+    assert_eq!(net.output(&ws).unwrap().ncols(), B);
+    let mut short = vec![0.0f32; 6 * B - 1];
+    match net.sample_output_error(&ws, &mut short, &mut rng) {
+        Err(Error::Shape(m)) => assert!(m.contains("holds 47 values"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        net.output_fisher_diagonal(&ws, &mut diag[..5]),
+        Err(Error::Shape(_))
+    ));
+    net.sample_output_error(&ws, &mut errs, &mut rng).unwrap();
+    assert!(net.output_fisher_diagonal(&ws, &mut diag).unwrap());
+    assert_eq!(diag, vec![1.0; 6]);
 }

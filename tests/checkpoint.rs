@@ -373,7 +373,7 @@ fn absurd_lengths_with_a_valid_checksum_are_refused_without_allocating() {
     );
     // Wrong version and wrong magic are named as such.
     let mut b = bytes.clone();
-    b[8] = 2;
+    b[8] = 3;
     let detail = expect_format_error(
         checkpoint::from_bytes(&with_valid_checksum(b), origin),
         origin,
@@ -455,4 +455,109 @@ fn failed_saves_leave_the_previous_checkpoint_loadable() {
         Err(Error::Io { .. })
     ));
     assert_eq!(checkpoint::load(&path).unwrap(), newer);
+}
+
+/// A natural-gradient state loads only into an optimizer built with the same
+/// settings and `max_batch`; the refusal names every difference, and nothing
+/// changes (issue #22: the settings were not stored).
+#[test]
+fn a_state_saved_with_other_settings_or_batch_is_refused_naming_the_difference() {
+    let net = new_net();
+    let saved_config = NaturalGradientConfig::default();
+    let saved = NaturalGradient::new(&net, BATCH, saved_config).unwrap();
+    let ckpt = Checkpoint::capture(&net, &saved, vec![]);
+    // Through the file format, so the settings must survive it.
+    let ckpt = checkpoint::from_bytes(&checkpoint::to_bytes(&ckpt), Path::new("mem")).unwrap();
+    assert!(ckpt
+        .optimizer
+        .settings
+        .iter()
+        .any(|(n, v)| n == "max_batch" && v == &BATCH.to_string()));
+    let other_lr = NaturalGradientConfig {
+        learning_rate: 0.5,
+        ..saved_config
+    };
+    for (max_batch, config, expect) in [
+        (2 * BATCH, saved_config, vec!["max_batch 16 (saved) vs 32"]),
+        (BATCH, other_lr, vec!["learning_rate 1.0 (saved) vs 0.5"]),
+        (
+            BATCH + 1,
+            other_lr,
+            vec![
+                "max_batch 16 (saved) vs 17",
+                "learning_rate 1.0 (saved) vs 0.5",
+            ],
+        ),
+    ] {
+        let mut opt = NaturalGradient::new(&net, max_batch, config).unwrap();
+        let before = state_bits(&opt.save_state());
+        match opt.load_state(&ckpt.optimizer) {
+            Err(Error::InvalidConfig(message)) => {
+                for e in &expect {
+                    assert!(message.contains(e), "{message:?} lacks {e:?}");
+                }
+            }
+            other => panic!("max_batch {max_batch}, {config:?}: {other:?}"),
+        }
+        assert_eq!(state_bits(&opt.save_state()), before, "state changed");
+    }
+    // SGD and Adam record theirs too.
+    let sgd = Sgd::new(&net, SgdConfig::default()).unwrap();
+    let mut other = Sgd::new(
+        &net,
+        SgdConfig {
+            learning_rate: 0.25,
+            ..SgdConfig::default()
+        },
+    )
+    .unwrap();
+    match other.load_state(&sgd.save_state()) {
+        Err(Error::InvalidConfig(message)) => {
+            assert!(message.contains("learning_rate"), "{message}")
+        }
+        r => panic!("{r:?}"),
+    }
+    // The same settings load.
+    let mut same = NaturalGradient::new(&net, BATCH, saved_config).unwrap();
+    same.load_state(&ckpt.optimizer).unwrap();
+}
+
+/// A version-1 file (before settings were stored) is refused with a message
+/// that says why and what to do.
+#[test]
+fn a_version_1_checkpoint_is_refused_with_an_explanation() {
+    let origin = Path::new("old.ckpt");
+    let mut b = checkpoint::to_bytes(&small_checkpoint());
+    b[8] = 1;
+    let detail = expect_format_error(
+        checkpoint::from_bytes(&with_valid_checksum(b), origin),
+        origin,
+        "version 1",
+    );
+    assert!(detail.contains("did not record"), "{detail}");
+}
+
+/// `load` refuses what is not a regular file before reading it: a symbolic
+/// link to `/dev/zero` (endless) and a FIFO (whose open would block).
+#[cfg(unix)]
+#[test]
+fn a_checkpoint_path_that_is_a_device_or_a_fifo_is_refused() {
+    let dir = test_dir("special");
+    let link = dir.join("zero.ckpt");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    match checkpoint::load(&link) {
+        Err(Error::Format { path, detail }) => {
+            assert_eq!(path, link);
+            assert!(detail.contains("character device"), "{detail}");
+        }
+        other => panic!("/dev/zero: {other:?}"),
+    }
+    let fifo = dir.join("fifo.ckpt");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        match checkpoint::load(&fifo) {
+            Err(Error::Format { detail, .. }) => assert!(detail.contains("FIFO"), "{detail}"),
+            other => panic!("FIFO: {other:?}"),
+        }
+    }
 }

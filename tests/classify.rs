@@ -76,7 +76,7 @@ fn predictions_are_the_argmax_of_the_outputs_across_chunks() {
         // Reference: one forward pass of all examples, argmax by hand.
         let mut big = Workspace::new(&net, n, Par::Seq).unwrap();
         net.forward(&mut big, xm).unwrap();
-        let out = net.output(&big);
+        let out = net.output(&big).unwrap();
         let expected: Vec<usize> = (0..n)
             .map(|j| {
                 let col: Vec<f32> = (0..CLASSES).map(|i| out[(i, j)]).collect();

@@ -154,17 +154,15 @@ impl Synthetic {
         assert_eq!(split.features(), features);
         assert_eq!(split.count, labels.len());
         assert_eq!(split.labels, labels);
-        assert_eq!(split.images.len(), features * labels.len());
+        assert_eq!(split.pixels.len(), features * labels.len());
+        let widened = split.to_f32();
         for i in 0..split.count {
-            let expected: Vec<f32> = pixels[i * features..(i + 1) * features]
-                .iter()
-                .map(|&b| f32::from(b) / 255.0)
-                .collect();
-            assert_eq!(split.image(i), &expected[..], "image {i}");
+            let expected = &pixels[i * features..(i + 1) * features];
+            assert_eq!(split.image(i), expected, "image {i}");
             // Column-major: image i is column i of the features x count matrix.
             assert_eq!(
-                split.images[i * features + features - 1],
-                expected[features - 1]
+                widened[i * features + features - 1],
+                f32::from(expected[features - 1]) / 255.0
             );
         }
     }
@@ -577,12 +575,7 @@ fn every_truncation_and_byte_change_gives_ok_or_a_typed_error() {
                     // Only changes the gzip format ignores (header flags' spare
                     // bits, mtime, OS byte) may be accepted, and then unchanged.
                     assert_eq!(split.labels, data.test_labels);
-                    let expected: Vec<f32> = data
-                        .test_pixels
-                        .iter()
-                        .map(|&b| f32::from(b) / 255.0)
-                        .collect();
-                    assert_eq!(split.images, expected);
+                    assert_eq!(split.pixels, data.test_pixels);
                     accepted += 1;
                 }
                 Err(Error::Format { .. }) => {}
@@ -610,14 +603,11 @@ fn embedded_dataset_is_real_mnist_sized() {
         assert_eq!(split.count, count);
         assert_eq!((split.rows, split.cols), (28, 28));
         assert_eq!(split.features(), 784);
-        assert_eq!(split.images.len(), 784 * count);
+        assert_eq!(split.pixels.len(), 784 * count);
         assert_eq!(split.labels.len(), count);
-        let min = split.images.iter().copied().fold(f32::INFINITY, f32::min);
-        let max = split
-            .images
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
+        let images = split.to_f32();
+        let min = images.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = images.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         assert_eq!((min, max), (0.0, 1.0), "pixel range");
         let mut per_class = [0usize; 10];
         for &label in &split.labels {
@@ -632,15 +622,14 @@ fn embedded_dataset_is_real_mnist_sized() {
             );
         }
         // Real digits: ink covers roughly a fifth of the image, the corners are blank.
-        let ink =
-            split.images.iter().filter(|&&p| p > 0.5).count() as f64 / split.images.len() as f64;
+        let ink = images.iter().filter(|&&p| p > 0.5).count() as f64 / images.len() as f64;
         assert!(ink > 0.05 && ink < 0.3, "ink fraction {ink}");
-        assert!((0..count).all(|i| split.image(i)[0] == 0.0));
+        assert!((0..count).all(|i| split.image(i)[0] == 0));
     }
     // Loading is deterministic, and load(None) is the embedded dataset.
     let again = load(None).unwrap();
     assert_eq!(again.train.labels, dataset.train.labels);
-    assert_eq!(again.test.images, dataset.test.images);
+    assert_eq!(again.test.pixels, dataset.test.pixels);
 }
 
 #[test]
@@ -648,14 +637,9 @@ fn embedded_dataset_round_trips_through_raw_files() {
     let embedded = load_embedded().unwrap();
     let dir = TempDir::new("embedded-raw");
     for (prefix, split) in [("train", &embedded.train), ("t10k", &embedded.test)] {
-        let pixels: Vec<u8> = split
-            .images
-            .iter()
-            .map(|&p| (p * 255.0).round() as u8)
-            .collect();
         dir.write(
             &format!("{prefix}-images-idx3-ubyte"),
-            &idx_images(split.count as u32, 28, 28, &pixels),
+            &idx_images(split.count as u32, 28, 28, &split.pixels),
         );
         dir.write(
             &format!("{prefix}-labels-idx1-ubyte"),
@@ -663,9 +647,9 @@ fn embedded_dataset_round_trips_through_raw_files() {
         );
     }
     let reread = load_dir(dir.path()).unwrap();
-    assert_eq!(reread.train.images, embedded.train.images);
+    assert_eq!(reread.train.pixels, embedded.train.pixels);
     assert_eq!(reread.train.labels, embedded.train.labels);
-    assert_eq!(reread.test.images, embedded.test.images);
+    assert_eq!(reread.test.pixels, embedded.test.pixels);
     assert_eq!(reread.test.labels, embedded.test.labels);
 }
 
@@ -683,7 +667,7 @@ fn standardizer_centres_and_scales_to_unit_variance() {
         "{standardizer:?}"
     );
 
-    let mut train = dataset.train.images.clone();
+    let mut train = dataset.train.to_f32();
     standardizer.apply(&mut train);
     let n = train.len() as f64;
     let mean = train.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
@@ -699,13 +683,13 @@ fn standardizer_centres_and_scales_to_unit_variance() {
     );
 
     // The same map on test data (fit on train only), and invert undoes it.
-    let mut test = dataset.test.images.clone();
+    let mut test = dataset.test.to_f32();
     standardizer.apply(&mut test);
     assert!((test[0] + standardizer.mean() / standardizer.std()).abs() < 1e-6);
     standardizer.invert(&mut test);
     let worst = test
         .iter()
-        .zip(&dataset.test.images)
+        .zip(&dataset.test.to_f32())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "invert(apply(x)) differs from x by {worst}");
@@ -730,7 +714,7 @@ fn standardizer_refuses_degenerate_input() {
         Err(Error::NonFinite(_))
     ));
     let inconsistent = Split {
-        images: vec![0.0, 1.0, 0.5],
+        pixels: vec![0, 255, 128],
         labels: vec![1],
         rows: 2,
         cols: 2,
@@ -742,4 +726,98 @@ fn standardizer_refuses_degenerate_input() {
     ));
     let fitted = Standardizer::fit_values(&[0.0, 2.0]).unwrap();
     assert_eq!((fitted.mean(), fitted.std()), (1.0, 1.0));
+}
+
+/// A FIFO where a data file should be is refused before it is opened
+/// (opening it for reading would block until a writer came).
+#[cfg(unix)]
+#[test]
+fn a_data_file_that_is_a_fifo_is_refused() {
+    let data = Synthetic::new();
+    let dir = TempDir::new("fifo");
+    data.write_to(&dir, false);
+    let path = dir.path().join("train-images-idx3-ubyte");
+    fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&path).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+    match load_dir(dir.path()) {
+        Err(Error::Format { path: p, detail }) => {
+            assert_eq!(p, path);
+            assert!(detail.contains("FIFO"), "{detail}");
+        }
+        other => panic!("{:?}", other.map(|d| d.name)),
+    }
+}
+
+/// `Dataset::from_mnist` on small synthetic `mnist::Mnist` values: digit
+/// and one-hot labels, the validation part appended to training, and every
+/// inconsistency an `InvalidData` error.
+#[cfg(feature = "mnist")]
+#[test]
+fn from_mnist_converts_and_validates() {
+    use natgrad::data::Dataset;
+    let image = |v: u8| vec![v; 784];
+    // `mnist::Mnist` is not `Clone`.
+    let loaded = || mnist::Mnist {
+        trn_img: [image(1), image(2)].concat(),
+        trn_lbl: vec![3, 7],
+        val_img: image(9),
+        val_lbl: vec![4],
+        tst_img: image(200),
+        tst_lbl: vec![5],
+    };
+    let d = Dataset::from_mnist(loaded()).unwrap();
+    assert_eq!((d.train.count, d.test.count), (3, 1));
+    assert_eq!((d.train.rows, d.train.cols), (28, 28));
+    assert_eq!(d.train.labels, [3, 7, 4]);
+    assert_eq!(d.train.image(2), &image(9)[..]);
+    assert_eq!(d.test.image(0), &image(200)[..]);
+    d.train.check().unwrap();
+    d.test.check().unwrap();
+
+    let mut one_hot = loaded();
+    one_hot.trn_lbl = [
+        [0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+    ]
+    .concat();
+    one_hot.val_lbl = vec![0, 0, 0, 0, 1, 0, 0, 0, 0, 0];
+    one_hot.tst_lbl = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    let d = Dataset::from_mnist(one_hot).unwrap();
+    assert_eq!(d.train.labels, [3, 7, 4]);
+    assert_eq!(d.test.labels, [5]);
+
+    let bad = |edit: &dyn Fn(&mut mnist::Mnist), words: &[&str]| {
+        let mut m = loaded();
+        edit(&mut m);
+        match Dataset::from_mnist(m) {
+            Err(Error::InvalidData(msg)) => {
+                for w in words {
+                    assert!(msg.contains(w), "{msg:?} lacks {w:?}");
+                }
+            }
+            other => panic!("{words:?}: {:?}", other.map(|d| d.train.count)),
+        }
+    };
+    bad(
+        &|m| m.trn_img.pop().map(drop).unwrap(),
+        &["training", "whole number"],
+    );
+    bad(
+        &|m| m.tst_lbl = vec![5, 6],
+        &["test", "2 label bytes for 1 images"],
+    );
+    bad(&|m| m.trn_lbl = vec![3, 12], &["training", "label 1 is 12"]);
+    bad(
+        &|m| m.tst_lbl = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+        &["test", "not a one-hot vector"],
+    );
+    bad(&|m| m.val_lbl = vec![], &["validation", "0 label bytes"]);
+    bad(
+        &|m| {
+            m.tst_img.clear();
+            m.tst_lbl.clear();
+        },
+        &["test set holds no images"],
+    );
 }

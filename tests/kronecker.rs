@@ -314,6 +314,17 @@ fn misuse_is_refused() {
         KroneckerPreconditioner::new(&[(3, 3)], 0, ok),
         Err(Error::InvalidConfig(_))
     ));
+    // Sizes no machine can hold are refused, not a panic or an abort.
+    for (shapes, max_batch) in [
+        ([(3usize, 3usize)], usize::MAX),
+        ([(usize::MAX, 3)], 4),
+        ([(1 << 40, 1 << 40)], 4),
+    ] {
+        assert!(matches!(
+            KroneckerPreconditioner::new(&shapes, max_batch, ok),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
     let (n_in, n_out, b) = (3, 2, 4);
     let mut pre = KroneckerPreconditioner::new(&[(n_in, n_out)], b, ok).unwrap();
     let (x, e) = (normal((n_in + 1) * (b + 1), 1), normal(n_out * (b + 1), 2));

@@ -168,6 +168,14 @@ fuzz_target!(|data: &[u8]| {
         c.assert_untouched_outside(&c_before, "C after a refused call", |_, _| false);
         return;
     }
+    if !alpha.is_finite() || !beta.is_finite() {
+        match result {
+            Err(Error::InvalidArgument { .. }) => {}
+            other => panic!("non-finite alpha {alpha} or beta {beta} gave {other:?}"),
+        }
+        c.assert_untouched_outside(&c_before, "C after a refused call", |_, _| false);
+        return;
+    }
     if let Err(e) = result {
         panic!("gemm refused valid arguments: {e}");
     }

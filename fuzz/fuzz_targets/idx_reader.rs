@@ -87,8 +87,8 @@ fuzz_target!(|bytes: &[u8]| {
             Ok(split) => {
                 assert!(split.count > 0);
                 assert_eq!(split.labels.len(), split.count);
-                assert_eq!(split.images.len(), split.features() * split.count);
-                assert!(split.images.iter().all(|p| (0.0..=1.0).contains(p)));
+                assert_eq!(split.pixels.len(), split.features() * split.count);
+                split.check().unwrap();
                 let last = split.image(split.count - 1);
                 assert_eq!(last.len(), split.features());
             }

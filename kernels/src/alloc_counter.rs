@@ -1,6 +1,10 @@
 //! A global allocator that counts allocations, so that a binary or a test can
 //! prove a code path allocates nothing. It forwards to the system allocator.
 //!
+//! It also keeps the bytes currently allocated ([`live_bytes`]) and their
+//! high-water mark ([`peak_bytes`], restartable with [`reset_peak`]), over
+//! all threads: a test can bound the memory a code path holds at once.
+//!
 //! Two counters: [`allocations`] counts every thread of the process;
 //! [`tracked_allocations`] counts only threads that opted in with
 //! [`track_current_thread`] (for example the test thread and the workers of
@@ -19,9 +23,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 static COUNT: AtomicU64 = AtomicU64::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 static TRACKED_COUNT: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
@@ -47,6 +53,33 @@ fn count() {
     }
 }
 
+/// Bytes allocated through [`CountingAllocator`] and not yet freed (all
+/// threads; requested sizes, not the system allocator's rounding).
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::SeqCst)
+}
+
+/// The largest [`live_bytes`] since the start or the last [`reset_peak`].
+pub fn peak_bytes() -> usize {
+    PEAK.load(Ordering::SeqCst)
+}
+
+/// Restarts [`peak_bytes`] from the current [`live_bytes`].
+pub fn reset_peak() {
+    PEAK.store(LIVE.load(Ordering::SeqCst), Ordering::SeqCst);
+}
+
+#[inline]
+fn grow(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+#[inline]
+fn shrink(bytes: usize) {
+    LIVE.fetch_sub(bytes, Ordering::Relaxed);
+}
+
 /// Counts every `alloc`, `alloc_zeroed` and `realloc` (all threads together).
 pub struct CountingAllocator;
 
@@ -61,14 +94,23 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
         // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        shrink(layout.size());
         // SAFETY: `ptr` was returned by `System` through this allocator with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -76,6 +118,14 @@ unsafe impl GlobalAlloc for CountingAllocator {
         count();
         // SAFETY: `ptr`/`layout` come from this allocator (i.e. `System`); the caller
         // upholds `realloc`'s contract on `new_size`.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            // One change of the live bytes: a shrink in place is not a peak.
+            match new_size.checked_sub(layout.size()) {
+                Some(more) => grow(more),
+                None => shrink(layout.size() - new_size),
+            }
+        }
+        p
     }
 }

@@ -17,7 +17,7 @@
 //! `gamma_k = k u / (1 - k u)`, `u = 2^-24`: the blocked order of the sums
 //! changes which `gamma` multiplies which product, not the bound.
 
-use crate::error::check_shape;
+use crate::error::{check_scratch, check_shape};
 use crate::syrk::packed::{self, Operand};
 use crate::trsm::{self, Mode};
 use crate::{Error, Isa, MatMut, MemStack, Par, StackReq};
@@ -103,7 +103,8 @@ fn lookahead_scratch(n: usize, par: Par) -> StackReq {
 /// the lower triangle reaches the pivot of its row and is reported there.
 /// Other errors: [`Error::ShapeMismatch`] (not square),
 /// [`Error::InvalidArgument`] (`shift` not finite). Error bound: see the module
-/// documentation. Allocates nothing when `stack` holds [`cholesky_scratch`].
+/// documentation. Allocates nothing when `stack` holds [`cholesky_scratch`];
+/// with less, [`Error::InvalidArgument`] before `A` is touched.
 pub fn cholesky_in_place(
     a: MatMut<'_, f32>,
     shift: f32,
@@ -134,6 +135,9 @@ pub fn cholesky_in_place_with_isa(
             detail: format!("shift {shift} is not finite"),
         });
     }
+    check_scratch(stack, cholesky_scratch(n, par), "cholesky_in_place", || {
+        format!("cholesky_scratch({n}, ..)")
+    })?;
     if shift != 0.0 {
         for j in 0..n {
             a[(j, j)] += shift;
@@ -377,7 +381,8 @@ pub fn cholesky_update_scratch(n: usize, k: usize, par: Par) -> StackReq {
 /// `par` threads. Both meet `|L L^T - M| <= c u (|L_old||L_old^T| +
 /// |W||diag(alpha)||W^T| + |L||L^T|)` with `c = O(n + k)` for updates; for
 /// downdates the error also grows with the conditioning of the result. On
-/// error `L` is partially overwritten.
+/// error `L` is partially overwritten (but not when `stack` holds less than
+/// [`cholesky_update_scratch`]: that [`Error::InvalidArgument`] comes first).
 pub fn cholesky_rank_update(
     l: MatMut<'_, f32>,
     w: MatMut<'_, f32>,
@@ -422,6 +427,12 @@ pub fn cholesky_rank_update_with_isa(
         });
     }
     let k = alpha.len();
+    check_scratch(
+        stack,
+        cholesky_update_scratch(n, k, par),
+        "cholesky_rank_update",
+        || format!("cholesky_update_scratch({n}, {k}, ..)"),
+    )?;
     if n == 0 || k == 0 {
         return Ok(());
     }
@@ -734,7 +745,8 @@ fn triangular_inverse_scratch(n: usize) -> StackReq {
 /// that is not positive and finite, [`Error::InvalidArgument`] if an entry of
 /// the lower triangle is not finite or the inverse overflows f32 (then `l` is
 /// overwritten with garbage). Allocates nothing when `stack` holds
-/// [`cholesky_inverse_scratch`].
+/// [`cholesky_inverse_scratch`]; with less, [`Error::InvalidArgument`]
+/// before `l` is touched.
 ///
 /// ```
 /// use natgrad_kernels::cholesky::{cholesky_in_place, cholesky_inverse_in_place};
@@ -773,6 +785,9 @@ pub fn cholesky_inverse_in_place_with_isa(
     let n = l.nrows();
     check_shape(l.ncols() == n, OP, || {
         format!("L is {}x{}, not square", n, l.ncols())
+    })?;
+    check_scratch(stack, cholesky_inverse_scratch(n, par), OP, || {
+        format!("cholesky_inverse_scratch({n}, ..)")
     })?;
     for j in 0..n {
         let d = l[(j, j)];

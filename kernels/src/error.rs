@@ -64,3 +64,27 @@ pub(crate) fn check_shape(
         })
     }
 }
+
+/// Returns [`Error::InvalidArgument`] unless `stack` can hold `req`, the
+/// scratch that `call` (the `*_scratch` call the caller should have made,
+/// e.g. `"cholesky_scratch(40, ..)"`) asks for.
+pub(crate) fn check_scratch(
+    stack: &crate::MemStack,
+    req: crate::StackReq,
+    op: &'static str,
+    call: impl FnOnce() -> String,
+) -> Result<(), Error> {
+    if stack.can_hold(req) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            op,
+            detail: format!(
+                "scratch holds {} bytes, {} asks for {} bytes",
+                stack.len_bytes(),
+                call(),
+                req.unaligned_bytes_required()
+            ),
+        })
+    }
+}

@@ -621,6 +621,10 @@ pub fn gemm(
 /// * Shapes: `A` is `m x k`, `B` is `k x n`, `C` is `m x n`; any may be empty.
 ///   Transposes are expressed by passing `a.transpose()`.
 /// * `beta == 0` means `C` is not read (NaN in `C` does not propagate).
+/// * Errors: [`Error::ShapeMismatch`] if the shapes disagree;
+///   [`Error::InvalidArgument`] if `alpha` or `beta` is not finite (NaN or
+///   infinity, checked before anything is read or written) or `stack` holds
+///   less than [`gemm_scratch`].
 /// * `C` must not alias `A`, `B` or the epilogue's operands.
 /// * Error bound: each element before the epilogue satisfies
 ///   `|T - T_exact| <= gamma_k (|alpha| |A||B| + |beta C|)` with
@@ -658,6 +662,12 @@ pub fn gemm_fused_with_isa(
     }
     let (m, n, k) = (c.nrows(), c.ncols(), a.ncols());
     check_product_shapes("gemm", (m, n), a, b)?;
+    if !alpha.is_finite() || !beta.is_finite() {
+        return Err(Error::InvalidArgument {
+            op: "gemm",
+            detail: format!("alpha ({alpha}) and beta ({beta}) must be finite"),
+        });
+    }
     let raw_epilogue = match epilogue {
         Epilogue::None => RawEpilogue::None,
         Epilogue::BiasActivation { bias, activation } => {

@@ -8,7 +8,7 @@
 
 pub(crate) mod packed;
 
-use crate::error::check_shape;
+use crate::error::{check_scratch, check_shape};
 use crate::{Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
 use packed::Operand;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +28,8 @@ pub fn syrk_scratch(n: usize, b: usize, par: Par) -> StackReq {
 ///   `alpha` and `beta` terms.
 /// * Errors: [`Error::ShapeMismatch`] if the shapes disagree,
 ///   [`Error::InvalidArgument`] if `alpha` or `beta` is not finite.
-/// * Allocates nothing when `stack` holds [`syrk_scratch`]`(n, b, par)`.
+/// * Allocates nothing when `stack` holds [`syrk_scratch`]`(n, b, par)`;
+///   with less, [`Error::InvalidArgument`] before `C` is touched.
 pub fn syrk_lower(
     c: MatMut<'_, f32>,
     beta: f32,
@@ -60,6 +61,7 @@ pub fn syrk_lower_with_isa(
         alpha.is_finite() && beta.is_finite(),
     )?;
     let n = c.nrows();
+    check_syrk_scratch("syrk_lower", stack, n, x.ncols(), par)?;
     if n == 0 {
         return Ok(());
     }
@@ -94,7 +96,8 @@ pub fn syrk_lower_with_isa(
 /// * Errors: [`Error::ShapeMismatch`] if `C` is not `n x n` or `L` is not
 ///   `n x k` with `k <= n`; [`Error::InvalidArgument`] if `alpha` or `beta`
 ///   is not finite.
-/// * Allocates nothing when `stack` holds [`syrk_scratch`]`(n, k, par)`.
+/// * Allocates nothing when `stack` holds [`syrk_scratch`]`(n, k, par)`;
+///   with less, [`Error::InvalidArgument`] before `C` is touched.
 ///
 /// # Examples
 /// ```
@@ -150,6 +153,7 @@ pub fn syrk_lower_trapezoidal_with_isa(
     check_shape(l.ncols() <= l.nrows(), "syrk_lower_trapezoidal", || {
         format!("L is {}x{}; need k <= n", l.nrows(), l.ncols())
     })?;
+    check_syrk_scratch("syrk_lower_trapezoidal", stack, c.nrows(), l.ncols(), par)?;
     if c.nrows() == 0 {
         return Ok(());
     }
@@ -165,6 +169,19 @@ pub fn syrk_lower_trapezoidal_with_isa(
         stack,
     );
     Ok(())
+}
+
+/// [`Error::InvalidArgument`] unless `stack` holds [`syrk_scratch`]`(n, b, par)`.
+fn check_syrk_scratch(
+    op: &'static str,
+    stack: &MemStack,
+    n: usize,
+    b: usize,
+    par: Par,
+) -> Result<(), Error> {
+    check_scratch(stack, syrk_scratch(n, b, par), op, || {
+        format!("syrk_scratch({n}, {b}, ..)")
+    })
 }
 
 fn check_args(
@@ -220,6 +237,7 @@ pub fn syrk_lower_f64(
         alpha.is_finite() && beta.is_finite(),
     )?;
     let (n, b) = (x.nrows(), x.ncols());
+    check_syrk_scratch("syrk_lower_f64", stack, n, b, par)?;
     if n == 0 {
         return Ok(());
     }

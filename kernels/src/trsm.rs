@@ -26,7 +26,7 @@
 //! `|B - T X| <= gamma_{n+1} |T| |X|`. For `L L^T X = B` the two solves compose
 //! to `|B - L L^T X| <= c n u |L| |L^T| |X|` to first order, c ~ 3.
 
-use crate::error::check_shape;
+use crate::error::{check_scratch, check_shape};
 use crate::syrk::packed::{self, Operand};
 use crate::{Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -424,7 +424,8 @@ fn check(
 /// `L` must be a valid factor (non-zero diagonal, as produced by
 /// [`crate::cholesky::cholesky_in_place`]); a zero diagonal gives infinities,
 /// not an error. Residual bound: see the module documentation. Allocates nothing
-/// when `stack` holds [`solve_scratch`]`(n, m, par)`.
+/// when `stack` holds [`solve_scratch`]`(n, m, par)`; with less,
+/// [`Error::InvalidArgument`] before `B` is touched.
 pub fn solve_llt_left_in_place(
     l: MatRef<'_, f32>,
     b: MatMut<'_, f32>,
@@ -449,6 +450,12 @@ pub fn solve_llt_left_in_place_with_isa(
         b.nrows(),
         b.nrows(),
         b.ncols(),
+    )?;
+    check_scratch(
+        stack,
+        solve_scratch(b.nrows(), b.ncols(), par),
+        "solve_llt_left_in_place",
+        || format!("solve_scratch({}, {}, ..)", b.nrows(), b.ncols()),
     )?;
     let (n, m) = (b.nrows(), b.ncols());
     if b.row_stride() == 1 && n > LEAF && m > 1 {
@@ -602,6 +609,12 @@ pub fn solve_llt_right_in_place_with_isa(
         b.nrows(),
         b.ncols(),
     )?;
+    check_scratch(
+        stack,
+        solve_scratch(b.ncols(), b.nrows(), par),
+        "solve_llt_right_in_place",
+        || format!("solve_scratch({}, {}, ..)", b.ncols(), b.nrows()),
+    )?;
     solve_lower_left(isa, l, Mode::Both, b.transpose_mut(), par, stack);
     Ok(())
 }
@@ -624,7 +637,8 @@ pub fn lower_times_scratch(n: usize, m: usize, par: Par) -> StackReq {
 /// * Accumulation in f32: `|fl(L B) - L B| <= gamma_n |L||B|`.
 /// * Errors: [`Error::ShapeMismatch`] if `L` is not square or `B` does not
 ///   have `n` rows.
-/// * Allocates nothing when `stack` holds [`lower_times_scratch`]`(n, m, par)`.
+/// * Allocates nothing when `stack` holds [`lower_times_scratch`]`(n, m, par)`;
+///   with less, [`Error::InvalidArgument`] before `B` is touched.
 ///
 /// # Examples
 /// ```
@@ -667,6 +681,12 @@ pub fn lower_times_in_place_with_isa(
         b.nrows(),
         b.nrows(),
         b.ncols(),
+    )?;
+    check_scratch(
+        stack,
+        lower_times_scratch(b.nrows(), b.ncols(), par),
+        "lower_times_in_place",
+        || format!("lower_times_scratch({}, {}, ..)", b.nrows(), b.ncols()),
     )?;
     if b.nrows() == 0 || b.ncols() == 0 {
         return Ok(());

@@ -12,22 +12,23 @@ USAGE:
                                     the hyperparameter search behind the race
     natgrad bench kernels --quick --json
     natgrad bench step --quick --json
+    natgrad COMMAND --help          the options of a command
 ";
 
 /// Runs the command line on `args` (without the program name).
 pub fn run(args: &[String]) -> Result<(), Error> {
     match args.first().map(String::as_str) {
         None => crate::app::race::cli_main(&[]),
+        Some("-h") | Some("--help") | Some("help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
         Some("race") => crate::app::race::cli_main(&args[1..]),
         Some(a) if a.starts_with("--") => crate::app::race::cli_main(args),
         Some("linear") => crate::app::linear::cli_main(&args[1..]),
         Some("bench") => bench_main(&args[1..]),
         Some("tune") => crate::app::tune::cli_main(&args[1..]),
-        Some("-h") | Some("--help") | Some("help") => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        _ => Err(Error::Usage(format!("not implemented yet\n{USAGE}"))),
+        Some(other) => Err(Error::Usage(format!("unknown command {other:?}\n{USAGE}"))),
     }
 }
 
@@ -50,6 +51,10 @@ fn positive_list(flag: &str, v: &str, example: &str) -> Result<Vec<usize>, Error
 }
 
 fn bench_main(args: &[String]) -> Result<(), Error> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{BENCH_USAGE}");
+        return Ok(());
+    }
     let what = args.first().map(String::as_str);
     let mut threads = vec![1, 2];
     let (mut quick, mut json, mut phases) = (false, false, false);
@@ -65,7 +70,10 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
                 let v = it.next().ok_or_else(|| {
                     Error::Usage(format!("--threads needs a value\n{BENCH_USAGE}"))
                 })?;
-                threads = positive_list("--threads", v, "1,2")?;
+                threads = v
+                    .split(',')
+                    .map(crate::app::race::parse_threads)
+                    .collect::<Result<_, _>>()?;
             }
             "--preset" => {
                 let v = it.next().ok_or_else(|| {
@@ -83,6 +91,12 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
                     .next()
                     .ok_or_else(|| Error::Usage(format!("--batch needs a value\n{BENCH_USAGE}")))?;
                 batches = positive_list("--batch", v, "256,1000")?;
+                let max = crate::workspace::MAX_BATCH;
+                if let Some(b) = batches.iter().find(|&&b| b > max) {
+                    return Err(Error::Usage(format!(
+                        "--batch {b} is more than natgrad's largest minibatch, {max}"
+                    )));
+                }
             }
             _ => {
                 return Err(Error::Usage(format!(

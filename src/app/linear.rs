@@ -49,17 +49,21 @@ pub fn cli_main(args: &[String]) -> Result<(), crate::Error> {
             }
         }
     }
-    std::fs::create_dir_all(&out).map_err(|source| Error::Io {
-        path: out.clone(),
-        source,
-    })?;
+    // Checked before the experiment runs, not after.
+    crate::app::output::check_out_dir(&out, "--out")?;
+    for stale in crate::app::output::remove_stale_temporaries(&out) {
+        eprintln!(
+            "natgrad: removed {}, left by an interrupted earlier run",
+            stale.display()
+        );
+    }
     let config = if quick {
         ExperimentConfig::quick()
     } else {
         ExperimentConfig::full()
     };
     let report = run_experiment(&config)?;
-    write_csv(&report, &out.join("linear.csv"))?;
+    crate::app::output::write_atomic_with(&out.join("linear.csv"), |tmp| write_csv(&report, tmp))?;
     write_plot(&report, &out.join("linear.png"))?;
     if json {
         for run in &report.runs {

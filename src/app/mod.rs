@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cli;
 pub mod linear;
+pub mod output;
 pub mod plot;
 pub mod race;
 pub mod tune;

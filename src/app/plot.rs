@@ -148,10 +148,7 @@ pub fn charts_png(
         root.present().map_err(|e| io_err(e.to_string()))?;
     }
     let png = encode_png(&rgb, size.0, size.1).map_err(|e| io_err(e.to_string()))?;
-    std::fs::write(path, png).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::app::output::write_atomic(path, &png)
 }
 
 /// A PNG file (8-bit RGB, no interlacing, filter type 0 on every row) of the

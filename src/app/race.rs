@@ -5,7 +5,7 @@
 //! order and gets the same training budget in seconds. Evaluation (test loss
 //! and a fixed training subset) runs with the clock stopped.
 
-use crate::data::{Dataset, Standardizer};
+use crate::data::{Dataset, Images, Standardizer};
 use crate::mlp::{Likelihood, Mlp};
 use crate::optim::{
     Adam, AdamConfig, DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, Sgd,
@@ -263,17 +263,15 @@ pub fn tuned_for(preset: &str, kind: OptimizerKind, train_count: usize) -> Resul
     })
 }
 
-/// Inputs and targets for one preset, column-major `784 x count`.
-#[derive(Clone, Debug)]
-pub struct Prepared {
+/// The data of one preset: the dataset's images read as the network's
+/// inputs (see [`crate::data::Images`]: bytes widened a minibatch at a time).
+/// The targets are the inputs (autoencoding); nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepared<'a> {
     /// Training inputs.
-    pub train_x: Vec<f32>,
-    /// Training targets.
-    pub train_y: Vec<f32>,
-    /// Test inputs.
-    pub test_x: Vec<f32>,
-    /// Test targets.
-    pub test_y: Vec<f32>,
+    pub train: Images<'a>,
+    /// Test (or, for `natgrad tune`, validation) inputs.
+    pub test: Images<'a>,
     /// Features per example.
     pub features: usize,
     /// Training examples.
@@ -286,7 +284,12 @@ pub struct Prepared {
 /// and targets standardised with the training set's mean and standard
 /// deviation (the paper's setting); Bernoulli nets (the `deep` preset) see raw
 /// intensities in [0, 1], the targets' natural range.
-pub fn prepare(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
+///
+/// # Errors
+/// [`Error::Shape`] if the images do not have the network's input and output
+/// width, a split is empty, or a split's lengths disagree (its fields are
+/// public: see [`crate::data::Split::check`]).
+pub fn prepare<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, Error> {
     let features = data.train.features();
     if features != net.input_size() || features != net.output_size() {
         return Err(Error::Shape(format!(
@@ -295,22 +298,55 @@ pub fn prepare(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
             net.output_size()
         )));
     }
-    let mut train_x = data.train.images.clone();
-    let mut test_x = data.test.images.clone();
-    if net.likelihood() == Likelihood::Gaussian {
-        let st = Standardizer::fit(&data.train)?;
-        st.apply(&mut train_x);
-        st.apply(&mut test_x);
+    if data.test.features() != features {
+        return Err(Error::Shape(format!(
+            "the test images have {} pixels, the training images {features}",
+            data.test.features()
+        )));
     }
+    if data.train.count == 0 || data.test.count == 0 {
+        return Err(Error::Shape(format!(
+            "the dataset has {} training and {} test images; both must be positive",
+            data.train.count, data.test.count
+        )));
+    }
+    let standardizer = if net.likelihood() == Likelihood::Gaussian {
+        Some(Standardizer::fit(&data.train)?)
+    } else {
+        None
+    };
     Ok(Prepared {
-        train_y: train_x.clone(),
-        test_y: test_x.clone(),
-        train_x,
-        test_x,
+        train: Images::new(&data.train, standardizer.as_ref())?,
+        test: Images::new(&data.test, standardizer.as_ref())?,
         features,
         train_count: data.train.count,
         test_count: data.test.count,
     })
+}
+
+/// Mean loss of `net` on `images` as inputs and targets, widened into `buf`
+/// a chunk of the workspace's maximum batch at a time: the same chunks, so
+/// the same value, as [`Mlp::evaluate`] on the whole matrix.
+fn mean_loss(
+    net: &Mlp,
+    ws: &mut Workspace,
+    images: Images<'_>,
+    buf: &mut [f32],
+) -> Result<f64, Error> {
+    let (n, f) = (images.count(), images.features());
+    let chunk = ws.max_batch();
+    let mut total = 0.0;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let x = &mut buf[..len * f];
+        images.widen(start, x)?;
+        let x = MatRef::from_column_major_slice(x, f, len);
+        net.forward(ws, x)?;
+        total += net.loss(ws, x, false)? * len as f64;
+        start += len;
+    }
+    Ok(total / n as f64)
 }
 
 /// One point of a learning curve.
@@ -341,6 +377,50 @@ pub struct RunResult {
     pub median_step_ms: f64,
     /// Steps whose update was refused with an error (counted, not fatal).
     pub failed_steps: u64,
+    /// Checkpoint saves that failed (reported, not fatal).
+    pub failed_saves: u64,
+}
+
+/// The longest budget accepted, in seconds (about 31.7 years): anything
+/// longer is a typo, and 1e20 seconds does not fit a `Duration`.
+pub const MAX_BUDGET_SECS: f64 = 1e9;
+
+/// The most threads accepted: four per core the system reports (more only
+/// slow the kernels down and cost a stack each).
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Parses `--threads`' value: a positive integer up to [`max_threads`].
+pub fn parse_threads(v: &str) -> Result<usize, Error> {
+    let t =
+        v.parse::<usize>().ok().filter(|&t| t > 0).ok_or_else(|| {
+            Error::Usage(format!("--threads takes a positive integer, got {v:?}"))
+        })?;
+    if t > max_threads() {
+        return Err(Error::Usage(format!(
+            "--threads {t} is more than 4 per available core ({}); use at most {}",
+            max_threads() / 4,
+            max_threads()
+        )));
+    }
+    Ok(t)
+}
+
+/// Parses a budget in seconds given to `flag`: positive, finite, at most
+/// [`MAX_BUDGET_SECS`].
+pub fn parse_budget(flag: &str, v: &str) -> Result<f64, Error> {
+    let secs = v
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| Error::Usage(format!("{flag} takes positive seconds, got {v:?}")))?;
+    if secs > MAX_BUDGET_SECS {
+        return Err(Error::Usage(format!(
+            "{flag} {v} is more than the limit of {MAX_BUDGET_SECS:e} seconds"
+        )));
+    }
+    Ok(secs)
 }
 
 impl RunResult {
@@ -383,10 +463,112 @@ pub struct RunOptions {
 pub struct CheckpointPlan {
     /// The checkpoint file of this run.
     pub path: std::path::PathBuf,
+    /// Where earlier versions saved it (`DIR/<preset>/checkpoints/` when
+    /// racing several presets), looked at on resume if `path` does not exist.
+    pub legacy_path: Option<std::path::PathBuf>,
     /// Training seconds between saves.
     pub every_secs: f64,
     /// Continue from `path` if it exists.
     pub resume: bool,
+    /// The preset raced (`paper`, `deep`), recorded in the checkpoint and
+    /// checked on resume.
+    pub preset: String,
+}
+
+impl CheckpointPlan {
+    /// The checkpoint to resume from: `path`, else `legacy_path`, if either
+    /// exists (as anything: a directory there is refused by the load).
+    pub fn existing(&self) -> Option<&std::path::Path> {
+        std::iter::once(&self.path)
+            .chain(&self.legacy_path)
+            .find(|p| p.symlink_metadata().is_ok())
+            .map(|p| p.as_path())
+    }
+}
+
+/// The code of a preset in a checkpoint's progress record.
+fn preset_code(preset: &str) -> u64 {
+    match preset {
+        "paper" => 0,
+        "deep" => 1,
+        _ => u64::MAX,
+    }
+}
+
+fn preset_name(code: u64) -> String {
+    match code {
+        0 => "paper".into(),
+        1 => "deep".into(),
+        c => format!("unknown preset #{c}"),
+    }
+}
+
+/// Loads the checkpoint at `path` for a resume of this run and checks that it
+/// was saved by the same run: seed, preset, batch, architecture (widths,
+/// activations, likelihood) and, through [`Optimizer::load_state`], the
+/// optimizer's settings. Returns the checkpoint and `opt` loaded from it.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming every difference (nothing is loaded into
+/// `opt` then); the errors of [`crate::checkpoint::load`].
+fn load_for_resume(
+    path: &std::path::Path,
+    plan: &CheckpointPlan,
+    seed: u64,
+    batch: usize,
+    net: &Mlp,
+    opt: &mut dyn Optimizer,
+) -> Result<crate::checkpoint::Checkpoint, Error> {
+    let ck = crate::checkpoint::load(path)?;
+    let mut differences = Vec::new();
+    let mut compare = |what: &str, saved: Option<String>, now: String| match saved {
+        Some(saved) if saved == now => {}
+        Some(saved) => differences.push(format!("{what} {saved} (saved) vs {now} (this run)")),
+        None => differences.push(format!("{what} not recorded (this run: {now})")),
+    };
+    compare(
+        "seed",
+        ck.progress_value("seed").map(|v| v.to_string()),
+        seed.to_string(),
+    );
+    compare(
+        "preset",
+        ck.progress_value("preset").map(preset_name),
+        plan.preset.clone(),
+    );
+    compare(
+        "batch",
+        ck.progress_value("batch").map(|v| v.to_string()),
+        batch.to_string(),
+    );
+    let architecture = |n: &Mlp| {
+        format!(
+            "{:?} {:?} {:?}",
+            n.sizes(),
+            n.layers().iter().map(|l| l.activation).collect::<Vec<_>>(),
+            n.likelihood()
+        )
+    };
+    compare(
+        "architecture",
+        Some(architecture(&ck.net)),
+        architecture(net),
+    );
+    let refuse = |what: String| {
+        Error::InvalidConfig(format!(
+            "{}: cannot resume: the checkpoint was saved by another run: {what}; resume with \
+             that run's flags, or remove the checkpoint to start afresh",
+            path.display()
+        ))
+    };
+    if !differences.is_empty() {
+        return Err(refuse(differences.join(", ")));
+    }
+    opt.load_state(&ck.optimizer).map_err(|e| match e {
+        Error::InvalidConfig(m) => refuse(m),
+        other => other,
+    })?;
+    Ok(ck)
 }
 
 /// The race loop's own state, saved beside the network and optimizer.
@@ -403,15 +585,16 @@ struct LoopState {
 }
 
 impl LoopState {
-    fn to_progress(&self) -> Vec<(String, u64)> {
-        let mut p = vec![
+    fn to_progress(&self, identity: [(&str, u64); 3]) -> Vec<(String, u64)> {
+        let mut p: Vec<(String, u64)> = identity.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+        p.extend([
             ("steps".to_string(), self.steps),
             ("examples".into(), self.examples),
             ("failed".into(), self.failed),
             ("cursor".into(), self.cursor as u64),
             ("trained_nanos".into(), self.trained.as_nanos() as u64),
             ("next_eval".into(), self.next_eval.to_bits()),
-        ];
+        ]);
         p.extend(self.epoch_rng.iter().map(|&w| ("epoch_rng".to_string(), w)));
         for c in &self.curve {
             p.push(("curve.step".into(), c.step));
@@ -475,21 +658,13 @@ impl LoopState {
     }
 }
 
-/// Gathers the columns `idx` of `src` (`features x n`) into `dst`.
-fn gather(dst: &mut [f32], src: &[f32], idx: &[usize], features: usize) {
-    for (j, &i) in idx.iter().enumerate() {
-        dst[j * features..(j + 1) * features]
-            .copy_from_slice(&src[i * features..(i + 1) * features]);
-    }
-}
-
 /// Trains a fresh copy of `initial` with `hyper` on `data` for the budget.
 /// `progress` is called after every evaluation with the new point.
 pub fn run_one(
     kind: OptimizerKind,
     hyper: Hyper,
     initial: &Mlp,
-    data: &Prepared,
+    data: &Prepared<'_>,
     opts: &RunOptions,
     progress: &mut dyn FnMut(&CurvePoint, u64),
 ) -> Result<RunResult, Error> {
@@ -499,38 +674,43 @@ pub fn run_one(
     let mut ws = Workspace::new(&net, b.max(eval_batch), opts.par)?;
     let mut opt = hyper.build(&net, b)?;
     let f = data.features;
-    let train_x = MatRef::from_column_major_slice(&data.train_x, f, data.train_count);
-    let train_y = MatRef::from_column_major_slice(&data.train_y, f, data.train_count);
-    let test_x = MatRef::from_column_major_slice(&data.test_x, f, data.test_count);
-    let test_y = MatRef::from_column_major_slice(&data.test_y, f, data.test_count);
+    // The only f32 copies of the data: one minibatch and one evaluation chunk.
+    let mut xb = vec![0.0f32; f * b];
+    let mut eval_buf = vec![0.0f32; f * ws.max_batch()];
     // A fixed training subset as large as the test set tracks the training loss.
-    let sub = data.train_count.min(data.test_count.max(1));
-    let evaluate = |net: &Mlp, ws: &mut Workspace| -> Result<(f64, f64), Error> {
+    let sub = data
+        .train
+        .range(0, data.train_count.min(data.test_count.max(1)))?;
+    let evaluate = |net: &Mlp, ws: &mut Workspace, buf: &mut [f32]| -> Result<(f64, f64), Error> {
         Ok((
-            net.evaluate(ws, train_x.subcols(0, sub), train_y.subcols(0, sub))?,
-            net.evaluate(ws, test_x, test_y)?,
+            mean_loss(net, ws, sub, buf)?,
+            mean_loss(net, ws, data.test, buf)?,
         ))
     };
 
     let mut order: Vec<usize> = (0..data.train_count).collect();
     let mut rng = Rng::new(opts.seed ^ 0x5eed_da7a);
     let resumed = match &opts.checkpoint {
-        Some(plan) if plan.resume && plan.path.exists() => {
-            let ck = crate::checkpoint::load(&plan.path)?;
-            if !ck.net.has_sizes(&net.sizes()) {
-                return Err(Error::Shape(format!(
-                    "{}: the checkpoint's network has widths {:?}, this race needs {:?}",
-                    plan.path.display(),
-                    ck.net.sizes(),
-                    net.sizes()
-                )));
+        Some(plan) if plan.resume => match plan.existing() {
+            Some(path) => {
+                let ck = load_for_resume(path, plan, opts.seed, b, &net, opt.as_mut())?;
+                net = ck.net;
+                Some(LoopState::from_progress(&ck.progress, path)?)
             }
-            opt.load_state(&ck.optimizer)?;
-            net = ck.net;
-            Some(LoopState::from_progress(&ck.progress, &plan.path)?)
-        }
+            // Reported by `check_resumes` before the race.
+            None => None,
+        },
         _ => None,
     };
+    let identity = [
+        ("seed", opts.seed),
+        (
+            "preset",
+            preset_code(opts.checkpoint.as_ref().map_or("", |p| &p.preset)),
+        ),
+        ("batch", b as u64),
+    ];
+    let mut failed_saves = 0u64;
     let mut st = match resumed {
         Some(st) => {
             rng = Rng::from_state(st.epoch_rng);
@@ -545,7 +725,7 @@ pub fn run_one(
         None => {
             let epoch_rng = rng.state();
             rng.shuffle(&mut order);
-            let (train_loss, test_loss) = evaluate(&net, &mut ws)?;
+            let (train_loss, test_loss) = evaluate(&net, &mut ws, &mut eval_buf)?;
             LoopState {
                 steps: 0,
                 examples: 0,
@@ -564,14 +744,20 @@ pub fn run_one(
             }
         }
     };
-    let mut xb = vec![0.0f32; f * b];
-    let mut yb = vec![0.0f32; f * b];
     progress(
         st.curve.last().expect("a curve has its initial point"),
         st.steps,
     );
     let mut step_times = Vec::with_capacity(1 << 16);
-    let budget = Duration::from_secs_f64(opts.budget_secs);
+    let budget = Duration::try_from_secs_f64(opts.budget_secs)
+        .ok()
+        .filter(|_| opts.budget_secs <= MAX_BUDGET_SECS)
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "the budget must be positive seconds up to {MAX_BUDGET_SECS:e}, got {}",
+                opts.budget_secs
+            ))
+        })?;
     let mut next_save = opts
         .checkpoint
         .as_ref()
@@ -586,11 +772,10 @@ pub fn run_one(
         let idx = &order[st.cursor..st.cursor + b];
         st.cursor += b;
         let t0 = Instant::now();
-        gather(&mut xb, &data.train_x, idx, f);
-        gather(&mut yb, &data.train_y, idx, f);
+        data.train.gather(idx, &mut xb)?;
         let x = MatRef::from_column_major_slice(&xb, f, b);
-        let y = MatRef::from_column_major_slice(&yb, f, b);
-        let outcome = opt.step(&mut net, &mut ws, x, y);
+        // Autoencoding: the targets are the inputs.
+        let outcome = opt.step(&mut net, &mut ws, x, x);
         let dt = t0.elapsed();
         st.trained += dt;
         step_times.push(dt.as_secs_f64());
@@ -607,7 +792,7 @@ pub fn run_one(
         }
         if st.trained.as_secs_f64() >= st.next_eval || st.trained >= budget {
             st.next_eval += opts.eval_every_secs;
-            let (train_loss, test_loss) = evaluate(&net, &mut ws)?;
+            let (train_loss, test_loss) = evaluate(&net, &mut ws, &mut eval_buf)?;
             let p = CurvePoint {
                 step: st.steps,
                 examples: st.examples,
@@ -621,9 +806,22 @@ pub fn run_one(
         if let (Some(plan), Some(at)) = (&opts.checkpoint, next_save) {
             if st.trained.as_secs_f64() >= at || st.trained >= budget {
                 next_save = Some(at + plan.every_secs);
-                let ck =
-                    crate::checkpoint::Checkpoint::capture(&net, opt.as_ref(), st.to_progress());
-                crate::checkpoint::save(&plan.path, &ck)?;
+                let ck = crate::checkpoint::Checkpoint::capture(
+                    &net,
+                    opt.as_ref(),
+                    st.to_progress(identity),
+                );
+                // A failed save (disk full, read-only folder) is reported and
+                // training goes on; the previous checkpoint is intact.
+                if let Err(e) = crate::checkpoint::save(&plan.path, &ck) {
+                    if failed_saves == 0 {
+                        eprintln!(
+                            "natgrad: warning: checkpoint not saved: {e}; training goes on \
+                             and the previous checkpoint, if any, is kept"
+                        );
+                    }
+                    failed_saves += 1;
+                }
             }
         }
     }
@@ -638,6 +836,7 @@ pub fn run_one(
         curve,
         median_step_ms,
         failed_steps: failed,
+        failed_saves,
     })
 }
 
@@ -702,6 +901,8 @@ pub struct RaceOptions {
     pub checkpoint_every_secs: Option<f64>,
     /// Continue each run from its checkpoint when one exists.
     pub resume: bool,
+    /// `--help` was given: print the usage, run nothing.
+    pub help: bool,
 }
 
 impl Default for RaceOptions {
@@ -726,6 +927,7 @@ impl Default for RaceOptions {
             quiet: false,
             checkpoint_every_secs: None,
             resume: false,
+            help: false,
         }
     }
 }
@@ -741,8 +943,12 @@ from the same initial weights and data order, and writes DIR/curves.csv,
 DIR/race.png and DIR/summary.json (DIR/<preset>/ when racing several presets).
 Without --data it uses the embedded 10,000-digit MNIST subset.
 --checkpoint-every saves each run's network, optimizer state and progress to
-DIR/checkpoints/ atomically; --resume continues every run from its checkpoint
-(a finished run is not retrained).";
+DIR/checkpoints/<preset>-<optimizer>.ckpt atomically (a failed save is reported
+and the run goes on); --resume continues every run from its checkpoint (a
+finished run is not retrained) after checking that the checkpoint was saved
+with the same seed, preset, network, optimizer settings and batch.
+Output files are written to temporaries and renamed; DIR is checked before
+any training starts. --threads is at most 4 per available core.";
 
 /// Parses the arguments of `natgrad race`.
 pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
@@ -763,30 +969,29 @@ pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
                     _ => return Err(Error::Usage(format!("unknown preset {v:?}\n{RACE_USAGE}"))),
                 };
             }
-            "--budget" => {
-                let v = value(&mut it, a)?;
-                o.budget_secs = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| {
-                        Error::Usage(format!("--budget takes positive seconds, got {v:?}"))
-                    })?;
-            }
+            "--budget" => o.budget_secs = parse_budget(a, &value(&mut it, a)?)?,
             "--data" => o.data = Some(value(&mut it, a)?.into()),
             "--out" => o.out = value(&mut it, a)?.into(),
             "--optimizers" => {
                 let v = value(&mut it, a)?;
-                o.kinds = v
+                let kinds: Vec<OptimizerKind> = v
                     .split(',')
                     .map(OptimizerKind::parse)
                     .collect::<Result<_, _>>()?;
+                if let Some(k) = kinds
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, k)| kinds[..i].contains(k).then_some(k))
+                {
+                    return Err(Error::Usage(format!(
+                        "--optimizers names {} twice; each optimizer runs once",
+                        k.name()
+                    )));
+                }
+                o.kinds = kinds;
             }
             "--threads" => {
-                let v = value(&mut it, a)?;
-                o.threads = v.parse::<usize>().ok().filter(|&t| t > 0).ok_or_else(|| {
-                    Error::Usage(format!("--threads takes a positive integer, got {v:?}"))
-                })?;
+                o.threads = parse_threads(&value(&mut it, a)?)?;
             }
             "--seed" => {
                 let v = value(&mut it, a)?;
@@ -798,19 +1003,12 @@ pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
             "--quiet" => o.quiet = true,
             "--resume" => o.resume = true,
             "--checkpoint-every" => {
-                let v = value(&mut it, a)?;
-                o.checkpoint_every_secs = Some(
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|s| s.is_finite() && *s > 0.0)
-                        .ok_or_else(|| {
-                            Error::Usage(format!(
-                                "--checkpoint-every takes positive seconds, got {v:?}"
-                            ))
-                        })?,
-                );
+                o.checkpoint_every_secs = Some(parse_budget(a, &value(&mut it, a)?)?);
             }
-            "-h" | "--help" => return Err(Error::Usage(RACE_USAGE.into())),
+            "-h" | "--help" => {
+                o.help = true;
+                return Ok(o);
+            }
             _ => {
                 return Err(Error::Usage(format!(
                     "unknown argument {a:?}\n{RACE_USAGE}"
@@ -823,6 +1021,42 @@ pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
 
 /// Runs the race for every preset in `opts`, writes the files and prints the table.
 pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
+    if opts.threads == 0 || opts.threads > max_threads() {
+        return Err(Error::Usage(format!(
+            "{} threads: use 1 to {}",
+            opts.threads,
+            max_threads()
+        )));
+    }
+    // Every output location is checked (and created) before any training.
+    let out_dir = |preset: &str| {
+        if opts.presets.len() > 1 {
+            opts.out.join(preset)
+        } else {
+            opts.out.clone()
+        }
+    };
+    let checkpointing = opts.checkpoint_every_secs.is_some() || opts.resume;
+    crate::app::output::check_out_dir(&opts.out, "--out")?;
+    let mut dirs = vec![opts.out.clone(), opts.out.join("checkpoints")];
+    for preset in &opts.presets {
+        dirs.push(out_dir(preset));
+        dirs.push(out_dir(preset).join("checkpoints"));
+    }
+    for dir in &dirs {
+        for stale in crate::app::output::remove_stale_temporaries(dir) {
+            eprintln!(
+                "natgrad: removed {}, left by an interrupted earlier run",
+                stale.display()
+            );
+        }
+    }
+    for preset in &opts.presets {
+        crate::app::output::check_out_dir(&out_dir(preset), "--out")?;
+    }
+    if checkpointing {
+        crate::app::output::check_out_dir(&opts.out.join("checkpoints"), "--out")?;
+    }
     let data = crate::data::load(opts.data.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
@@ -833,33 +1067,18 @@ pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
     } else {
         Par::rayon(opts.threads)
     };
+    if opts.resume {
+        check_resumes(opts, &data)?;
+    }
     let mut results = Vec::new();
     for preset in &opts.presets {
         let initial = Mlp::preset(preset, opts.seed)?;
         let prepared = prepare(&data, &initial)?;
-        let dir = if opts.presets.len() > 1 {
-            opts.out.join(preset)
-        } else {
-            opts.out.clone()
-        };
+        let dir = out_dir(preset);
         let mut runs = Vec::new();
         for &kind in &opts.kinds {
             let hyper = tuned_for(preset, kind, prepared.train_count)?;
-            let checkpoint =
-                (opts.checkpoint_every_secs.is_some() || opts.resume).then(|| CheckpointPlan {
-                    path: dir
-                        .join("checkpoints")
-                        .join(format!("{preset}-{}.ckpt", kind.name())),
-                    every_secs: opts.checkpoint_every_secs.unwrap_or(f64::INFINITY),
-                    resume: opts.resume,
-                });
-            if let Some(plan) = &checkpoint {
-                let parent = plan.path.parent().expect("the path has a parent");
-                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
+            let checkpoint = checkpointing.then(|| plan_for(opts, preset, kind));
             let run_opts = RunOptions {
                 budget_secs: opts.budget_secs,
                 eval_every_secs: (opts.budget_secs / 40.0).max(0.05),
@@ -892,6 +1111,13 @@ pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
             };
             let result = pool
                 .install(|| run_one(kind, hyper, &initial, &prepared, &run_opts, &mut progress))?;
+            if result.failed_saves > 0 {
+                eprintln!(
+                    "natgrad: {preset}/{}: {} checkpoint saves failed; the results are complete",
+                    kind.name(),
+                    result.failed_saves
+                );
+            }
             bar.finish();
             runs.push(result);
         }
@@ -901,11 +1127,6 @@ pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
             budget_secs: opts.budget_secs,
             threads: opts.threads,
             runs,
-        };
-        let dir = if opts.presets.len() > 1 {
-            opts.out.join(preset)
-        } else {
-            opts.out.clone()
         };
         write_outputs(&race, &dir)?;
         if opts.json {
@@ -920,6 +1141,73 @@ pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
         results.push(race);
     }
     Ok(results)
+}
+
+/// The checkpoint plan of one run: `DIR/checkpoints/<preset>-<optimizer>.ckpt`
+/// whatever the number of presets raced (the name holds the preset), so that
+/// `--preset paper --resume` finds what `--preset all` saved.
+fn plan_for(opts: &RaceOptions, preset: &str, kind: OptimizerKind) -> CheckpointPlan {
+    let name = format!("{preset}-{}.ckpt", kind.name());
+    CheckpointPlan {
+        path: opts.out.join("checkpoints").join(&name),
+        legacy_path: Some(opts.out.join(preset).join("checkpoints").join(&name)),
+        every_secs: opts.checkpoint_every_secs.unwrap_or(f64::INFINITY),
+        resume: opts.resume,
+        preset: preset.to_string(),
+    }
+}
+
+/// Before anything is trained: every run that `--resume` would continue is
+/// checked against its checkpoint (seed, preset, network, optimizer
+/// settings, batch), so that a mismatch found for the last run does not
+/// come after the first has trained; and if no run has a checkpoint, the
+/// user is told where natgrad looked.
+fn check_resumes(opts: &RaceOptions, data: &Dataset) -> Result<(), Error> {
+    let mut looked = Vec::new();
+    let mut found = 0;
+    for preset in &opts.presets {
+        let initial = Mlp::preset(preset, opts.seed)?;
+        for &kind in &opts.kinds {
+            let plan = plan_for(opts, preset, kind);
+            let hyper = tuned_for(preset, kind, data.train.count)?;
+            let b = hyper.batch().min(data.train.count);
+            match plan.existing() {
+                Some(path) => {
+                    let mut opt = hyper.build(&initial, b)?;
+                    load_for_resume(path, &plan, opts.seed, b, &initial, opt.as_mut())?;
+                    found += 1;
+                }
+                None => looked.push(plan),
+            }
+        }
+    }
+    let place = |plan: &CheckpointPlan| {
+        plan.path.display().to_string()
+            + &plan
+                .legacy_path
+                .as_ref()
+                .map(|p| format!(" or {}", p.display()))
+                .unwrap_or_default()
+    };
+    if found == 0 {
+        eprintln!(
+            "natgrad: --resume: nothing to resume: no checkpoint found (looked for {}); \
+             every run starts from the beginning",
+            looked
+                .iter()
+                .map(|p| p.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        for plan in &looked {
+            eprintln!(
+                "natgrad: --resume: no checkpoint at {}; this run starts from the beginning",
+                place(plan)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn json_opt(v: Option<f64>) -> String {
@@ -1025,10 +1313,7 @@ pub fn table(r: &RaceResult) -> String {
 }
 
 fn write_file(path: &std::path::Path, contents: &str) -> Result<(), Error> {
-    std::fs::write(path, contents).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::app::output::write_atomic(path, contents.as_bytes())
 }
 
 /// Writes `curves.csv`, `race.png` and `summary.json` into `dir`.
@@ -1087,5 +1372,9 @@ pub fn write_outputs(r: &RaceResult, dir: &std::path::Path) -> Result<(), Error>
 /// Entry point of `natgrad race`.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let opts = parse_args(args)?;
+    if opts.help {
+        println!("{RACE_USAGE}");
+        return Ok(());
+    }
     run_race(&opts).map(|_| ())
 }

@@ -202,8 +202,9 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
     }
 }
 
-/// Fit/validation split of the training set, prepared for `net`.
-pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
+/// Fit/validation split of the training set, prepared for `net` (ranges of
+/// the training images; nothing is copied).
+pub fn fit_validation<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, Error> {
     let all = prepare(data, net)?;
     let f = all.features;
     let n_fit = all.train_count * 3 / 4;
@@ -215,10 +216,8 @@ pub fn fit_validation(data: &Dataset, net: &Mlp) -> Result<Prepared, Error> {
         )));
     }
     Ok(Prepared {
-        train_x: all.train_x[..n_fit * f].to_vec(),
-        train_y: all.train_y[..n_fit * f].to_vec(),
-        test_x: all.train_x[n_fit * f..].to_vec(),
-        test_y: all.train_y[n_fit * f..].to_vec(),
+        train: all.train.range(0, n_fit)?,
+        test: all.train.range(n_fit, n_val)?,
         features: f,
         train_count: n_fit,
         test_count: n_val,
@@ -231,6 +230,10 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]";
     let (mut preset, mut kind, mut budget, mut dir, mut filter) = (None, None, 20.0, None, None);
     let mut seed = 1u64;
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        return Ok(());
+    }
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it
@@ -239,15 +242,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         match a.as_str() {
             "--preset" => preset = Some(v.clone()),
             "--optimizer" => kind = Some(OptimizerKind::parse(v)?),
-            "--budget" => {
-                budget = v
-                    .parse()
-                    .ok()
-                    .filter(|b: &f64| *b > 0.0 && b.is_finite())
-                    .ok_or_else(|| {
-                        Error::Usage(format!("--budget takes positive seconds, got {v:?}"))
-                    })?
-            }
+            "--budget" => budget = crate::app::race::parse_budget(a, v)?,
             "--data" => dir = Some(std::path::PathBuf::from(v)),
             "--filter" => filter = Some(v.clone()),
             "--seed" => {

@@ -93,6 +93,7 @@ impl Optimizer for Adam {
             name: "adam".into(),
             buffers,
             scalars: vec![self.t],
+            settings: super::settings_of(&self.config, None),
         }
     }
 

@@ -942,6 +942,7 @@ impl KroneckerPreconditioner {
                 config.samples
             )));
         }
+        super::check_layer_buffer_sizes(layers.iter().copied(), max_batch)?;
         let full = NaturalGradientConfig {
             preconditioning: Preconditioning::Full,
             ..config

@@ -44,6 +44,57 @@ pub struct OptimizerState {
     pub buffers: Vec<Vec<f32>>,
     /// Integer scalars, in an order fixed by the optimizer.
     pub scalars: Vec<u64>,
+    /// The settings the optimizer was built with, as `(name, value)` pairs in
+    /// a fixed order: every field of its configuration (values as Rust's
+    /// `Debug` prints them, which for floats gives back the same bits), and
+    /// for the natural gradient `max_batch`. [`Optimizer::load_state`]
+    /// refuses a state whose settings differ from the optimizer's own,
+    /// naming each difference.
+    pub settings: Vec<(String, String)>,
+}
+
+/// The settings record of a configuration (see [`OptimizerState::settings`]):
+/// its top-level fields, read from its `Debug` form (`Name { a: 1.0, b: X {
+/// c: 2 } }`), with `max_batch` first when given. Reading the `Debug` form
+/// keeps the record complete when a field is added to a configuration.
+pub(crate) fn settings_of(
+    config: &impl std::fmt::Debug,
+    max_batch: Option<usize>,
+) -> Vec<(String, String)> {
+    let text = format!("{config:?}");
+    let mut out: Vec<(String, String)> = max_batch
+        .map(|b| ("max_batch".to_string(), b.to_string()))
+        .into_iter()
+        .collect();
+    let inner = match (text.find('{'), text.rfind('}')) {
+        (Some(open), Some(close)) if open < close => &text[open + 1..close],
+        _ => {
+            out.push(("config".into(), text.clone()));
+            return out;
+        }
+    };
+    // Split at the commas outside any bracket.
+    let (mut depth, mut start) = (0i32, 0usize);
+    let mut fields = Vec::new();
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' | '(' | '[' => depth += 1,
+            '}' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                fields.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    fields.push(&inner[start..]);
+    for field in fields.into_iter().map(str::trim).filter(|f| !f.is_empty()) {
+        match field.split_once(": ") {
+            Some((name, value)) => out.push((name.trim().to_string(), value.trim().to_string())),
+            None => out.push((field.to_string(), String::new())),
+        }
+    }
+    out
 }
 
 impl OptimizerState {
@@ -53,6 +104,36 @@ impl OptimizerState {
             return Err(Error::Shape(format!(
                 "the saved optimizer state is for {:?}, this optimizer is {:?}",
                 self.name, expected.name
+            )));
+        }
+        if self.settings != expected.settings {
+            let value = |s: &OptimizerState, name: &str| {
+                s.settings
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or_else(|| "(absent)".to_string(), |(_, v)| v.clone())
+            };
+            let mut names: Vec<&str> = Vec::new();
+            for (name, _) in self.settings.iter().chain(&expected.settings) {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+            let differences: Vec<String> = names
+                .into_iter()
+                .filter(|n| value(self, n) != value(expected, n))
+                .map(|n| {
+                    format!(
+                        "{n} {} (saved) vs {} (this optimizer)",
+                        value(self, n),
+                        value(expected, n)
+                    )
+                })
+                .collect();
+            return Err(Error::InvalidConfig(format!(
+                "the saved {} state was built with other settings: {}",
+                self.name,
+                differences.join(", ")
             )));
         }
         let lens = |s: &OptimizerState| s.buffers.iter().map(Vec::len).collect::<Vec<_>>();
@@ -77,7 +158,10 @@ pub trait Optimizer: Send {
     /// A copy of the state a checkpoint needs (allocates; not for the hot path).
     fn save_state(&self) -> OptimizerState;
     /// Restores a state saved by [`Optimizer::save_state`] of an optimizer built
-    /// with the same network shapes and settings. On error nothing changes.
+    /// with the same network shapes and settings. On error nothing changes:
+    /// [`Error::Shape`] for another optimizer or other buffer lengths,
+    /// [`Error::InvalidConfig`] naming each setting that differs (see
+    /// [`OptimizerState::settings`]).
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error>;
     /// One update on the minibatch `x` (`n_0 x b`) with targets `y` (`n_L x b`).
     fn step(
@@ -122,6 +206,42 @@ pub(crate) fn check_grads_finite(grads: &[Vec<f32>]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Refuses a `max_batch` of 0 or above [`MAX_BATCH`](crate::workspace::MAX_BATCH),
+/// then checks that an upper estimate of the natural gradient's buffers for
+/// `net` (factors, their Cholesky factors, Gram matrices, per-minibatch
+/// columns) can be allocated at all, so that [`NaturalGradient::new`]
+/// returns [`Error::InvalidConfig`] instead of aborting on a failed
+/// allocation or panicking on an overflowing length.
+pub(crate) fn check_buffer_sizes(net: &Mlp, max_batch: usize) -> Result<(), Error> {
+    check_layer_buffer_sizes(net.layers().iter().map(|l| (l.n_in, l.n_out)), max_batch)
+}
+
+/// [`check_buffer_sizes`] for dense layers of `(n_in, n_out)` each.
+pub(crate) fn check_layer_buffer_sizes(
+    layers: impl Iterator<Item = (usize, usize)>,
+    max_batch: usize,
+) -> Result<(), Error> {
+    crate::workspace::check_max_batch(max_batch)?;
+    let b = max_batch as u128;
+    let floats: u128 = layers
+        .map(|(n_in, n_out)| {
+            let (n_in1, n_out) = (n_in as u128 + 1, n_out as u128);
+            // Factors and Cholesky factors (and Gram matrices, no larger),
+            // the update, and the per-minibatch columns; saturating, so that
+            // widths near usize::MAX give a size no allocation can meet.
+            let square = |n: u128| n.saturating_mul(n);
+            let factors = square(n_in1)
+                .saturating_add(square(n_out))
+                .saturating_mul(4);
+            let columns = b.saturating_mul((n_in1 + n_out).saturating_mul(3) + 1);
+            factors
+                .saturating_add(n_out.saturating_mul(n_in1))
+                .saturating_add(columns)
+        })
+        .fold(0u128, u128::saturating_add);
+    crate::workspace::probe_allocation(floats.saturating_mul(4), "the natural gradient's buffers")
 }
 
 /// Checks that `net` has the parameter shapes `shapes` the optimizer was built for.

@@ -110,6 +110,7 @@ impl NaturalGradient {
         config: NaturalGradientConfig,
     ) -> Result<NaturalGradient, Error> {
         validate_config(&config, max_batch)?;
+        super::check_buffer_sizes(net, max_batch)?;
         let out_diag = config.exact_output_factor && net.likelihood().has_diagonal_output_fisher();
         let num_layers = net.num_layers();
         let gaussian = net.likelihood() == crate::mlp::Likelihood::Gaussian;
@@ -283,6 +284,7 @@ impl Optimizer for NaturalGradient {
             name: "ng".into(),
             buffers,
             scalars,
+            settings: super::settings_of(&self.pre.config, Some(self.pre.max_batch)),
         }
     }
 
@@ -361,7 +363,7 @@ impl Optimizer for NaturalGradient {
         // 2. Backward factors from errors of targets sampled from the model
         //    (the output layer's exactly, where it is diagonal).
         if stats_step && out_diag {
-            net.output_fisher_diagonal(ws, &mut self.fisher_diag);
+            net.output_fisher_diagonal(ws, &mut self.fisher_diag)?;
             let st = self.pre.layers.last_mut().expect("a network has layers");
             let n = st.n_out;
             for (i, &d) in self.fisher_diag.iter().enumerate() {
@@ -420,7 +422,7 @@ impl Optimizer for NaturalGradient {
                         stack,
                     )?;
                 } else {
-                    net.sample_output_error(ws, &mut self.sampled_errs[last], rng);
+                    net.sample_output_error(ws, &mut self.sampled_errs[last], rng)?;
                     let stack = MemStack::new(&mut self.scratch);
                     net.backward(&ws.acts, &mut self.sampled_errs, None, b, par, stack)?;
                 }

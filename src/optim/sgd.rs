@@ -82,6 +82,7 @@ impl Optimizer for Sgd {
         OptimizerState {
             name: "sgd".into(),
             buffers: self.velocity.clone(),
+            settings: super::settings_of(&self.config, None),
             scalars: Vec::new(),
         }
     }

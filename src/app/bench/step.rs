@@ -86,9 +86,17 @@ pub fn measure_cell(
 fn cell_input(preset: &str, batch: usize) -> Result<(Mlp, Vec<f32>), crate::Error> {
     let proto = Mlp::preset(preset, 1)?;
     let mut rng = Rng::new(7);
-    let mut x: Vec<f32> = (0..proto.input_size() * batch)
-        .map(|_| rng.uniform_f32())
-        .collect();
+    let len = proto.input_size().checked_mul(batch).ok_or_else(|| {
+        crate::Error::InvalidConfig(format!("a minibatch of {batch} is too large"))
+    })?;
+    let mut x: Vec<f32> = Vec::new();
+    x.try_reserve_exact(len).map_err(|_| {
+        crate::Error::InvalidConfig(format!(
+            "cannot allocate a minibatch of {batch} inputs ({} bytes)",
+            4 * len as u128
+        ))
+    })?;
+    x.extend((0..len).map(|_| rng.uniform_f32()));
     if preset == "paper" {
         x.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
     }
