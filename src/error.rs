@@ -34,6 +34,9 @@ pub enum Error {
     },
     /// A command-line usage error.
     Usage(String),
+    /// A collective step of a distributed run (feature `mpi`) failed on
+    /// another rank; that rank's own error says why.
+    Distributed(String),
 }
 
 impl fmt::Display for Error {
@@ -47,6 +50,7 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Usage(s) => write!(f, "usage: {s}"),
+            Error::Distributed(s) => write!(f, "distributed step: {s}"),
         }
     }
 }
