@@ -12,6 +12,8 @@ USAGE:
                                     the hyperparameter search behind the race
     natgrad bench kernels --quick --json
     natgrad bench step --quick --json
+    mpirun -np R natgrad mpi-train [OPTIONS]
+                                    data-parallel training (built with --features mpi)
 ";
 
 /// Runs the command line on `args` (without the program name).
@@ -23,6 +25,8 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         Some("linear") => crate::app::linear::cli_main(&args[1..]),
         Some("bench") => bench_main(&args[1..]),
         Some("tune") => crate::app::tune::cli_main(&args[1..]),
+        #[cfg(feature = "mpi")]
+        Some("mpi-train") => crate::app::mpi_train::cli_main(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())
