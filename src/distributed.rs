@@ -479,17 +479,33 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
     pub fn last_phase_secs(&self) -> PhaseSecs {
         self.ng.phases
     }
-    /// The state a checkpoint needs: rank 0's is the one to save.
+    /// The state a checkpoint needs, the same on every rank (collective:
+    /// every rank calls it). Each layer's Cholesky factors are current only
+    /// on its owner, so they are summed over the ranks with zeros from the
+    /// others (one all-reduce per buffer; checkpoints are rare). Rank 0
+    /// saves the result, and a run resumed from it with the same number of
+    /// ranks continues bit for bit.
     pub fn save_state(&self) -> OptimizerState {
-        self.ng.save_state()
+        let mut state = self.ng.save_state();
+        let rank = self.comm.rank();
+        // `state_buffers` order: per layer A, G, chol A, chol G.
+        for (l, &owner) in self.owner.iter().enumerate() {
+            for buf in state.buffers[4 * l + 2..4 * l + 4].iter_mut() {
+                let send = if owner == rank {
+                    buf.clone()
+                } else {
+                    vec![0.0; buf.len()]
+                };
+                self.comm.all_reduce_sum_f32(&send, buf);
+            }
+        }
+        state
     }
-    /// Restores [`DistributedNaturalGradient::save_state`]'s state on every
-    /// rank; the Cholesky factors are recomputed at the next step (only
-    /// each layer's owner had them current).
+    /// Restores a state from [`DistributedNaturalGradient::save_state`] (or
+    /// from a single-process [`NaturalGradient`] of the same settings) on
+    /// every rank.
     pub fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
-        self.ng.load_state(state)?;
-        self.ng.pre.stale = true;
-        Ok(())
+        self.ng.load_state(state)
     }
 
     /// One step on this rank's shard `x`, `y` of the combined minibatch

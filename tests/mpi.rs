@@ -268,6 +268,79 @@ fn ng_uneven_consistent(comm: &SimpleCommunicator) -> Check {
     })
 }
 
+/// Rank 0's saved state, loaded on every rank into fresh optimizers and
+/// networks, continues exactly as the run that was not interrupted; the
+/// refresh interval 2 makes the first resumed step use the saved Cholesky
+/// factors, which are current only on their owners until `save_state`
+/// gathers them.
+fn ng_resume_from_rank0(comm: &SimpleCommunicator) -> Check {
+    let shards = even(comm.size(), 16);
+    let (rank, total) = (comm.rank(), shards.iter().sum::<usize>());
+    let offset: usize = shards[..rank].iter().sum();
+    let b = shards[rank];
+    let config = NaturalGradientConfig {
+        factor_decay: 0.9,
+        refresh_interval: 2,
+        learning_rate: 0.5,
+        seed: 9,
+        ..NaturalGradientConfig::default()
+    };
+    let run = |net: &mut Mlp,
+               dist: &mut DistributedNaturalGradient<SimpleCommunicator>,
+               steps: std::ops::Range<u64>|
+     -> Result<(), String> {
+        let mut ws = Workspace::new(net, b, Par::Seq).map_err(|e| e.to_string())?;
+        for step in steps {
+            let (x, y) = batch(Likelihood::Gaussian, total, step);
+            let (xm, ym) = (
+                MatRef::from_column_major_slice(&x, 12, total),
+                MatRef::from_column_major_slice(&y, 12, total),
+            );
+            dist.step(net, &mut ws, xm.subcols(offset, b), ym.subcols(offset, b))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let new = |net: &Mlp| {
+        DistributedNaturalGradient::new(net, b, config, dup(comm)).map_err(|e| e.to_string())
+    };
+    let mut straight = net(Likelihood::Gaussian);
+    let mut opt = new(&straight)?;
+    run(&mut straight, &mut opt, 0..6)?;
+    let mut first = net(Likelihood::Gaussian);
+    let mut opt = new(&first)?;
+    run(&mut first, &mut opt, 0..3)?;
+    // Rank 0's state and weights on every rank: a sum with zeros elsewhere.
+    let mut state = opt.save_state();
+    let from_rank0 = |v: &mut Vec<f32>| {
+        let send: Vec<f32> = if rank == 0 {
+            v.clone()
+        } else {
+            vec![0.0; v.len()]
+        };
+        comm.all_reduce_sum_f32(&send, v);
+    };
+    state.buffers.iter_mut().for_each(from_rank0);
+    let mut weights = params(&first);
+    from_rank0(&mut weights);
+    ensure(weights == params(&first), || {
+        "the ranks' weights differ".into()
+    })?;
+    let mut resumed = net(Likelihood::Gaussian);
+    let mut it = weights.iter();
+    for p in resumed.params_mut() {
+        p.iter_mut()
+            .for_each(|w| *w = *it.next().unwrap_or(&f32::NAN));
+    }
+    let mut opt = new(&resumed)?;
+    opt.load_state(&state).map_err(|e| e.to_string())?;
+    run(&mut resumed, &mut opt, 3..6)?;
+    let diff = max_abs_diff(&params(&resumed), &params(&straight));
+    ensure(diff == 0.0, || {
+        format!("the resumed run differs by {diff:e}")
+    })
+}
+
 /// The last rank gets a NaN in its shard at the second step: every rank's
 /// step fails, no weights change, and the next step runs on every rank.
 fn failure_everywhere(comm: &SimpleCommunicator, ng: bool) -> Check {
@@ -372,6 +445,10 @@ fn main() {
         (
             "ng_uneven_shards_stay_in_step",
             Box::new(|| ng_uneven_consistent(&world)),
+        ),
+        (
+            "ng_resume_from_rank0_state",
+            Box::new(|| ng_resume_from_rank0(&world)),
         ),
         (
             "sgd_failure_on_one_rank_errors_everywhere",
