@@ -5,25 +5,28 @@
 //! the time in collective calls (docs/distributed.md).
 
 use crate::app::race::{prepare, tuned_for, Hyper, OptimizerKind};
+use crate::checkpoint::Checkpoint;
 use crate::distributed::{Communicator, DistributedNaturalGradient, DistributedSgd};
 use crate::kernels::rng::Rng;
 use crate::kernels::{MatRef, Par};
 use crate::mlp::Mlp;
-use crate::optim::{PhaseSecs, StepStats};
+use crate::optim::{OptimizerState, PhaseSecs, StepStats};
 use crate::workspace::Workspace;
 use crate::Error;
 use std::time::Instant;
 
 const USAGE: &str = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
                  [--batch B] [--steps N] [--threads T] [--seed S] [--data DIR]
-                 [--out FILE.json]
+                 [--out FILE.json] [--checkpoint FILE] [--resume FILE]
 
 Trains the preset's autoencoder with the tuned settings (the natural gradient
 in its full form) on a global minibatch of B examples (default: the tuned
 one) split over the R ranks, for N steps (default 20), and prints on rank 0
 the median step time, examples per second, median time in communication and
 the loss before and after, and the test loss. --out: rank 0 writes the same
-as one JSON object.";
+as one JSON object. --checkpoint: after the N steps every rank gathers the
+state and rank 0 saves it; --resume: every rank loads it and the run goes
+on bit for bit as if it had not stopped (same R, batch, preset and seed).";
 
 struct Options {
     preset: String,
@@ -34,6 +37,8 @@ struct Options {
     seed: u64,
     data: Option<std::path::PathBuf>,
     out: Option<std::path::PathBuf>,
+    checkpoint: Option<std::path::PathBuf>,
+    resume: Option<std::path::PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options, Error> {
@@ -46,6 +51,8 @@ fn parse(args: &[String]) -> Result<Options, Error> {
         seed: 1,
         data: None,
         out: None,
+        checkpoint: None,
+        resume: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -81,6 +88,8 @@ fn parse(args: &[String]) -> Result<Options, Error> {
             }
             "--data" => o.data = Some(value(&mut it)?.into()),
             "--out" => o.out = Some(value(&mut it)?.into()),
+            "--checkpoint" => o.checkpoint = Some(value(&mut it)?.into()),
+            "--resume" => o.resume = Some(value(&mut it)?.into()),
             "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
             _ => return Err(Error::Usage(format!("unknown option {flag:?}\n{USAGE}"))),
         }
@@ -111,6 +120,18 @@ impl<C: Communicator> Trainer<C> {
         match self {
             Trainer::Sgd(_) => None,
             Trainer::Ng(o) => Some(o.last_phase_secs()),
+        }
+    }
+    fn save_state(&self) -> OptimizerState {
+        match self {
+            Trainer::Sgd(o) => o.save_state(),
+            Trainer::Ng(o) => o.save_state(),
+        }
+    }
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+        match self {
+            Trainer::Sgd(o) => o.load_state(state),
+            Trainer::Ng(o) => o.load_state(state),
         }
     }
     fn comm_secs(&self) -> f64 {
@@ -177,17 +198,56 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let f = prepared.features;
     let mut ws = Workspace::new(&net, b, par)?;
     let (mut x, mut y) = (vec![0.0f32; f * b], vec![0.0f32; f * b]);
-    // Every rank draws the same epoch order.
+    // Every rank draws the same epoch orders.
     let mut rng = Rng::new(o.seed);
     let mut order: Vec<usize> = (0..prepared.train_count).collect();
     rng.shuffle(&mut order);
-    let mut cursor = 0;
+    let (mut cursor, mut shuffles, mut done) = (0usize, 1u64, 0u64);
+    // The run's identity, which a resumed run must match.
+    let identity = [
+        ("ranks", ranks as u64),
+        ("global_batch", global as u64),
+        ("seed", o.seed),
+    ];
+    if let Some(path) = &o.resume {
+        let ckpt = crate::checkpoint::load(path)?;
+        for (key, want) in identity {
+            let got = ckpt.progress_value(key);
+            if got != Some(want) {
+                return Err(Error::Format {
+                    path: path.clone(),
+                    detail: format!("the checkpoint has {key} {got:?}, this run {want}"),
+                });
+            }
+        }
+        let value = |key: &str| {
+            ckpt.progress_value(key).ok_or_else(|| Error::Format {
+                path: path.clone(),
+                detail: format!("the checkpoint has no {key}"),
+            })
+        };
+        let (c, s, d) = (value("cursor")?, value("shuffles")?, value("steps")?);
+        if !ckpt.net.has_sizes(&net.sizes()) || c as usize > order.len() || s == 0 {
+            return Err(Error::Format {
+                path: path.clone(),
+                detail: "the checkpoint is for another network or data set".into(),
+            });
+        }
+        net = ckpt.net;
+        trainer.load_state(&ckpt.optimizer)?;
+        // Replay the epoch shuffles.
+        for _ in 1..s {
+            rng.shuffle(&mut order);
+        }
+        (cursor, shuffles, done) = (c as usize, s, d);
+    }
     let (mut step_secs, mut comm_secs) = (Vec::new(), Vec::new());
     let mut losses = Vec::new();
     let mut phases: [Vec<f64>; 5] = Default::default();
     for _ in 0..o.steps {
         if cursor + global > order.len() {
             rng.shuffle(&mut order);
+            shuffles += 1;
             cursor = 0;
         }
         let mine = &order[cursor + start..cursor + start + b];
@@ -214,6 +274,26 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
             }
         }
         losses.push(stats.loss);
+    }
+    done += o.steps as u64;
+    if let Some(path) = &o.checkpoint {
+        // Collective: the natural gradient gathers its owners' factors.
+        let state = trainer.save_state();
+        if rank == 0 {
+            let mut progress: Vec<(String, u64)> =
+                identity.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+            progress.extend([
+                ("cursor".to_string(), cursor as u64),
+                ("shuffles".to_string(), shuffles),
+                ("steps".to_string(), done),
+            ]);
+            let ckpt = Checkpoint {
+                net: net.clone(),
+                optimizer: state,
+                progress,
+            };
+            crate::checkpoint::save(path, &ckpt)?;
+        }
     }
     if rank != 0 {
         return Ok(());
