@@ -39,8 +39,8 @@
 //! optimizer's generator (seeded by `config.seed`), and rank `r` samples its
 //! columns from the streams of the column chunks it would hold in the
 //! combined batch (`Mlp::sample_output_error` samples chunk `c` of
-//! [`SAMPLE_CHUNK_COLS`](crate::mlp::SAMPLE_CHUNK_COLS) columns from
-//! `Rng::new(seed + c)`). Each rank thus has streams of its own, a run is
+//! [`SAMPLE_CHUNK_COLS`] columns from `Rng::new(seed + c)`). Each rank
+//! thus has streams of its own, a run is
 //! reproducible for a given number of ranks and shard sizes, and when every
 //! shard but the last is a multiple of `SAMPLE_CHUNK_COLS` columns the
 //! samples are exactly those of the single-process step on the combined
