@@ -229,6 +229,9 @@ impl GradientReduce {
                 .for_each(|(g, &s)| *g = s * inv);
             off += len;
         }
+        // The sum can overflow where no rank's part did; the same on every
+        // rank, so every rank refuses the step together.
+        crate::optim::check_grads_finite(&ws.grads)?;
         Ok((self.recv[p] as f64 / total as f64, loss))
     }
 
