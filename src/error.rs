@@ -38,6 +38,9 @@ pub enum Error {
     },
     /// A command-line usage error.
     Usage(String),
+    /// A collective step of a distributed run (feature `mpi`) failed on
+    /// another rank; that rank's own error says why.
+    Distributed(String),
 }
 
 impl fmt::Display for Error {
@@ -52,6 +55,7 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Usage(s) => write!(f, "usage: {s}"),
+            Error::Distributed(s) => write!(f, "distributed step: {s}"),
         }
     }
 }

@@ -52,6 +52,8 @@
 
 pub mod checkpoint;
 pub mod data;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod error;
 pub mod linear;
 pub mod mlp;

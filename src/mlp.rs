@@ -564,6 +564,20 @@ impl Mlp {
         errs_out: &mut [f32],
         rng: &mut Rng,
     ) -> Result<(), Error> {
+        self.sample_output_error_from(ws, errs_out, rng, 0)
+    }
+
+    /// [`Mlp::sample_output_error`] for a minibatch that is a shard of a larger
+    /// one starting at column `first_chunk * SAMPLE_CHUNK_COLS`: chunk `c` of
+    /// the shard uses the stream of chunk `first_chunk + c` of the whole, so a
+    /// shard aligned on chunks draws exactly the whole minibatch's samples.
+    pub(crate) fn sample_output_error_from(
+        &self,
+        ws: &Workspace,
+        errs_out: &mut [f32],
+        rng: &mut Rng,
+        first_chunk: u64,
+    ) -> Result<(), Error> {
         ws.check_compatible(self)?;
         let n = self.output_size();
         let b = ws.batch;
@@ -579,7 +593,7 @@ impl Mlp {
         let likelihood = self.likelihood;
         let chunk_len = SAMPLE_CHUNK_COLS * n;
         let sample = |(c, out): (usize, &mut [f32])| {
-            let mut rng = Rng::new(seed.wrapping_add(c as u64));
+            let mut rng = Rng::new(seed.wrapping_add(first_chunk.wrapping_add(c as u64)));
             let j0 = c * SAMPLE_CHUNK_COLS;
             sample_columns(likelihood, n, &acts[j0 * (n + 1)..], out, &mut rng);
         };

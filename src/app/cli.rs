@@ -12,6 +12,8 @@ USAGE:
                                     the hyperparameter search behind the race
     natgrad bench kernels --quick --json
     natgrad bench step --quick --json
+    mpirun -np R natgrad mpi-train [OPTIONS]
+                                    data-parallel training (built with --features mpi)
     natgrad COMMAND --help          the options of a command
 ";
 
@@ -28,6 +30,8 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         Some("linear") => crate::app::linear::cli_main(&args[1..]),
         Some("bench") => bench_main(&args[1..]),
         Some("tune") => crate::app::tune::cli_main(&args[1..]),
+        #[cfg(feature = "mpi")]
+        Some("mpi-train") => crate::app::mpi_train::cli_main(&args[1..]),
         Some(other) => Err(Error::Usage(format!("unknown command {other:?}\n{USAGE}"))),
     }
 }

@@ -10,6 +10,8 @@
 pub mod bench;
 pub mod cli;
 pub mod linear;
+#[cfg(feature = "mpi")]
+pub mod mpi_train;
 pub mod output;
 pub mod plot;
 pub mod race;

@@ -327,7 +327,7 @@ pub fn prepare<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, Error> 
 /// Mean loss of `net` on `images` as inputs and targets, widened into `buf`
 /// a chunk of the workspace's maximum batch at a time: the same chunks, so
 /// the same value, as [`Mlp::evaluate`] on the whole matrix.
-fn mean_loss(
+pub(crate) fn mean_loss(
     net: &Mlp,
     ws: &mut Workspace,
     images: Images<'_>,

@@ -86,19 +86,19 @@ pub struct PhaseSecs {
 pub struct NaturalGradient {
     /// The per-layer factors, Cholesky factors, updates and scratch, with
     /// the damping and the step counter.
-    pre: KroneckerPreconditioner,
-    sizes: Vec<usize>,
+    pub(crate) pre: KroneckerPreconditioner,
+    pub(crate) sizes: Vec<usize>,
     /// Errors back-propagated from sampled targets, one per layer (`n_i x b`).
-    sampled_errs: Vec<Vec<f32>>,
+    pub(crate) sampled_errs: Vec<Vec<f32>>,
     /// The Cholesky factor of the output layer's `W^T W` (see
     /// [`NaturalGradientConfig::wishart_output_factor`]; empty when unused).
     out_factor: Vec<f32>,
     /// The diagonal of the output layer's exact backward factor this step.
-    fisher_diag: Vec<f32>,
+    pub(crate) fisher_diag: Vec<f32>,
     /// Scratch for the sampled backward pass.
-    scratch: MemBuffer,
-    rng: Rng,
-    phases: PhaseSecs,
+    pub(crate) scratch: MemBuffer,
+    pub(crate) rng: Rng,
+    pub(crate) phases: PhaseSecs,
 }
 
 impl NaturalGradient {
@@ -254,7 +254,7 @@ impl NaturalGradient {
         Ok(())
     }
 
-    fn step_scale(&self, num_layers: usize) -> f32 {
+    pub(crate) fn step_scale(&self, num_layers: usize) -> f32 {
         if self.pre.config.scale_by_depth {
             self.pre.config.learning_rate / num_layers as f32
         } else {

@@ -103,6 +103,15 @@ impl Optimizer for Sgd {
         check_net_shapes(net, &self.sizes)?;
         let loss = net.loss_and_gradient(ws, x, y)?;
         check_grads_finite(&ws.grads)?;
+        self.apply_gradient(net, &ws.grads);
+        Ok(StepStats { loss })
+    }
+}
+
+impl Sgd {
+    /// The update from the gradients `grads` (one per layer, as
+    /// `Workspace::grads`), already checked finite.
+    pub(crate) fn apply_gradient(&mut self, net: &mut Mlp, grads: &[Vec<f32>]) {
         let SgdConfig {
             learning_rate: lr,
             momentum: mu,
@@ -110,7 +119,7 @@ impl Optimizer for Sgd {
             weight_decay: wd,
         } = self.config;
         for (i, w) in net.params_mut().enumerate() {
-            let g = &ws.grads[i];
+            let g = &grads[i];
             if mu > 0.0 {
                 let v = &mut self.velocity[i];
                 for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
@@ -124,6 +133,5 @@ impl Optimizer for Sgd {
                 }
             }
         }
-        Ok(StepStats { loss })
     }
 }

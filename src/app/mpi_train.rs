@@ -1,0 +1,351 @@
+//! `natgrad mpi-train` (features `cli` and `mpi`): data-parallel training of
+//! an autoencoder preset under `mpirun -np R`, each rank on its share of
+//! every minibatch with `--threads` kernel threads, rank 0 printing and
+//! writing the outputs. Reports the step time, the examples per second and
+//! the time in collective calls (docs/distributed.md).
+
+use crate::app::race::{prepare, tuned_for, Hyper, OptimizerKind};
+use crate::checkpoint::Checkpoint;
+use crate::distributed::{Communicator, DistributedNaturalGradient, DistributedSgd};
+use crate::kernels::rng::Rng;
+use crate::kernels::{MatRef, Par};
+use crate::mlp::Mlp;
+use crate::optim::{OptimizerState, PhaseSecs, StepStats};
+use crate::workspace::Workspace;
+use crate::Error;
+use std::time::Instant;
+
+const USAGE: &str = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
+                 [--batch B] [--steps N] [--threads T] [--seed S] [--data DIR]
+                 [--out FILE.json] [--checkpoint FILE] [--resume FILE]
+
+Trains the preset's autoencoder with the tuned settings (the natural gradient
+in its full form) on a global minibatch of B examples (default: the tuned
+one) split over the R ranks, for N steps (default 20), and prints on rank 0
+the median step time, examples per second, median time in communication and
+the loss before and after, and the test loss. --out: rank 0 writes the same
+as one JSON object. --checkpoint: after the N steps every rank gathers the
+state and rank 0 saves it; --resume: every rank loads it and the run goes
+on bit for bit as if it had not stopped (same R, batch, preset and seed).";
+
+struct Options {
+    preset: String,
+    kind: OptimizerKind,
+    batch: Option<usize>,
+    steps: usize,
+    threads: usize,
+    seed: u64,
+    data: Option<std::path::PathBuf>,
+    out: Option<std::path::PathBuf>,
+    checkpoint: Option<std::path::PathBuf>,
+    resume: Option<std::path::PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Options, Error> {
+    let mut o = Options {
+        preset: "deep".into(),
+        kind: OptimizerKind::NaturalGradient,
+        batch: None,
+        steps: 20,
+        threads: 1,
+        seed: 1,
+        data: None,
+        out: None,
+        checkpoint: None,
+        resume: None,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = |it: &mut std::slice::Iter<'_, String>| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("{flag} needs a value\n{USAGE}")))
+        };
+        let positive = |v: String| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Error::Usage(format!("{flag} takes a positive integer, got {v:?}")))
+        };
+        match flag.as_str() {
+            "--preset" => o.preset = value(&mut it)?,
+            "--optimizer" => {
+                o.kind = OptimizerKind::parse(&value(&mut it)?)?;
+                if o.kind == OptimizerKind::Adam {
+                    return Err(Error::Usage(
+                        "mpi-train runs ng or sgd (distributed Adam is not implemented)".into(),
+                    ));
+                }
+            }
+            "--batch" => o.batch = Some(positive(value(&mut it)?)?),
+            "--steps" => o.steps = positive(value(&mut it)?)?,
+            "--threads" => o.threads = positive(value(&mut it)?)?,
+            "--seed" => {
+                let v = value(&mut it)?;
+                o.seed = v
+                    .parse()
+                    .map_err(|_| Error::Usage(format!("--seed takes an integer, got {v:?}")))?;
+            }
+            "--data" => o.data = Some(value(&mut it)?.into()),
+            "--out" => o.out = Some(value(&mut it)?.into()),
+            "--checkpoint" => o.checkpoint = Some(value(&mut it)?.into()),
+            "--resume" => o.resume = Some(value(&mut it)?.into()),
+            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
+            _ => return Err(Error::Usage(format!("unknown option {flag:?}\n{USAGE}"))),
+        }
+    }
+    Ok(o)
+}
+
+/// The distributed optimizer of either kind.
+enum Trainer<C: Communicator> {
+    Sgd(DistributedSgd<C>),
+    Ng(Box<DistributedNaturalGradient<C>>),
+}
+
+impl<C: Communicator> Trainer<C> {
+    fn step(
+        &mut self,
+        net: &mut Mlp,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+    ) -> Result<StepStats, Error> {
+        match self {
+            Trainer::Sgd(o) => o.step(net, ws, x, y),
+            Trainer::Ng(o) => o.step(net, ws, x, y),
+        }
+    }
+    fn phases(&self) -> Option<PhaseSecs> {
+        match self {
+            Trainer::Sgd(_) => None,
+            Trainer::Ng(o) => Some(o.last_phase_secs()),
+        }
+    }
+    fn save_state(&self) -> OptimizerState {
+        match self {
+            Trainer::Sgd(o) => o.save_state(),
+            Trainer::Ng(o) => o.save_state(),
+        }
+    }
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+        match self {
+            Trainer::Sgd(o) => o.load_state(state),
+            Trainer::Ng(o) => o.load_state(state),
+        }
+    }
+    fn comm_secs(&self) -> f64 {
+        match self {
+            Trainer::Sgd(o) => o.last_comm_secs(),
+            Trainer::Ng(o) => o.last_comm_secs(),
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Entry point of `natgrad mpi-train`.
+pub fn cli_main(args: &[String]) -> Result<(), Error> {
+    let o = parse(args)?;
+    let universe = mpi::initialize()
+        .ok_or_else(|| Error::Distributed("MPI could not be initialised".into()))?;
+    let world = universe.world();
+    let (rank, ranks) = (world.rank(), world.size());
+    // The global pool, so that the loop (and MPI) stays on this thread.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build_global()
+        .map_err(|e| Error::InvalidConfig(format!("cannot start {} threads: {e}", o.threads)))?;
+    let par = if o.threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(o.threads)
+    };
+    let data = crate::data::load(o.data.as_deref())?;
+    let mut net = Mlp::preset(&o.preset, o.seed)?;
+    let prepared = prepare(&data, &net)?;
+    let hyper = tuned_for(&o.preset, o.kind, prepared.train_count)?;
+    let global = o.batch.unwrap_or(hyper.batch());
+    if global < ranks || global > prepared.train_count {
+        return Err(Error::Usage(format!(
+            "--batch {global} must be between the number of ranks ({ranks}) and the training set's {} examples",
+            prepared.train_count
+        )));
+    }
+    // Rank r's share of every minibatch: columns [start, start + b).
+    let start = global * rank / ranks;
+    let b = global * (rank + 1) / ranks - start;
+    let mut trainer = match hyper {
+        Hyper::Ng(_, c) => Trainer::Ng(Box::new(DistributedNaturalGradient::new(
+            &net,
+            b,
+            c,
+            mpi::traits::Communicator::duplicate(&world),
+        )?)),
+        Hyper::Sgd(_, c) => Trainer::Sgd(DistributedSgd::new(
+            &net,
+            b,
+            c,
+            mpi::traits::Communicator::duplicate(&world),
+        )?),
+        Hyper::Adam(..) => {
+            return Err(Error::Usage("mpi-train runs ng or sgd".into()));
+        }
+    };
+    let f = prepared.features;
+    let mut ws = Workspace::new(&net, b, par)?;
+    // Autoencoding: the inputs are the targets.
+    let mut x = vec![0.0f32; f * b];
+    // Every rank draws the same epoch orders.
+    let mut rng = Rng::new(o.seed);
+    let mut order: Vec<usize> = (0..prepared.train_count).collect();
+    rng.shuffle(&mut order);
+    let (mut cursor, mut shuffles, mut done) = (0usize, 1u64, 0u64);
+    // The run's identity, which a resumed run must match.
+    let identity = [
+        ("ranks", ranks as u64),
+        ("global_batch", global as u64),
+        ("seed", o.seed),
+    ];
+    if let Some(path) = &o.resume {
+        let ckpt = crate::checkpoint::load(path)?;
+        for (key, want) in identity {
+            let got = ckpt.progress_value(key);
+            if got != Some(want) {
+                return Err(Error::Format {
+                    path: path.clone(),
+                    detail: format!("the checkpoint has {key} {got:?}, this run {want}"),
+                });
+            }
+        }
+        let value = |key: &str| {
+            ckpt.progress_value(key).ok_or_else(|| Error::Format {
+                path: path.clone(),
+                detail: format!("the checkpoint has no {key}"),
+            })
+        };
+        let (c, s, d) = (value("cursor")?, value("shuffles")?, value("steps")?);
+        if !ckpt.net.has_sizes(&net.sizes()) || c as usize > order.len() || s == 0 {
+            return Err(Error::Format {
+                path: path.clone(),
+                detail: "the checkpoint is for another network or data set".into(),
+            });
+        }
+        net = ckpt.net;
+        trainer.load_state(&ckpt.optimizer)?;
+        // Replay the epoch shuffles.
+        for _ in 1..s {
+            rng.shuffle(&mut order);
+        }
+        (cursor, shuffles, done) = (c as usize, s, d);
+    }
+    let (mut step_secs, mut comm_secs) = (Vec::new(), Vec::new());
+    let mut losses = Vec::new();
+    let mut phases: [Vec<f64>; 5] = Default::default();
+    for _ in 0..o.steps {
+        if cursor + global > order.len() {
+            rng.shuffle(&mut order);
+            shuffles += 1;
+            cursor = 0;
+        }
+        let mine = &order[cursor + start..cursor + start + b];
+        cursor += global;
+        prepared.train.gather(mine, &mut x)?;
+        let xm = MatRef::from_column_major_slice(&x, f, b);
+        let ym = xm;
+        let clock = Instant::now();
+        let stats = trainer.step(&mut net, &mut ws, xm, ym)?;
+        step_secs.push(clock.elapsed().as_secs_f64());
+        comm_secs.push(trainer.comm_secs());
+        if let Some(p) = trainer.phases() {
+            for (v, t) in phases.iter_mut().zip([
+                p.loss_and_gradient,
+                p.sampled_backward,
+                p.factorise,
+                p.precondition,
+                p.apply_and_damping,
+            ]) {
+                v.push(t);
+            }
+        }
+        losses.push(stats.loss);
+    }
+    done += o.steps as u64;
+    if let Some(path) = &o.checkpoint {
+        // Collective: the natural gradient gathers its owners' factors.
+        let state = trainer.save_state();
+        if rank == 0 {
+            let mut progress: Vec<(String, u64)> =
+                identity.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+            progress.extend([
+                ("cursor".to_string(), cursor as u64),
+                ("shuffles".to_string(), shuffles),
+                ("steps".to_string(), done),
+            ]);
+            let ckpt = Checkpoint {
+                net: net.clone(),
+                optimizer: state,
+                progress,
+            };
+            crate::checkpoint::save(path, &ckpt)?;
+        }
+    }
+    if rank != 0 {
+        return Ok(());
+    }
+    let test_loss = {
+        let chunk = 1000.min(prepared.test_count.max(1));
+        let mut ws = Workspace::new(&net, chunk, par)?;
+        let mut buf = vec![0.0f32; f * chunk];
+        crate::app::race::mean_loss(&net, &mut ws, prepared.test, &mut buf)?
+    };
+    let step_ms = median(&mut step_secs.clone()) * 1e3;
+    let comm_ms = median(&mut comm_secs) * 1e3;
+    let examples_per_sec = global as f64 / (step_ms / 1e3);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    println!(
+        "{} on {}: {ranks} rank(s) x {} thread(s), global batch {global} ({b} on rank 0), {} steps",
+        o.kind.name(),
+        o.preset,
+        o.threads,
+        o.steps
+    );
+    println!(
+        "median step {step_ms:.1} ms ({examples_per_sec:.0} examples/s), of which communication {comm_ms:.1} ms; \
+         loss {first:.3} -> {last:.3}; test loss {test_loss:.3}"
+    );
+    let phase_ms: Vec<f64> = phases.iter_mut().map(|v| median(v) * 1e3).collect();
+    if trainer.phases().is_some() {
+        println!(
+            "median phases (ms, communication included): loss and gradient {:.1}, \
+             sampled backward and factor sums {:.1}, factorise {:.1}, precondition and \
+             gather {:.1}, apply and LM check {:.1}",
+            phase_ms[0], phase_ms[1], phase_ms[2], phase_ms[3], phase_ms[4]
+        );
+    }
+    let phase_json = if trainer.phases().is_some() {
+        format!(", \"median_phase_ms\": {phase_ms:?}")
+    } else {
+        String::new()
+    };
+    if let Some(path) = &o.out {
+        let json = format!(
+            "{{\"optimizer\": \"{}\", \"preset\": \"{}\", \"ranks\": {ranks}, \"threads_per_rank\": {}, \
+             \"global_batch\": {global}, \"steps\": {}, \"median_step_ms\": {step_ms:.3}, \
+             \"examples_per_sec\": {examples_per_sec:.1}, \"median_comm_ms\": {comm_ms:.3}, \
+             \"first_loss\": {first}, \"last_loss\": {last}, \"test_loss\": {test_loss}{phase_json}}}\n",
+            o.kind.name(),
+            o.preset,
+            o.threads,
+            o.steps
+        );
+        std::fs::write(path, json).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
