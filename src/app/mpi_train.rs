@@ -342,10 +342,8 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
             o.threads,
             o.steps
         );
-        std::fs::write(path, json).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        // Temporary file and rename, as every output of the application.
+        crate::app::output::write_atomic(path, json.as_bytes())?;
     }
     Ok(())
 }
