@@ -15,4 +15,5 @@ pub mod mpi_train;
 pub mod output;
 pub mod plot;
 pub mod race;
+pub mod report;
 pub mod tune;

@@ -14,6 +14,7 @@ use crate::optim::{
 use crate::workspace::Workspace;
 use crate::Error;
 use natgrad_kernels::rng::Rng;
+use natgrad_kernels::Activation;
 use natgrad_kernels::{MatRef, Par};
 use std::time::{Duration, Instant};
 
@@ -658,8 +659,10 @@ impl LoopState {
     }
 }
 
-/// Trains a fresh copy of `initial` with `hyper` on `data` for the budget.
-/// `progress` is called after every evaluation with the new point.
+/// Trains a fresh copy of `initial` with `hyper` on `data` for the budget,
+/// in one go (the sequential clock): [`Run::start`], [`Run::advance`] to the
+/// end, [`Run::finish`]. `progress` is called after every evaluation with
+/// the new point.
 pub fn run_one(
     kind: OptimizerKind,
     hyper: Hyper,
@@ -668,117 +671,223 @@ pub fn run_one(
     opts: &RunOptions,
     progress: &mut dyn FnMut(&CurvePoint, u64),
 ) -> Result<RunResult, Error> {
-    let mut net = initial.clone();
-    let b = hyper.batch().min(data.train_count);
-    let eval_batch = 1000.min(data.test_count.max(1));
-    let mut ws = Workspace::new(&net, b.max(eval_batch), opts.par)?;
-    let mut opt = hyper.build(&net, b)?;
-    let f = data.features;
-    // The only f32 copies of the data: one minibatch and one evaluation chunk.
-    let mut xb = vec![0.0f32; f * b];
-    let mut eval_buf = vec![0.0f32; f * ws.max_batch()];
-    // A fixed training subset as large as the test set tracks the training loss.
-    let sub = data
-        .train
-        .range(0, data.train_count.min(data.test_count.max(1)))?;
-    let evaluate = |net: &Mlp, ws: &mut Workspace, buf: &mut [f32]| -> Result<(f64, f64), Error> {
-        Ok((
-            mean_loss(net, ws, sub, buf)?,
-            mean_loss(net, ws, data.test, buf)?,
-        ))
-    };
+    let mut run = Run::start(kind, hyper, initial, data, opts, progress)?;
+    run.advance(Duration::MAX, progress)?;
+    Ok(run.finish())
+}
 
-    let mut order: Vec<usize> = (0..data.train_count).collect();
-    let mut rng = Rng::new(opts.seed ^ 0x5eed_da7a);
-    let resumed = match &opts.checkpoint {
-        Some(plan) if plan.resume => match plan.existing() {
-            Some(path) => {
-                let ck = load_for_resume(path, plan, opts.seed, b, &net, opt.as_mut())?;
-                net = ck.net;
-                Some(LoopState::from_progress(&ck.progress, path)?)
-            }
-            // Reported by `check_resumes` before the race.
-            None => None,
-        },
-        _ => None,
-    };
-    let identity = [
-        ("seed", opts.seed),
-        (
-            "preset",
-            preset_code(opts.checkpoint.as_ref().map_or("", |p| &p.preset)),
-        ),
-        ("batch", b as u64),
-    ];
-    let mut failed_saves = 0u64;
-    let mut st = match resumed {
-        Some(st) => {
-            rng = Rng::from_state(st.epoch_rng);
-            rng.shuffle(&mut order);
-            if st.cursor > order.len() {
-                return Err(Error::Shape(
-                    "the checkpoint's data cursor is past the dataset's end".into(),
-                ));
-            }
-            st
-        }
-        None => {
-            let epoch_rng = rng.state();
-            rng.shuffle(&mut order);
-            let (train_loss, test_loss) = evaluate(&net, &mut ws, &mut eval_buf)?;
-            LoopState {
-                steps: 0,
-                examples: 0,
-                failed: 0,
-                cursor: 0,
-                epoch_rng,
-                trained: Duration::ZERO,
-                next_eval: opts.eval_every_secs,
-                curve: vec![CurvePoint {
-                    step: 0,
-                    examples: 0,
-                    seconds: 0.0,
-                    train_loss,
-                    test_loss,
-                }],
-            }
-        }
-    };
-    progress(
-        st.curve.last().expect("a curve has its initial point"),
-        st.steps,
-    );
-    let mut step_times = Vec::with_capacity(1 << 16);
-    let budget = Duration::try_from_secs_f64(opts.budget_secs)
+/// The budget as a `Duration`, refused beyond [`MAX_BUDGET_SECS`].
+fn budget_duration(secs: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(secs)
         .ok()
-        .filter(|_| opts.budget_secs <= MAX_BUDGET_SECS)
+        .filter(|_| secs <= MAX_BUDGET_SECS)
         .ok_or_else(|| {
             Error::InvalidConfig(format!(
-                "the budget must be positive seconds up to {MAX_BUDGET_SECS:e}, got {}",
-                opts.budget_secs
+                "the budget must be positive seconds up to {MAX_BUDGET_SECS:e}, got {secs}"
             ))
-        })?;
-    let mut next_save = opts
-        .checkpoint
-        .as_ref()
-        .map(|p| st.trained.as_secs_f64() + p.every_secs);
-    while st.trained < budget {
-        if st.cursor + b > order.len() {
-            order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-            st.epoch_rng = rng.state();
-            rng.shuffle(&mut order);
+        })
+}
+
+/// One optimizer's run in progress: its own copy of the network, its
+/// optimizer and workspace, its place in the data and its own clock, which
+/// counts only its training steps (evaluation and checkpoints are off the
+/// clock). A race advances its runs a slice at a time, in turn (the
+/// interleaved clock), or each to its end before the next starts.
+pub struct Run<'a> {
+    kind: OptimizerKind,
+    hyper: Hyper,
+    net: Mlp,
+    ws: Workspace,
+    opt: Box<dyn Optimizer>,
+    data: Prepared<'a>,
+    /// A fixed training subset as large as the test set, for the training loss.
+    sub: Images<'a>,
+    /// The only f32 copies of the data: one minibatch and one evaluation chunk.
+    xb: Vec<f32>,
+    eval_buf: Vec<f32>,
+    batch: usize,
+    order: Vec<usize>,
+    rng: Rng,
+    st: LoopState,
+    step_times: Vec<f64>,
+    budget: Duration,
+    eval_every_secs: f64,
+    checkpoint: Option<CheckpointPlan>,
+    identity: [(&'static str, u64); 3],
+    next_save: Option<f64>,
+    failed_saves: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Builds the run (resuming from its checkpoint when `opts` says so) and
+    /// evaluates its starting point, reported to `progress`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a budget that is not positive or beyond
+    /// [`MAX_BUDGET_SECS`], or a checkpoint saved by another run; the errors
+    /// of building the workspace and optimizer, and of loading the checkpoint.
+    pub fn start(
+        kind: OptimizerKind,
+        hyper: Hyper,
+        initial: &Mlp,
+        data: &Prepared<'a>,
+        opts: &RunOptions,
+        progress: &mut dyn FnMut(&CurvePoint, u64),
+    ) -> Result<Run<'a>, Error> {
+        let budget = budget_duration(opts.budget_secs)?;
+        let mut net = initial.clone();
+        let b = hyper.batch().min(data.train_count);
+        let eval_batch = 1000.min(data.test_count.max(1));
+        let ws = Workspace::new(&net, b.max(eval_batch), opts.par)?;
+        let mut opt = hyper.build(&net, b)?;
+        let f = data.features;
+        let sub = data
+            .train
+            .range(0, data.train_count.min(data.test_count.max(1)))?;
+        let mut order: Vec<usize> = (0..data.train_count).collect();
+        let mut rng = Rng::new(opts.seed ^ 0x5eed_da7a);
+        let mut resumed = None;
+        if let Some(plan) = opts.checkpoint.as_ref().filter(|p| p.resume) {
+            // A missing checkpoint is reported by `check_resumes` before the race.
+            if let Some(path) = plan.existing() {
+                let ck = load_for_resume(path, plan, opts.seed, b, &net, opt.as_mut())?;
+                net = ck.net;
+                resumed = Some(LoopState::from_progress(&ck.progress, path)?);
+            }
+        }
+        let identity = [
+            ("seed", opts.seed),
+            (
+                "preset",
+                preset_code(opts.checkpoint.as_ref().map_or("", |p| &p.preset)),
+            ),
+            ("batch", b as u64),
+        ];
+        let fresh = resumed.is_none();
+        let st = match resumed {
+            Some(st) => {
+                rng = Rng::from_state(st.epoch_rng);
+                rng.shuffle(&mut order);
+                if st.cursor > order.len() {
+                    return Err(Error::Shape(
+                        "the checkpoint's data cursor is past the dataset's end".into(),
+                    ));
+                }
+                st
+            }
+            None => {
+                let epoch_rng = rng.state();
+                rng.shuffle(&mut order);
+                LoopState {
+                    steps: 0,
+                    examples: 0,
+                    failed: 0,
+                    cursor: 0,
+                    epoch_rng,
+                    trained: Duration::ZERO,
+                    next_eval: opts.eval_every_secs,
+                    curve: Vec::new(),
+                }
+            }
+        };
+        let mut run = Run {
+            kind,
+            hyper,
+            eval_buf: vec![0.0f32; f * ws.max_batch()],
+            net,
+            ws,
+            opt,
+            data: *data,
+            sub,
+            xb: vec![0.0f32; f * b],
+            batch: b,
+            order,
+            rng,
+            next_save: opts
+                .checkpoint
+                .as_ref()
+                .map(|p| st.trained.as_secs_f64() + p.every_secs),
+            st,
+            step_times: Vec::with_capacity(1 << 16),
+            budget,
+            eval_every_secs: opts.eval_every_secs,
+            checkpoint: opts.checkpoint.clone(),
+            identity,
+            failed_saves: 0,
+        };
+        if fresh {
+            run.record_point()?;
+        }
+        progress(
+            run.st.curve.last().expect("a curve has its initial point"),
+            run.st.steps,
+        );
+        Ok(run)
+    }
+
+    /// Whether the run has used its budget (or stopped early, diverged).
+    pub fn done(&self) -> bool {
+        self.st.trained >= self.budget
+    }
+
+    /// The optimizer.
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    /// Seconds on the run's own clock so far (its training steps only).
+    pub fn trained_secs(&self) -> f64 {
+        self.st.trained.as_secs_f64()
+    }
+
+    /// Trains until the run's own clock has advanced by at least `slice`
+    /// (a step is never cut) or the budget is used; evaluates (off the
+    /// clock) whenever an evaluation falls due, reporting each point to
+    /// `progress`, and saves checkpoints as planned.
+    ///
+    /// # Errors
+    /// Those of gathering the data and of evaluating; a refused optimizer
+    /// step is counted in [`RunResult::failed_steps`], not returned.
+    pub fn advance(
+        &mut self,
+        slice: Duration,
+        progress: &mut dyn FnMut(&CurvePoint, u64),
+    ) -> Result<(), Error> {
+        let until = self.st.trained.saturating_add(slice).min(self.budget);
+        while self.st.trained < until {
+            self.train_step()?;
+            if self.st.trained.as_secs_f64() >= self.st.next_eval || self.done() {
+                self.st.next_eval += self.eval_every_secs;
+                self.record_point()?;
+                let p = *self.st.curve.last().expect("just recorded");
+                progress(&p, self.st.steps);
+            }
+            self.save_if_due();
+        }
+        Ok(())
+    }
+
+    /// One minibatch: gathered, stepped and timed (only the step is on the clock
+    /// besides the gather, as it always was).
+    fn train_step(&mut self) -> Result<(), Error> {
+        let (b, f) = (self.batch, self.data.features);
+        let st = &mut self.st;
+        if st.cursor + b > self.order.len() {
+            self.order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+            st.epoch_rng = self.rng.state();
+            self.rng.shuffle(&mut self.order);
             st.cursor = 0;
         }
-        let idx = &order[st.cursor..st.cursor + b];
+        let idx = &self.order[st.cursor..st.cursor + b];
         st.cursor += b;
         let t0 = Instant::now();
-        data.train.gather(idx, &mut xb)?;
-        let x = MatRef::from_column_major_slice(&xb, f, b);
+        self.data.train.gather(idx, &mut self.xb)?;
+        let x = MatRef::from_column_major_slice(&self.xb, f, b);
         // Autoencoding: the targets are the inputs.
-        let outcome = opt.step(&mut net, &mut ws, x, x);
+        let outcome = self.opt.step(&mut self.net, &mut self.ws, x, x);
         let dt = t0.elapsed();
         st.trained += dt;
-        step_times.push(dt.as_secs_f64());
+        self.step_times.push(dt.as_secs_f64());
         st.steps += 1;
         st.examples += b as u64;
         if outcome.is_err() {
@@ -787,69 +896,133 @@ pub fn run_one(
             // and stops early, its curve showing where.
             st.failed += 1;
             if st.failed > 20 && st.failed * 2 > st.steps {
-                st.trained = budget;
+                st.trained = self.budget;
             }
         }
-        if st.trained.as_secs_f64() >= st.next_eval || st.trained >= budget {
-            st.next_eval += opts.eval_every_secs;
-            let (train_loss, test_loss) = evaluate(&net, &mut ws, &mut eval_buf)?;
-            let p = CurvePoint {
-                step: st.steps,
-                examples: st.examples,
-                seconds: st.trained.as_secs_f64(),
-                train_loss,
-                test_loss,
-            };
-            st.curve.push(p);
-            progress(&p, st.steps);
+        Ok(())
+    }
+
+    /// Evaluates the network (off the clock) and appends the point to the curve.
+    fn record_point(&mut self) -> Result<(), Error> {
+        let train_loss = mean_loss(&self.net, &mut self.ws, self.sub, &mut self.eval_buf)?;
+        let test_loss = mean_loss(&self.net, &mut self.ws, self.data.test, &mut self.eval_buf)?;
+        self.st.curve.push(CurvePoint {
+            step: self.st.steps,
+            examples: self.st.examples,
+            seconds: self.st.trained.as_secs_f64(),
+            train_loss,
+            test_loss,
+        });
+        Ok(())
+    }
+
+    /// Saves the checkpoint when one is due (or the budget is used). A failed
+    /// save (disk full, read-only folder) is reported once and training goes
+    /// on; the previous checkpoint is intact.
+    fn save_if_due(&mut self) {
+        let (Some(plan), Some(at)) = (&self.checkpoint, self.next_save) else {
+            return;
+        };
+        if self.st.trained.as_secs_f64() < at && !self.done() {
+            return;
         }
-        if let (Some(plan), Some(at)) = (&opts.checkpoint, next_save) {
-            if st.trained.as_secs_f64() >= at || st.trained >= budget {
-                next_save = Some(at + plan.every_secs);
-                let ck = crate::checkpoint::Checkpoint::capture(
-                    &net,
-                    opt.as_ref(),
-                    st.to_progress(identity),
+        self.next_save = Some(at + plan.every_secs);
+        let ck = crate::checkpoint::Checkpoint::capture(
+            &self.net,
+            self.opt.as_ref(),
+            self.st.to_progress(self.identity),
+        );
+        if let Err(e) = crate::checkpoint::save(&plan.path, &ck) {
+            if self.failed_saves == 0 {
+                eprintln!(
+                    "natgrad: warning: checkpoint not saved: {e}; training goes on \
+                     and the previous checkpoint, if any, is kept"
                 );
-                // A failed save (disk full, read-only folder) is reported and
-                // training goes on; the previous checkpoint is intact.
-                if let Err(e) = crate::checkpoint::save(&plan.path, &ck) {
-                    if failed_saves == 0 {
-                        eprintln!(
-                            "natgrad: warning: checkpoint not saved: {e}; training goes on \
-                             and the previous checkpoint, if any, is kept"
-                        );
-                    }
-                    failed_saves += 1;
-                }
             }
+            self.failed_saves += 1;
         }
     }
-    if step_times.is_empty() {
-        step_times.push(f64::NAN);
+
+    /// The run's result: its curve, median step time and counts.
+    pub fn finish(mut self) -> RunResult {
+        if self.step_times.is_empty() {
+            self.step_times.push(f64::NAN);
+        }
+        RunResult {
+            kind: self.kind,
+            hyper: self.hyper,
+            median_step_ms: 1e3 * crate::app::bench::median(&mut self.step_times),
+            curve: self.st.curve,
+            failed_steps: self.st.failed,
+            failed_saves: self.failed_saves,
+        }
     }
-    let (curve, failed) = (st.curve, st.failed);
-    let median_step_ms = 1e3 * crate::app::bench::median(&mut step_times);
-    Ok(RunResult {
-        kind,
-        hyper,
-        curve,
-        median_step_ms,
-        failed_steps: failed,
-        failed_saves,
-    })
 }
 
-/// The whole race for one preset: every optimizer in `kinds`, in that order.
+/// How the optimizers of a race share the machine's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The optimizers train in turns of a short slice (about half a second
+    /// of their own training time), so that a change in the host's load falls
+    /// on all of them alike. The default.
+    Interleaved,
+    /// Each optimizer trains its whole budget before the next starts (a load
+    /// change lands on whichever optimizer is running).
+    Sequential,
+}
+
+impl Clock {
+    /// `interleaved` or `sequential`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Clock::Interleaved => "interleaved",
+            Clock::Sequential => "sequential",
+        }
+    }
+
+    /// The training time each optimizer gets per turn under this clock for
+    /// a budget of `budget_secs`: half a second, or a twentieth of the budget
+    /// when that is shorter (so that short races interleave too); the whole
+    /// budget under [`Clock::Sequential`].
+    pub fn slice_secs(self, budget_secs: f64) -> f64 {
+        match self {
+            Clock::Interleaved => (budget_secs / 20.0).min(0.5),
+            Clock::Sequential => budget_secs,
+        }
+    }
+
+    /// One sentence on how the clocks were taken, for the summary.
+    pub fn description(self, budget_secs: f64) -> String {
+        let common = "each optimizer's clock counts only its own training steps; \
+                      evaluation and checkpoints are off the clock";
+        match self {
+            Clock::Interleaved => format!(
+                "interleaved clock: the optimizers trained in turns of {:.2} s each; {common}",
+                self.slice_secs(budget_secs)
+            ),
+            Clock::Sequential => {
+                format!("sequential clock: one optimizer after another; {common}")
+            }
+        }
+    }
+}
+
+/// The race of one preset and one seed: every optimizer in `kinds`.
 pub struct RaceResult {
     /// `"paper"` or `"deep"`.
     pub preset: String,
     /// The dataset's name.
     pub dataset: String,
+    /// The network's widths, joined by `-` (the preset's or `--sizes`).
+    pub network: String,
+    /// The seed of the initial weights and data order.
+    pub seed: u64,
     /// The budget each run had.
     pub budget_secs: f64,
     /// Threads the kernels ran on.
     pub threads: usize,
+    /// How the runs shared the machine.
+    pub clock: Clock,
     /// One result per optimizer.
     pub runs: Vec<RunResult>,
 }
@@ -875,12 +1048,15 @@ impl RaceResult {
     }
 }
 
+/// The most seeds `--seeds` accepts.
+pub const MAX_SEEDS: u64 = 1000;
+
 /// Options of `natgrad race`.
 #[derive(Clone, Debug)]
 pub struct RaceOptions {
     /// Presets to race (`paper`, `deep`).
     pub presets: Vec<String>,
-    /// Optimizers, in the order they run.
+    /// Optimizers, in the order they take their turns.
     pub kinds: Vec<OptimizerKind>,
     /// Training budget per optimizer, seconds.
     pub budget_secs: f64,
@@ -890,8 +1066,18 @@ pub struct RaceOptions {
     pub out: std::path::PathBuf,
     /// Kernel threads.
     pub threads: usize,
-    /// Seed of initial weights and data order.
+    /// Seed of initial weights and data order (the first, with `seeds > 1`).
     pub seed: u64,
+    /// Races per preset, with seeds `seed`, `seed + 1`, ...
+    pub seeds: u64,
+    /// How the optimizers share the machine.
+    pub clock: Clock,
+    /// The autoencoder's widths instead of the preset's (`--sizes`).
+    pub sizes: Option<Vec<usize>>,
+    /// The hidden layers' activation with `--sizes` (default: the preset's).
+    pub activation: Option<Activation>,
+    /// The output likelihood with `--sizes` (default: the preset's).
+    pub likelihood: Option<Likelihood>,
     /// Print the summary as one JSON line on stdout.
     pub json: bool,
     /// No progress bars.
@@ -923,6 +1109,11 @@ impl Default for RaceOptions {
             out: "race-out".into(),
             threads: rayon::current_num_threads(),
             seed: 1,
+            seeds: 1,
+            clock: Clock::Interleaved,
+            sizes: None,
+            activation: None,
+            likelihood: None,
             json: false,
             quiet: false,
             checkpoint_every_secs: None,
@@ -934,21 +1125,116 @@ impl Default for RaceOptions {
 
 const RACE_USAGE: &str =
     "natgrad race [--preset paper|deep|all] [--budget SECS] [--data DIR] [--out DIR]
-             [--optimizers ng,adam,sgd] [--threads N] [--seed N] [--json] [--quiet]
-             [--checkpoint-every SECS] [--resume]
+             [--optimizers ng,adam,sgd] [--threads N] [--seed N] [--seeds N]
+             [--clock interleaved|sequential] [--sizes N-N-..-N]
+             [--activation sigmoid|tanh|relu] [--likelihood bernoulli|gaussian]
+             [--json] [--quiet] [--checkpoint-every SECS] [--resume]
 
 Trains the autoencoder of each preset with every optimizer for the same
 wall-clock budget (default 35 s each; the default race takes about 2 minutes),
 from the same initial weights and data order, and writes DIR/curves.csv,
 DIR/race.png and DIR/summary.json (DIR/<preset>/ when racing several presets).
-Without --data it uses the embedded 10,000-digit MNIST subset.
+Without --data it uses the embedded 10,000-digit MNIST subset; --data reads
+any IDX image set (train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz]).
+--clock interleaved (the default): the optimizers train in turns of 0.5 s
+(a twentieth of the budget if shorter), each clock counting only its own
+training, so a change in the host's load falls on all alike; sequential: one
+after another. Evaluation is always off the clock.
+--seeds N races N times, with seeds N0..N0+N-1 (N0 = --seed, default 1), and
+reports per optimizer the median and range of the final test loss, the time to
+SGD's final loss and the speedup; summary.json keeps every seed's figures.
+--sizes 64-32-16-32-64 races an autoencoder of these widths (first = last =
+the images' pixels) instead of the preset's network, with the preset's
+optimizer settings; its hidden layers use --activation (default: the preset's,
+sigmoid for deep, tanh for paper), its output --likelihood (default: the
+preset's, bernoulli for deep, gaussian for paper).
 --checkpoint-every saves each run's network, optimizer state and progress to
-DIR/checkpoints/<preset>-<optimizer>.ckpt atomically (a failed save is reported
-and the run goes on); --resume continues every run from its checkpoint (a
-finished run is not retrained) after checking that the checkpoint was saved
-with the same seed, preset, network, optimizer settings and batch.
+DIR/checkpoints/<preset>-<optimizer>.ckpt (-seed<N>.ckpt with --seeds above 1)
+atomically (a failed save is reported and the run goes on); --resume continues
+every run from its checkpoint (a finished run is not retrained) after checking
+that the checkpoint was saved with the same seed, preset, network, optimizer
+settings and batch.
 Output files are written to temporaries and renamed; DIR is checked before
 any training starts. --threads is at most 4 per available core.";
+
+/// Parses `--sizes`' value: two or more positive widths joined by `-`.
+fn parse_sizes(v: &str) -> Result<Vec<usize>, Error> {
+    let bad = || {
+        Error::Usage(format!(
+            "--sizes takes two or more positive widths joined by '-', such as \
+             64-32-16-32-64, got {v:?}"
+        ))
+    };
+    let sizes = v
+        .split('-')
+        .map(|w| w.parse::<usize>().ok().filter(|&w| w > 0 && w <= MAX_WIDTH))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)?;
+    if sizes.len() < 2 {
+        return Err(bad());
+    }
+    Ok(sizes)
+}
+
+/// The widest layer `--sizes` accepts (a 65,536-wide layer's factor alone
+/// takes 16 GiB).
+pub const MAX_WIDTH: usize = 1 << 16;
+
+fn parse_activation(v: &str) -> Result<Activation, Error> {
+    match v {
+        "sigmoid" => Ok(Activation::Sigmoid),
+        "tanh" => Ok(Activation::Tanh),
+        "relu" => Ok(Activation::Relu),
+        "identity" | "linear" => Ok(Activation::Identity),
+        _ => Err(Error::Usage(format!(
+            "unknown activation {v:?}; expected sigmoid, tanh, relu or identity"
+        ))),
+    }
+}
+
+fn parse_likelihood(v: &str) -> Result<Likelihood, Error> {
+    match v {
+        "bernoulli" => Ok(Likelihood::Bernoulli),
+        "gaussian" => Ok(Likelihood::Gaussian),
+        "categorical" => Err(Error::Usage(
+            "--likelihood categorical cannot autoencode images (its targets are class \
+             probabilities); use bernoulli or gaussian"
+                .into(),
+        )),
+        _ => Err(Error::Usage(format!(
+            "unknown likelihood {v:?}; expected bernoulli or gaussian"
+        ))),
+    }
+}
+
+fn parse_optimizers(v: &str) -> Result<Vec<OptimizerKind>, Error> {
+    let kinds: Vec<OptimizerKind> = v
+        .split(',')
+        .map(OptimizerKind::parse)
+        .collect::<Result<_, _>>()?;
+    if let Some(k) = kinds
+        .iter()
+        .enumerate()
+        .find_map(|(i, k)| kinds[..i].contains(k).then_some(k))
+    {
+        return Err(Error::Usage(format!(
+            "--optimizers names {} twice; each optimizer runs once",
+            k.name()
+        )));
+    }
+    Ok(kinds)
+}
+
+fn parse_count(flag: &str, v: &str, max: u64) -> Result<u64, Error> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0 && n <= max)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{flag} takes an integer from 1 to {max}, got {v:?}"
+            ))
+        })
+}
 
 /// Parses the arguments of `natgrad race`.
 pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
@@ -972,33 +1258,30 @@ pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
             "--budget" => o.budget_secs = parse_budget(a, &value(&mut it, a)?)?,
             "--data" => o.data = Some(value(&mut it, a)?.into()),
             "--out" => o.out = value(&mut it, a)?.into(),
-            "--optimizers" => {
-                let v = value(&mut it, a)?;
-                let kinds: Vec<OptimizerKind> = v
-                    .split(',')
-                    .map(OptimizerKind::parse)
-                    .collect::<Result<_, _>>()?;
-                if let Some(k) = kinds
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, k)| kinds[..i].contains(k).then_some(k))
-                {
-                    return Err(Error::Usage(format!(
-                        "--optimizers names {} twice; each optimizer runs once",
-                        k.name()
-                    )));
-                }
-                o.kinds = kinds;
-            }
-            "--threads" => {
-                o.threads = parse_threads(&value(&mut it, a)?)?;
-            }
+            "--optimizers" => o.kinds = parse_optimizers(&value(&mut it, a)?)?,
+            "--threads" => o.threads = parse_threads(&value(&mut it, a)?)?,
             "--seed" => {
                 let v = value(&mut it, a)?;
                 o.seed = v
                     .parse()
                     .map_err(|_| Error::Usage(format!("--seed takes an integer, got {v:?}")))?;
             }
+            "--seeds" => o.seeds = parse_count(a, &value(&mut it, a)?, MAX_SEEDS)?,
+            "--clock" => {
+                let v = value(&mut it, a)?;
+                o.clock = match v.as_str() {
+                    "interleaved" => Clock::Interleaved,
+                    "sequential" => Clock::Sequential,
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "--clock takes interleaved or sequential, got {v:?}"
+                        )))
+                    }
+                };
+            }
+            "--sizes" => o.sizes = Some(parse_sizes(&value(&mut it, a)?)?),
+            "--activation" => o.activation = Some(parse_activation(&value(&mut it, a)?)?),
+            "--likelihood" => o.likelihood = Some(parse_likelihood(&value(&mut it, a)?)?),
             "--json" => o.json = true,
             "--quiet" => o.quiet = true,
             "--resume" => o.resume = true,
@@ -1016,32 +1299,87 @@ pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
             }
         }
     }
+    if o.sizes.is_none() && (o.activation.is_some() || o.likelihood.is_some()) {
+        return Err(Error::Usage(
+            "--activation and --likelihood shape a network given with --sizes; \
+             the presets keep their own"
+                .into(),
+        ));
+    }
+    if o.seed.checked_add(o.seeds - 1).is_none() {
+        return Err(Error::Usage(format!(
+            "--seed {} with --seeds {} runs past the largest seed",
+            o.seed, o.seeds
+        )));
+    }
     Ok(o)
 }
 
-/// Runs the race for every preset in `opts`, writes the files and prints the table.
-pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
-    if opts.threads == 0 || opts.threads > max_threads() {
+/// The network raced for `preset` and `seed`: the preset's, or with
+/// `--sizes` an autoencoder of those widths (hidden layers with the given or
+/// the preset's activation, a linear output layer, the given or the
+/// preset's likelihood).
+///
+/// # Errors
+/// [`Error::Usage`] if the widths do not make an autoencoder (first and last
+/// differ); [`Error::InvalidConfig`] for an unknown preset.
+pub fn network(opts: &RaceOptions, preset: &str, seed: u64) -> Result<Mlp, Error> {
+    let net = Mlp::preset(preset, seed)?;
+    let Some(sizes) = &opts.sizes else {
+        return Ok(net);
+    };
+    if sizes.first() != sizes.last() {
         return Err(Error::Usage(format!(
-            "{} threads: use 1 to {}",
-            opts.threads,
-            max_threads()
+            "--sizes {sizes:?}: an autoencoder's first and last widths are the same (the \
+             images' pixels)"
         )));
     }
-    // Every output location is checked (and created) before any training.
-    let out_dir = |preset: &str| {
-        if opts.presets.len() > 1 {
-            opts.out.join(preset)
-        } else {
-            opts.out.clone()
-        }
-    };
-    let checkpointing = opts.checkpoint_every_secs.is_some() || opts.resume;
+    let hidden = opts.activation.unwrap_or(net.layers()[0].activation);
+    let likelihood = opts.likelihood.unwrap_or(net.likelihood());
+    let mut acts = vec![hidden; sizes.len() - 1];
+    *acts.last_mut().expect("two widths or more") = Activation::Identity;
+    Mlp::new(
+        sizes,
+        &acts,
+        likelihood,
+        crate::mlp::Init::GlorotUniform,
+        seed,
+    )
+}
+
+/// [`prepare`], with a way out when the images do not fit the network.
+fn prepare_for<'a>(
+    opts: &RaceOptions,
+    data: &'a Dataset,
+    net: &Mlp,
+    preset: &str,
+) -> Result<Prepared<'a>, Error> {
+    let f = data.train.features();
+    if f != net.input_size() && opts.sizes.is_none() {
+        return Err(Error::Shape(format!(
+            "the images of {} have {f} pixels ({} x {}) and the {preset} preset's \
+             autoencoder takes {}: race an autoencoder of the images' width with --sizes, \
+             for example --sizes {f}-{}-{}-{}-{f}",
+            data.name,
+            data.train.rows,
+            data.train.cols,
+            net.input_size(),
+            (f / 2).max(1),
+            (f / 4).max(1),
+            (f / 2).max(1),
+        )));
+    }
+    prepare(data, net)
+}
+
+/// Checks (and creates) every output location before any training, and
+/// removes temporaries left by interrupted earlier runs.
+fn check_outputs(opts: &RaceOptions) -> Result<(), Error> {
     crate::app::output::check_out_dir(&opts.out, "--out")?;
     let mut dirs = vec![opts.out.clone(), opts.out.join("checkpoints")];
     for preset in &opts.presets {
-        dirs.push(out_dir(preset));
-        dirs.push(out_dir(preset).join("checkpoints"));
+        dirs.push(out_dir(opts, preset));
+        dirs.push(out_dir(opts, preset).join("checkpoints"));
     }
     for dir in &dirs {
         for stale in crate::app::output::remove_stale_temporaries(dir) {
@@ -1052,102 +1390,217 @@ pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
         }
     }
     for preset in &opts.presets {
-        crate::app::output::check_out_dir(&out_dir(preset), "--out")?;
+        crate::app::output::check_out_dir(&out_dir(opts, preset), "--out")?;
     }
-    if checkpointing {
+    if opts.checkpoint_every_secs.is_some() || opts.resume {
         crate::app::output::check_out_dir(&opts.out.join("checkpoints"), "--out")?;
     }
+    Ok(())
+}
+
+/// Where a preset's files go: `DIR`, or `DIR/<preset>` when racing several.
+fn out_dir(opts: &RaceOptions, preset: &str) -> std::path::PathBuf {
+    if opts.presets.len() > 1 {
+        opts.out.join(preset)
+    } else {
+        opts.out.clone()
+    }
+}
+
+/// Runs the race for every preset and seed in `opts`, writes the files and
+/// prints the tables. Returns one result per preset and seed.
+pub fn run_race(opts: &RaceOptions) -> Result<Vec<RaceResult>, Error> {
+    if opts.threads == 0 || opts.threads > max_threads() {
+        return Err(Error::Usage(format!(
+            "{} threads: use 1 to {}",
+            opts.threads,
+            max_threads()
+        )));
+    }
+    check_outputs(opts)?;
     let data = crate::data::load(opts.data.as_deref())?;
+    // Every network is built and checked against the data before any training.
+    for preset in &opts.presets {
+        prepare_for(opts, &data, &network(opts, preset, opts.seed)?, preset)?;
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .build()
         .map_err(|e| Error::InvalidConfig(format!("cannot start {} threads: {e}", opts.threads)))?;
-    let par = if opts.threads == 1 {
-        Par::Seq
-    } else {
-        Par::rayon(opts.threads)
-    };
     if opts.resume {
         check_resumes(opts, &data)?;
     }
     let mut results = Vec::new();
     for preset in &opts.presets {
-        let initial = Mlp::preset(preset, opts.seed)?;
-        let prepared = prepare(&data, &initial)?;
-        let dir = out_dir(preset);
-        let mut runs = Vec::new();
-        for &kind in &opts.kinds {
-            let hyper = tuned_for(preset, kind, prepared.train_count)?;
-            let checkpoint = checkpointing.then(|| plan_for(opts, preset, kind));
-            let run_opts = RunOptions {
-                budget_secs: opts.budget_secs,
-                eval_every_secs: (opts.budget_secs / 40.0).max(0.05),
-                seed: opts.seed,
-                par,
-                checkpoint,
-            };
-            let bar = if opts.quiet {
-                indicatif::ProgressBar::hidden()
-            } else {
-                let bar = indicatif::ProgressBar::new((opts.budget_secs * 1000.0) as u64);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{prefix:>12} [{bar:30}] {pos:>6}/{len} ms  {msg}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(format!("{preset}/{}", kind.name()));
-                bar
-            };
-            let mut progress = |p: &CurvePoint, steps: u64| {
-                bar.set_position((p.seconds * 1000.0) as u64);
-                let rate = if p.seconds > 0.0 {
-                    steps as f64 / p.seconds
-                } else {
-                    0.0
-                };
-                bar.set_message(format!("test loss {:.4}  {:.1} steps/s", p.test_loss, rate));
-            };
-            let result = pool
-                .install(|| run_one(kind, hyper, &initial, &prepared, &run_opts, &mut progress))?;
-            if result.failed_saves > 0 {
-                eprintln!(
-                    "natgrad: {preset}/{}: {} checkpoint saves failed; the results are complete",
-                    kind.name(),
-                    result.failed_saves
-                );
+        let dir = out_dir(opts, preset);
+        let mut races = Vec::new();
+        for seed in opts.seed..=opts.seed + (opts.seeds - 1) {
+            let race = race_seed(opts, preset, seed, &data, &pool)?;
+            if !opts.json {
+                print!("{}", crate::app::report::table(&race));
             }
-            bar.finish();
-            runs.push(result);
+            races.push(race);
+            // Written after every seed: an interrupted series keeps what it ran.
+            crate::app::report::write_outputs(&races, &dir)?;
         }
-        let race = RaceResult {
-            preset: preset.clone(),
-            dataset: data.name.clone(),
-            budget_secs: opts.budget_secs,
-            threads: opts.threads,
-            runs,
-        };
-        write_outputs(&race, &dir)?;
         if opts.json {
-            println!("{}", summary_json(&race));
+            println!("{}", crate::app::report::summary_json(&races));
         } else {
-            print!("{}", table(&race));
+            if races.len() > 1 {
+                print!("{}", crate::app::report::seeds_table(&races));
+            }
             println!(
                 "wrote {}/{{curves.csv,race.png,summary.json}}\n",
                 dir.display()
             );
         }
-        results.push(race);
+        results.extend(races);
     }
     Ok(results)
 }
 
+/// A progress bar for one run, or a hidden one with `--quiet`.
+fn progress_bar(opts: &RaceOptions, label: String) -> indicatif::ProgressBar {
+    if opts.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new((opts.budget_secs * 1000.0) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>15} [{bar:30}] {pos:>6}/{len} ms  {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label);
+    bar
+}
+
+/// The progress callback of a run: its bar's position and message.
+fn show(bar: &indicatif::ProgressBar) -> impl FnMut(&CurvePoint, u64) + '_ {
+    move |p: &CurvePoint, steps: u64| {
+        bar.set_position((p.seconds * 1000.0) as u64);
+        let rate = if p.seconds > 0.0 {
+            steps as f64 / p.seconds
+        } else {
+            0.0
+        };
+        bar.set_message(format!("test loss {:.4}  {:.1} steps/s", p.test_loss, rate));
+    }
+}
+
+/// One race: every optimizer of `opts` on `preset`'s network for `seed`,
+/// under `opts.clock`, on `pool`'s threads.
+fn race_seed(
+    opts: &RaceOptions,
+    preset: &str,
+    seed: u64,
+    data: &Dataset,
+    pool: &rayon::ThreadPool,
+) -> Result<RaceResult, Error> {
+    let initial = network(opts, preset, seed)?;
+    let prepared = prepare_for(opts, data, &initial, preset)?;
+    let par = if opts.threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(opts.threads)
+    };
+    let checkpointing = opts.checkpoint_every_secs.is_some() || opts.resume;
+    let bars = indicatif::MultiProgress::new();
+    if opts.quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut plans = Vec::new();
+    for &kind in &opts.kinds {
+        let seed_tag = if opts.seeds > 1 {
+            format!(" s{seed}")
+        } else {
+            String::new()
+        };
+        let bar = bars.add(progress_bar(
+            opts,
+            format!("{preset}/{}{seed_tag}", kind.name()),
+        ));
+        let run_opts = RunOptions {
+            budget_secs: opts.budget_secs,
+            eval_every_secs: (opts.budget_secs / 40.0).max(0.05),
+            seed,
+            par,
+            checkpoint: checkpointing.then(|| plan_for(opts, preset, kind, seed)),
+        };
+        plans.push((
+            kind,
+            tuned_for(preset, kind, prepared.train_count)?,
+            run_opts,
+            bar,
+        ));
+    }
+    let runs = pool.install(|| -> Result<Vec<RunResult>, Error> {
+        match opts.clock {
+            Clock::Sequential => plans
+                .iter()
+                .map(|(kind, hyper, run_opts, bar)| {
+                    let r = run_one(*kind, *hyper, &initial, &prepared, run_opts, &mut show(bar));
+                    bar.finish();
+                    r
+                })
+                .collect(),
+            Clock::Interleaved => {
+                let mut runs = plans
+                    .iter()
+                    .map(|(kind, hyper, run_opts, bar)| {
+                        Run::start(*kind, *hyper, &initial, &prepared, run_opts, &mut show(bar))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let slice =
+                    Duration::from_secs_f64(opts.clock.slice_secs(opts.budget_secs).max(1e-3));
+                while runs.iter().any(|r| !r.done()) {
+                    for (run, (_, _, _, bar)) in runs.iter_mut().zip(&plans) {
+                        if !run.done() {
+                            run.advance(slice, &mut show(bar))?;
+                            if run.done() {
+                                bar.finish();
+                            }
+                        }
+                    }
+                }
+                Ok(runs.into_iter().map(Run::finish).collect())
+            }
+        }
+    })?;
+    for r in runs.iter().filter(|r| r.failed_saves > 0) {
+        eprintln!(
+            "natgrad: {preset}/{} seed {seed}: {} checkpoint saves failed; the results are \
+             complete",
+            r.kind.name(),
+            r.failed_saves
+        );
+    }
+    Ok(RaceResult {
+        preset: preset.to_string(),
+        dataset: data.name.clone(),
+        network: initial
+            .sizes()
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("-"),
+        seed,
+        budget_secs: opts.budget_secs,
+        threads: opts.threads,
+        clock: opts.clock,
+        runs,
+    })
+}
+
 /// The checkpoint plan of one run: `DIR/checkpoints/<preset>-<optimizer>.ckpt`
 /// whatever the number of presets raced (the name holds the preset), so that
-/// `--preset paper --resume` finds what `--preset all` saved.
-fn plan_for(opts: &RaceOptions, preset: &str, kind: OptimizerKind) -> CheckpointPlan {
-    let name = format!("{preset}-{}.ckpt", kind.name());
+/// `--preset paper --resume` finds what `--preset all` saved;
+/// `<preset>-<optimizer>-seed<N>.ckpt` when racing several seeds.
+fn plan_for(opts: &RaceOptions, preset: &str, kind: OptimizerKind, seed: u64) -> CheckpointPlan {
+    let name = if opts.seeds > 1 {
+        format!("{preset}-{}-seed{seed}.ckpt", kind.name())
+    } else {
+        format!("{preset}-{}.ckpt", kind.name())
+    };
     CheckpointPlan {
         path: opts.out.join("checkpoints").join(&name),
         legacy_path: Some(opts.out.join(preset).join("checkpoints").join(&name)),
@@ -1166,18 +1619,20 @@ fn check_resumes(opts: &RaceOptions, data: &Dataset) -> Result<(), Error> {
     let mut looked = Vec::new();
     let mut found = 0;
     for preset in &opts.presets {
-        let initial = Mlp::preset(preset, opts.seed)?;
-        for &kind in &opts.kinds {
-            let plan = plan_for(opts, preset, kind);
-            let hyper = tuned_for(preset, kind, data.train.count)?;
-            let b = hyper.batch().min(data.train.count);
-            match plan.existing() {
-                Some(path) => {
-                    let mut opt = hyper.build(&initial, b)?;
-                    load_for_resume(path, &plan, opts.seed, b, &initial, opt.as_mut())?;
-                    found += 1;
+        for seed in opts.seed..=opts.seed + (opts.seeds - 1) {
+            let initial = network(opts, preset, seed)?;
+            for &kind in &opts.kinds {
+                let plan = plan_for(opts, preset, kind, seed);
+                let hyper = tuned_for(preset, kind, data.train.count)?;
+                let b = hyper.batch().min(data.train.count);
+                match plan.existing() {
+                    Some(path) => {
+                        let mut opt = hyper.build(&initial, b)?;
+                        load_for_resume(path, &plan, seed, b, &initial, opt.as_mut())?;
+                        found += 1;
+                    }
+                    None => looked.push(plan),
                 }
-                None => looked.push(plan),
             }
         }
     }
@@ -1208,165 +1663,6 @@ fn check_resumes(opts: &RaceOptions, data: &Dataset) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-fn json_opt(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x.is_finite() => format!("{x:.6}"),
-        _ => "null".into(),
-    }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// `summary.json` of a race, on one line.
-pub fn summary_json(r: &RaceResult) -> String {
-    let runs: Vec<String> = r
-        .runs
-        .iter()
-        .map(|run| {
-            let l = run.last();
-            format!(
-                "{{\"optimizer\": \"{}\", \"batch\": {}, \"steps\": {}, \"examples\": {}, \"final_train_loss\": {}, \"final_test_loss\": {}, \"median_step_ms\": {}, \"failed_steps\": {}}}",
-                run.kind.name(),
-                run.hyper.batch(),
-                l.step,
-                l.examples,
-                json_opt(Some(l.train_loss)),
-                json_opt(Some(l.test_loss)),
-                json_opt(Some(run.median_step_ms)),
-                run.failed_steps
-            )
-        })
-        .collect();
-    let kinds = [
-        OptimizerKind::NaturalGradient,
-        OptimizerKind::Adam,
-        OptimizerKind::Sgd,
-    ];
-    let ttt: Vec<String> = kinds
-        .iter()
-        .map(|&k| format!("\"{}\": {}", k.name(), json_opt(r.time_to_target(k))))
-        .collect();
-    let speed: Vec<String> = kinds[..2]
-        .iter()
-        .map(|&k| format!("\"{}\": {}", k.name(), json_opt(r.speedup_vs_sgd(k))))
-        .collect();
-    format!(
-        "{{\"preset\": {}, \"dataset\": {}, \"budget_secs\": {}, \"threads\": {}, \"runs\": [{}], \"target_loss\": {}, \"time_to_target_secs\": {{{}}}, \"speedup_vs_sgd\": {{{}}}}}",
-        json_str(&r.preset),
-        json_str(&r.dataset),
-        r.budget_secs,
-        r.threads,
-        runs.join(", "),
-        json_opt(r.target_loss()),
-        ttt.join(", "),
-        speed.join(", ")
-    )
-}
-
-/// The terminal table of a race.
-pub fn table(r: &RaceResult) -> String {
-    let mut s = format!(
-        "\n{} on {} ({} s each, {} threads); target = SGD's final test loss {}\n",
-        r.preset,
-        r.dataset,
-        r.budget_secs,
-        r.threads,
-        r.target_loss().map_or("-".into(), |t| format!("{t:.4}"))
-    );
-    s.push_str("optimizer  batch   steps   examples  step ms  train loss  test loss  time to target  speedup\n");
-    for run in &r.runs {
-        let l = run.last();
-        s.push_str(&format!(
-            "{:<9} {:>6} {:>7} {:>10} {:>8.2} {:>11.4} {:>10.4} {:>15} {:>8}\n",
-            run.kind.name(),
-            run.hyper.batch(),
-            l.step,
-            l.examples,
-            run.median_step_ms,
-            l.train_loss,
-            l.test_loss,
-            r.time_to_target(run.kind)
-                .map_or("never".into(), |t| format!("{t:.2} s")),
-            if run.kind == OptimizerKind::Sgd {
-                "1.00x".into()
-            } else {
-                r.speedup_vs_sgd(run.kind)
-                    .map_or("-".into(), |x| format!("{x:.2}x"))
-            }
-        ));
-    }
-    s
-}
-
-fn write_file(path: &std::path::Path, contents: &str) -> Result<(), Error> {
-    crate::app::output::write_atomic(path, contents.as_bytes())
-}
-
-/// Writes `curves.csv`, `race.png` and `summary.json` into `dir`.
-pub fn write_outputs(r: &RaceResult, dir: &std::path::Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut csv = String::from("optimizer,step,examples,seconds,train_loss,test_loss\n");
-    for run in &r.runs {
-        for p in &run.curve {
-            csv.push_str(&format!(
-                "{},{},{},{:.6},{:.6},{:.6}\n",
-                run.kind.name(),
-                p.step,
-                p.examples,
-                p.seconds,
-                p.train_loss,
-                p.test_loss
-            ));
-        }
-    }
-    write_file(&dir.join("curves.csv"), &csv)?;
-    write_file(&dir.join("summary.json"), &(summary_json(r) + "\n"))?;
-    use crate::app::plot::{charts_png, Chart, Series};
-    let series = |x_of: &dyn Fn(&CurvePoint) -> f64| -> Vec<Series> {
-        r.runs
-            .iter()
-            .map(|run| {
-                Series::new(
-                    run.kind.name(),
-                    run.curve.iter().map(|p| (x_of(p), p.test_loss)).collect(),
-                )
-            })
-            .collect()
-    };
-    let charts = [
-        Chart {
-            title: format!("{}: test loss vs training time", r.preset),
-            x_label: "seconds (evaluation excluded)".into(),
-            y_label: "test loss".into(),
-            series: series(&|p| p.seconds),
-            log_y: true,
-        },
-        Chart {
-            title: format!("{}: test loss vs examples seen", r.preset),
-            x_label: "examples seen".into(),
-            y_label: "test loss".into(),
-            series: series(&|p| p.examples as f64),
-            log_y: true,
-        },
-    ];
-    charts_png(&dir.join("race.png"), &charts, 2, (640, 480))
 }
 
 /// Entry point of `natgrad race`.
