@@ -316,13 +316,32 @@ impl Mlp {
         .expect("the deep preset is a valid network")
     }
 
-    /// A preset by name (`"paper"` or `"deep"`).
+    /// The `published` preset: [`Mlp::paper`]'s network initialised as in
+    /// the authors' simulation code (hennequin-lab/bernacchia-nips-2018,
+    /// `lib/network.ml`, `make_random`): weights `N(0, 1 / n_in)`
+    /// ([`Init::ScaledGaussian`] with gain 1), biases zero.
+    pub fn published(seed: u64) -> Mlp {
+        let sizes = [784, 400, 200, 100, 50, 100, 200, 400, 784];
+        let mut acts = vec![Activation::Tanh; 8];
+        acts[7] = Activation::Identity;
+        Mlp::new(
+            &sizes,
+            &acts,
+            Likelihood::Gaussian,
+            Init::ScaledGaussian { gain: 1.0 },
+            seed,
+        )
+        .expect("the published preset is a valid network")
+    }
+
+    /// A preset by name (`"paper"`, `"deep"` or `"published"`).
     pub fn preset(name: &str, seed: u64) -> Result<Mlp, Error> {
         match name {
             "paper" => Ok(Mlp::paper(seed)),
             "deep" => Ok(Mlp::deep(seed)),
+            "published" => Ok(Mlp::published(seed)),
             _ => Err(Error::InvalidConfig(format!(
-                "unknown preset {name:?}; expected \"paper\" or \"deep\""
+                "unknown preset {name:?}; expected \"paper\", \"deep\" or \"published\""
             ))),
         }
     }

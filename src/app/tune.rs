@@ -45,6 +45,20 @@ pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
                     )
                 })
             }))
+            // The paper's plain SGD at minibatch 20 (`published`): its step
+            // sizes 0.04, 0.06 and 0.08 as written, and as the authors' code
+            // applies them (`lib/sgd.ml` divides the mean gradient by the
+            // minibatch once more: 0.002, 0.003, 0.004 here); 0.002, 0.04
+            // and 0.08 are in the grid above.
+            .chain([0.003, 0.004, 0.06].map(|lr| {
+                Hyper::Sgd(
+                    20,
+                    SgdConfig {
+                        learning_rate: lr,
+                        ..SgdConfig::default()
+                    },
+                )
+            }))
             .collect(),
         OptimizerKind::Adam => [1e-4, 3e-4, 1e-3, 3e-3]
             .into_iter()
@@ -227,7 +241,7 @@ pub fn fit_validation<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, 
 /// Runs every candidate of `kind` on `preset` and prints one JSON line each.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let usage =
-        "natgrad tune --preset paper|deep --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]";
+        "natgrad tune --preset paper|deep|published --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]";
     let (mut preset, mut kind, mut budget, mut dir, mut filter) = (None, None, 20.0, None, None);
     let mut seed = 1u64;
     if args.iter().any(|a| a == "-h" || a == "--help") {
