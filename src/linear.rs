@@ -180,6 +180,9 @@ mod dense;
 mod experiment;
 mod fisher;
 mod network;
+mod online;
+mod online_report;
+mod online_student;
 mod random;
 
 pub use experiment::{
@@ -196,6 +199,12 @@ pub use network::{
     gradient_descent_step, is_exact_profile, psd_pseudoinverse, Damping, DeepLinear,
     LinearNaturalGradient, MatPair, Problem, StepReport, PINV_RCOND,
 };
+pub use online::{
+    authors_gaussian_layers, authors_networks, run_online_experiment, run_online_method,
+    CorrelatedInputs, OnlineConfig, OnlineNetwork, OnlineTask, ONLINE_DIVERGENCE_FACTOR,
+};
+pub use online_report::{OnlineMethod, OnlineNetworkReport, OnlinePoint, OnlineReport, OnlineRun};
+pub use online_student::{LinearStudent, OnlineNaturalGradient, OnlineSgd, OnlineStepReport};
 pub use random::{
     gaussian, isometric_layers, log_spaced, normal, orthogonal, semi_orthogonal, spd_with_spectrum,
     well_conditioned,
