@@ -4,69 +4,7 @@
 //! 20), test error against examples seen and against training time, with
 //! the exact closed form on the population statistics beside them.
 //!
-//! # The settings, and where they come from
-//!
-//! From the authors' simulation code (`hennequin-lab/bernacchia-nips-2018`,
-//! OCaml): `linear.ml` for the experiment, `lib/util.ml` (`cor_noise`) for
-//! the inputs, `lib/network.ml` (`make_random`) for the weights,
-//! `lib/ngd.ml` and `lib/sgd.ml` for the optimizers, `lib/loss.ml` for the
-//! loss:
-//!
-//! - networks ([`authors_networks`]): `NET 1`, 16 layers of width 20 on 20
-//!   inputs; `NET 2`, widening then narrowing, 20 inputs and hidden widths
-//!   30, 40, .., 100, .., 40, 30, output 20; `NET 3`, the bottleneck
-//!   200-80-34-20-10-5-2-5-10-20-34-80-200 (`input_size = 200`);
-//! - inputs ([`CorrelatedInputs::authors`]): `x = Q^T diag(sqrt(lambda)) z`,
-//!   `z` standard normal, `Q` a random orthogonal matrix,
-//!   `lambda_i = epsilon + exp(-i rank / n)` (`i = 0 .. n-1`) rescaled to sum
-//!   to `sigma^2 n`, with `epsilon = 1e-3`, `sigma = 1`, `rank = 5`: a
-//!   covariance of effective rank about 5, decaying over three decades;
-//! - teacher: a random network of the same profile; targets
-//!   `y = W* x + 0.001 n`, `n` standard normal; the student starts from an
-//!   independent draw of the same distribution; every layer's entries are
-//!   `N(0, 1/fan_in)` ([`authors_gaussian_layers`]);
-//! - a training set of 10000 examples sampled in minibatches (distinct
-//!   examples within a minibatch), a test set of 1000; test error
-//!   `1/2 mean |W x - y|^2` over the test set, recorded every 1000 examples;
-//!   the teacher's own test error is the floor (`test_lb` there,
-//!   `noise_floor` here);
-//! - natural gradient: minibatch 1000, `alpha = 1` divided by the depth,
-//!   one sampled backward pass per step (`n_repeats = 1`), damping `sqrt(g)`
-//!   on each factor with `g` starting at 0.01 and adapted by the
-//!   Levenberg-Marquardt rule (`` `Levenberg 0.01 ``);
-//! - SGD: minibatch 20, `alpha` in {0.02, 0.04, 0.06, 0.08}.
-//!
-//! Where this module differs, and why:
-//!
-//! - **SGD's step.** `lib/loss.ml`'s `dloss` already divides the output
-//!   error by the minibatch size, and `lib/sgd.ml` divides the gradient by
-//!   it again: the authors' `alpha` is `20x` the step on the gradient of the
-//!   mean loss, `0.001` to `0.004`. Here [`OnlineConfig::sgd_learning_rate`]
-//!   is the step on the mean-loss gradient, `0.01` by default: a sweep on
-//!   the square network at 200k examples (0.002, 0.005, 0.01, 0.02, 0.04)
-//!   found 0.01 the best that is stable on all three networks (docs/linear.md).
-//! - **No biases.** The authors' layers carry biases (initialised at 0,
-//!   trained); the theory, the closed form and this experiment have none
-//!   (inputs and teacher are zero-mean and bias-free, so the trained biases
-//!   stay near 0).
-//! - **The budget.** The authors train for 40 passes over the training set
-//!   (400k examples); the default here is 200k examples per method, so that
-//!   every network and method runs in about a minute on two cores
-//!   ([`OnlineConfig::authors`]); `--examples` sets it.
-//! - **Seconds.** Each method's clock counts only its own training steps
-//!   (minibatch gathering included), evaluation off the clock, as the
-//!   authors' `time_to_remove`. Everything runs on one thread (`Par::Seq`),
-//!   one run after another.
-//!
-//! # The exact closed form
-//!
-//! [`LinearNaturalGradient`] on the population problem (`C` the inputs'
-//! covariance, `S = I`, `W*` the teacher's map) with the same step and the
-//! same Levenberg-Marquardt damping, in f64: the curve the online method
-//! would follow with exact statistics. It consumes no examples; its step `k`
-//! is drawn at `k` natural-gradient minibatches (`1000 k` examples), and its
-//! seconds are its own f64 steps' (eigendecompositions, not the f32
-//! kernels), reported but not comparable with the online methods'.
+//! The settings and where they come from: [`OnlineConfig`].
 
 use std::time::Instant;
 
@@ -110,9 +48,9 @@ impl OnlineNetwork {
 }
 
 /// Steps of the exact closed form in the default run: it reaches the noise
-/// floor within about 30 on every network, and its f64 steps on the
-/// bottleneck's 200-wide factors cost about 30 ms each.
-pub const EXACT_STEPS: usize = 100;
+/// floor within about 30 on the square and wide networks and 90 on the
+/// bottleneck, whose 200-wide factors make an f64 step cost about 30 ms.
+pub const EXACT_STEPS: usize = 150;
 
 /// SGD's step on the square network (see the module docs for the sweep).
 pub const SGD_STEP_SQUARE: f32 = 0.01;
@@ -142,6 +80,73 @@ pub fn authors_networks() -> Vec<OnlineNetwork> {
 }
 
 /// Settings of the online experiment.
+///
+/// # The settings, and where they come from
+///
+/// From the authors' simulation code (`hennequin-lab/bernacchia-nips-2018`,
+/// OCaml): `linear.ml` for the experiment, `lib/util.ml` (`cor_noise`) for
+/// the inputs, `lib/network.ml` (`make_random`) for the weights,
+/// `lib/ngd.ml` and `lib/sgd.ml` for the optimizers, `lib/loss.ml` for the
+/// loss:
+///
+/// - networks ([`authors_networks`]): `NET 1`, 16 layers of width 20 on 20
+///   inputs; `NET 2`, widening then narrowing, 20 inputs and hidden widths
+///   30, 40, .., 100, .., 40, 30, output 20; `NET 3`, the bottleneck
+///   200-80-34-20-10-5-2-5-10-20-34-80-200 (`input_size = 200`);
+/// - inputs ([`CorrelatedInputs::authors`]): `x = Q^T diag(sqrt(lambda)) z`,
+///   `z` standard normal, `Q` a random orthogonal matrix,
+///   `lambda_i = epsilon + exp(-i rank / n)` (`i = 0 .. n-1`) rescaled to sum
+///   to `sigma^2 n`, with `epsilon = 1e-3`, `sigma = 1`, `rank = 5`: a
+///   covariance of effective rank about 5, decaying over two decades;
+/// - teacher: a random network of the same profile; targets
+///   `y = W* x + 0.001 n`, `n` standard normal; the student starts from an
+///   independent draw of the same distribution; every layer's entries are
+///   `N(0, 1/fan_in)` ([`authors_gaussian_layers`]);
+/// - a training set of 10000 examples sampled in minibatches (distinct
+///   examples within a minibatch), a test set of 1000; test error
+///   `1/2 mean |W x - y|^2` over the test set, recorded every 1000 examples;
+///   the teacher's own test error is the floor (`test_lb` there,
+///   `noise_floor` here);
+/// - natural gradient: minibatch 1000, `alpha = 1` divided by the depth,
+///   one sampled backward pass per step (`n_repeats = 1`), damping `sqrt(g)`
+///   on each factor with `g` starting at 0.01 and adapted by the
+///   Levenberg-Marquardt rule (`` `Levenberg 0.01 ``);
+/// - SGD: minibatch 20, `alpha` in {0.02, 0.04, 0.06, 0.08}.
+///
+/// Where this module differs, and why:
+///
+/// - **SGD's step.** `lib/loss.ml`'s `dloss` already divides the output
+///   error by the minibatch size, and `lib/sgd.ml` divides the gradient by
+///   it again: the authors' `alpha` is `20x` the step on the gradient of the
+///   mean loss, `0.001` to `0.004`. Here [`OnlineNetwork::sgd_learning_rate`]
+///   is the step on the mean-loss gradient, per network the largest of
+///   0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04 that did not diverge in a
+///   200k-example sweep (each larger one did; the largest stable step also
+///   had the lowest final test error): [`SGD_STEP_SQUARE`] 0.01,
+///   [`SGD_STEP_WIDE`] 0.005, [`SGD_STEP_BOTTLENECK`] 0.002. SGD runs at
+///   the edge of its stability, where the authors' steps were 2.5 to 10
+///   times smaller.
+/// - **No biases.** The authors' layers carry biases (initialised at 0,
+///   trained); the theory, the closed form and this experiment have none
+///   (inputs and teacher are zero-mean and bias-free, so the trained biases
+///   stay near 0).
+/// - **The closed form's length.** [`EXACT_STEPS`] (150) steps in the
+///   default run: it is at the noise floor after about 30 on the square and
+///   wide networks and 90 on the bottleneck.
+/// - **Seconds.** Each method's clock counts only its own training steps
+///   (minibatch gathering included), evaluation off the clock, as the
+///   authors' `time_to_remove`. Everything runs on one thread (`Par::Seq`),
+///   one run after another.
+///
+/// # The exact closed form
+///
+/// [`LinearNaturalGradient`] on the population problem (`C` the inputs'
+/// covariance, `S = I`, `W*` the teacher's map) with the same step and the
+/// same Levenberg-Marquardt damping, in f64: the curve the online method
+/// would follow with exact statistics. It consumes no examples; its step `k`
+/// is drawn at `k` natural-gradient minibatches (`1000 k` examples), and its
+/// seconds are its own f64 steps' (eigendecompositions, not the f32
+/// kernels), reported but not comparable with the online methods'.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OnlineConfig {
     /// The networks, each trained by every method.
@@ -177,9 +182,10 @@ pub struct OnlineConfig {
 }
 
 impl OnlineConfig {
-    /// The authors' settings on their three networks, at the default budget
-    /// of 200k examples per method (theirs: 400k) and SGD's step 0.01 (see
-    /// the module docs).
+    /// The authors' settings on their three networks: 400k examples per
+    /// method (40 passes over the training set), SGD's steps from the sweep
+    /// and 150 steps of the closed form (see the module docs). About 25 s of
+    /// training on one core.
     pub fn authors() -> OnlineConfig {
         OnlineConfig {
             networks: authors_networks(),

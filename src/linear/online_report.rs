@@ -161,6 +161,12 @@ fn opt_json(v: Option<f64>) -> String {
     v.map_or("null".into(), json_f64)
 }
 
+/// An f32 setting as the decimal it was written as (0.01, not
+/// 0.009999999776482582).
+fn f32_json(x: f32) -> String {
+    json_f64(x.to_string().parse::<f64>().unwrap_or(x as f64))
+}
+
 impl OnlineReport {
     /// The curves as CSV: `network,method,step,examples,seconds,test_error`.
     pub fn csv(&self) -> String {
@@ -222,7 +228,7 @@ impl OnlineReport {
                     "{{\"network\": \"{}\", \"widths\": [{}], \"sgd_learning_rate\": {}, \"noise_floor\": {}, \"target_test_error\": {}, \"runs\": [{}]}}",
                     n.network,
                     widths.join(", "),
-                    json_f64(n.sgd_learning_rate as f64),
+                    f32_json(n.sgd_learning_rate),
                     json_f64(n.noise_floor),
                     opt_json(n.target()),
                     runs.join(", ")
@@ -236,8 +242,8 @@ impl OnlineReport {
             c.test_size,
             c.ng_batch,
             c.sgd_batch,
-            json_f64(c.ng_eta as f64),
-            json_f64(c.ng_initial_damping as f64),
+            f32_json(c.ng_eta),
+            f32_json(c.ng_initial_damping),
             c.seed,
             networks.join(", ")
         )
