@@ -8,6 +8,8 @@ USAGE:
     natgrad [race] [OPTIONS]        NG vs SGD vs Adam autoencoder race (default)
     natgrad linear [--out DIR] [--json]
                                     exact natural gradient of deep linear networks
+    natgrad linear --online [--out DIR] [--examples N] [--json]
+                                    the same networks trained online: NG vs SGD
     natgrad tune --preset P --optimizer K [--budget SECS]
                                     the hyperparameter search behind the race
     natgrad bench kernels --quick --json

@@ -14,10 +14,16 @@ const USAGE: &str = "natgrad linear [--out DIR] [--json] [--quick]
     Runs the deep-linear natural-gradient experiment (docs/math.md section 1).
     --out DIR   where to write linear.csv and linear.png (default linear-out/)
     --json      print one JSON line per run and per brute-force Fisher check
-    --quick     the reduced experiment of the test suite (no bottleneck)";
+    --quick     the reduced experiment of the test suite (no bottleneck)
+natgrad linear --online [--out DIR] [--examples N] [--json] [--quick]
+    The paper's simulations online: natural gradient vs SGD from a training
+    set, test error against time and examples (`linear --online --help`).";
 
 /// Entry point of `natgrad linear`.
 pub fn cli_main(args: &[String]) -> Result<(), crate::Error> {
+    if args.iter().any(|a| a == "--online") {
+        return crate::app::linear_online::cli_main(args);
+    }
     let mut out = PathBuf::from("linear-out");
     let mut json = false;
     let mut quick = false;

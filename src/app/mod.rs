@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cli;
 pub mod linear;
+pub mod linear_online;
 #[cfg(feature = "mpi")]
 pub mod mpi_train;
 pub mod output;
