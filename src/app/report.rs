@@ -300,7 +300,12 @@ pub fn seeds_table(races: &[RaceResult]) -> String {
             f.kind.name(),
             spread_text(Some(f.final_test_loss), &|x| format!("{x:.2}")),
             spread_text(f.time_to_target, &secs),
-            spread_text(f.speedup, &|x| format!("{x:.2}x"))
+            // (0 is a run that never reached SGD's final loss.)
+            spread_text(f.speedup, &|x| if x > 0.0 {
+                format!("{x:.2}x")
+            } else {
+                "never".into()
+            })
         ));
     }
     s
