@@ -285,17 +285,16 @@ impl Mlp {
     /// The `paper` preset (docs/math.md section 2.5): 784-400-200-100-50-100-200-400-784,
     /// tanh on every hidden layer, linear output, Gaussian likelihood (squared loss).
     pub fn paper(seed: u64) -> Mlp {
+        Mlp::paper_network(Init::GlorotUniform, seed)
+    }
+
+    /// The `paper` and `published` presets' network with the given initialisation.
+    fn paper_network(init: Init, seed: u64) -> Mlp {
         let sizes = [784, 400, 200, 100, 50, 100, 200, 400, 784];
         let mut acts = vec![Activation::Tanh; 8];
         acts[7] = Activation::Identity;
-        Mlp::new(
-            &sizes,
-            &acts,
-            Likelihood::Gaussian,
-            Init::GlorotUniform,
-            seed,
-        )
-        .expect("the paper preset is a valid network")
+        Mlp::new(&sizes, &acts, Likelihood::Gaussian, init, seed)
+            .expect("the paper network is valid with either initialisation")
     }
 
     /// The `deep` preset (Hinton & Salakhutdinov 2006, the K-FAC MNIST benchmark):
@@ -321,17 +320,7 @@ impl Mlp {
     /// `lib/network.ml`, `make_random`): weights `N(0, 1 / n_in)`
     /// ([`Init::ScaledGaussian`] with gain 1), biases zero.
     pub fn published(seed: u64) -> Mlp {
-        let sizes = [784, 400, 200, 100, 50, 100, 200, 400, 784];
-        let mut acts = vec![Activation::Tanh; 8];
-        acts[7] = Activation::Identity;
-        Mlp::new(
-            &sizes,
-            &acts,
-            Likelihood::Gaussian,
-            Init::ScaledGaussian { gain: 1.0 },
-            seed,
-        )
-        .expect("the published preset is a valid network")
+        Mlp::paper_network(Init::ScaledGaussian { gain: 1.0 }, seed)
     }
 
     /// A preset by name (`"paper"`, `"deep"` or `"published"`).

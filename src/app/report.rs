@@ -30,14 +30,9 @@ impl Spread {
         if values.is_empty() || values.iter().any(|v| v.is_nan()) {
             return None;
         }
-        values.sort_by(|a, b| a.total_cmp(b));
+        // `median` sorts `values`; an infinite middle pair averages to infinity.
+        let median = crate::app::bench::median(&mut values);
         let n = values.len();
-        // (Equal middles, infinite ones included, are their own median.)
-        let median = if n % 2 == 1 || values[n / 2 - 1] == values[n / 2] {
-            values[n / 2]
-        } else {
-            0.5 * (values[n / 2 - 1] + values[n / 2])
-        };
         Some(Spread {
             median,
             min: values[0],
