@@ -668,7 +668,37 @@ pub fn gemm_fused_with_isa(
             detail: format!("alpha ({alpha}) and beta ({beta}) must be finite"),
         });
     }
-    let raw_epilogue = match epilogue {
+    let epilogue = raw_epilogue(epilogue, m, n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let req = gemm_scratch(m, n, k, par);
+    if !stack.can_hold(req) {
+        return Err(Error::InvalidArgument {
+            op: "gemm",
+            detail: format!(
+                "scratch holds {} bytes, gemm_scratch({m}, {n}, {k}, ..) asks for {} bytes",
+                stack.len_bytes(),
+                req.unaligned_bytes_required()
+            ),
+        });
+    }
+    let driver = Driver::new(isa, c, beta, a, b, alpha, epilogue, par);
+    let (scratch, _) = stack.make_aligned_uninit::<f32>(driver.scratch_len(), ALIGN);
+    let (claims, scratch) = scratch.split_at_mut(claims_len(driver.tasks));
+    let (a_scratch, b_scratch) = scratch.split_at_mut(driver.tasks * driver.a_len);
+    driver.split_n(Scratch {
+        claims,
+        a: a_scratch,
+        b: b_scratch,
+    });
+    Ok(())
+}
+
+/// Checks `epilogue`'s operands against `C` (`m x n`) and turns it into raw
+/// parts for the worker threads.
+fn raw_epilogue(epilogue: Epilogue<'_>, m: usize, n: usize) -> Result<RawEpilogue, Error> {
+    Ok(match epilogue {
         Epilogue::None => RawEpilogue::None,
         Epilogue::BiasActivation { bias, activation } => {
             if let Some(bias) = bias {
@@ -691,240 +721,274 @@ pub fn gemm_fused_with_isa(
             })?;
             RawEpilogue::ActivationDerivative {
                 activation,
-                output: RawMat {
-                    ptr: output.as_ptr(),
-                    rs: output.row_stride(),
-                    cs: output.col_stride(),
-                },
+                output: RawMat::from_ref(output),
             }
         }
-    };
-    if m == 0 || n == 0 {
-        return Ok(());
+    })
+}
+
+/// The scratch of one call: the claim cells of the dynamic split, one packed
+/// `A` buffer per thread (`a_len` floats each), the shared packed `B` block.
+struct Scratch<'s> {
+    claims: &'s mut [MaybeUninit<f32>],
+    a: &'s mut [MaybeUninit<f32>],
+    b: &'s mut [MaybeUninit<f32>],
+}
+
+/// One checked GEMM call in raw parts, and its blocking: what every loop
+/// level reads. The loops, outermost first (the names of BLIS and
+/// matrixmultiply):
+///
+/// * LOOP 5, [`Driver::split_n`]: `n` into column blocks of at most [`NC`];
+/// * the split between threads of a column block, dynamic
+///   ([`Driver::share_column_block`]) or static
+///   ([`Driver::split_column_block`]), into rectangles of register tiles;
+/// * LOOP 4, [`Driver::split_k`]: `k` into depth blocks of `kc` (at most
+///   [`KC`]), packing each `B` block ([`Driver::pack_b_block`]) unless `B`
+///   is read in place;
+/// * LOOP 3, [`Driver::split_m`]: a rectangle's rows into blocks of at most
+///   [`mc_for`]`(kc)`, each packed `A` block multiplied by
+///   [`Driver::multiply_row_block`];
+/// * LOOP 2 (`n` into `NR`-column panels, `microkernel::compute_block`) and
+///   LOOP 1 (a panel's `MR`-row tiles, `microkernel::column_panel`), around
+///   the microkernel, with the epilogue fused into the last depth block's
+///   store.
+struct Driver {
+    isa: Isa,
+    m: usize,
+    n: usize,
+    /// The inner dimension the product is formed over: `k`, or 0 when
+    /// `alpha == 0` (`A` and `B` are then not read).
+    k: usize,
+    /// Depth block for `k` ([`kc_for`]), and the one the buffers are sized
+    /// for (the call's own `k`, even when the product is not formed).
+    kc: usize,
+    kc_buf: usize,
+    mr: usize,
+    nr: usize,
+    tiles_m: usize,
+    tasks: usize,
+    /// Floats of each thread's packed-`A` buffer.
+    a_len: usize,
+    a: RawMat,
+    b: RawMat,
+    c: RawMatMut,
+    alpha: f32,
+    beta: f32,
+    epilogue: RawEpilogue,
+    /// `B` is read in place (unit row stride), not packed.
+    b_direct: bool,
+    /// The column blocks are shared dynamically ([`UnitGrid`], [`Claims`]).
+    dynamic: bool,
+}
+
+impl Driver {
+    /// The driver of a checked call (non-empty `C`, finite scalars).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        isa: Isa,
+        c: MatMut<'_, f32>,
+        beta: f32,
+        a: MatRef<'_, f32>,
+        b: MatRef<'_, f32>,
+        alpha: f32,
+        epilogue: RawEpilogue,
+        par: Par,
+    ) -> Driver {
+        let (m, n, k) = (c.nrows(), c.ncols(), a.ncols());
+        // With alpha == 0 or k == 0 the product is not formed (A and B are
+        // not read, so Inf/NaN there does not leak into C); the blocks then
+        // run with kc = 0 and only scale C and apply the epilogue.
+        let k_eff = if alpha == 0.0 { 0 } else { k };
+        let alpha = if k_eff == 0 { 0.0 } else { alpha };
+        let tasks = threads_for(par, m, n, k);
+        let (mr, nr) = register_tile(isa);
+        let tiles_m = div_ceil(m, mr);
+        // Buffers and grids are sized for the call's own k (k_eff may be 0).
+        let kc_buf = kc_for(k);
+        // Dynamic sharing (see DYNAMIC_MIN_MACS) or the static split.
+        let dynamic = tasks > 1
+            && m.saturating_mul(n).saturating_mul(k_eff) >= DYNAMIC_MIN_MACS
+            && div_ceil(n.min(NC), nr) >= UNITS_PER_THREAD * tasks;
+        // B with unit row stride is read in place by the microkernel (its
+        // columns give the broadcasts; an 8-column panel of KC steps, 32 KiB
+        // at KC = 1024, mostly stays in the 48 KiB L1), saving the packing
+        // pass. A is packed (except in a block of one column panel, which
+        // would not read the packed copy again): read in place, a row
+        // panel's columns lie a leading dimension apart and, for leading
+        // dimensions near multiples of 4 KiB, collide in the same L1 sets
+        // (measured: 1024^3 fell from ~99 to ~74 GFLOP/s on one thread). A
+        // column-major A is packed by the block's first column panel as it
+        // multiplies (`BlockJob::a_src`): 1-2% faster on one thread than a
+        // packing pass, which ran at the speed of the L3 and cost 5-8% of
+        // the time at the `deep` shapes.
+        let b_direct = b.row_stride() == 1;
+        Driver {
+            isa,
+            m,
+            n,
+            k: k_eff,
+            kc: kc_for(k_eff),
+            kc_buf,
+            mr,
+            nr,
+            tiles_m,
+            tasks,
+            a_len: a_len_for(tasks, tiles_m, kc_buf, mr),
+            a: RawMat::from_ref(a),
+            b: RawMat::from_ref(b),
+            c: RawMatMut::from_mut(c),
+            alpha,
+            beta,
+            epilogue,
+            b_direct,
+            dynamic,
+        }
     }
-    let req = gemm_scratch(m, n, k, par);
-    if !stack.can_hold(req) {
-        return Err(Error::InvalidArgument {
-            op: "gemm",
-            detail: format!(
-                "scratch holds {} bytes, gemm_scratch({m}, {n}, {k}, ..) asks for {} bytes",
-                stack.len_bytes(),
-                req.unaligned_bytes_required()
-            ),
+
+    /// Floats of scratch the call takes (at most [`gemm_scratch`]).
+    fn scratch_len(&self) -> usize {
+        claims_len(self.tasks) + self.tasks * self.a_len + b_block_len(self.n, self.kc_buf)
+    }
+
+    /// LOOP 5: split `n` into column blocks of at most [`NC`], each shared
+    /// between the threads dynamically or split statically.
+    fn split_n(&self, mut scratch: Scratch<'_>) {
+        let mut j0 = 0;
+        while j0 < self.n {
+            let nc = NC.min(self.n - j0);
+            let panels_n = div_ceil(nc, self.nr);
+            // (More units than the claim cells count is not reached by any
+            // product that fits in memory; it would take the static split.)
+            let grid = self
+                .dynamic
+                .then(|| {
+                    UnitGrid::new(
+                        self.tasks,
+                        self.tiles_m,
+                        panels_n,
+                        self.kc_buf,
+                        self.mr,
+                        self.nr,
+                    )
+                })
+                .filter(|grid| u32::try_from(grid.units()).is_ok());
+            match grid {
+                Some(grid) => self.share_column_block(grid, j0, &mut scratch),
+                None => self.split_column_block(panels_n, j0, &mut scratch),
+            }
+            j0 += nc;
+        }
+    }
+
+    /// The dynamic split of the column block at `j0`: per depth block (units
+    /// are claimed per block, so a block's tiles are done before the next
+    /// block adds to them), the threads claim units of `grid` ([`Claims`]).
+    fn share_column_block(&self, grid: UnitGrid, j0: usize, scratch: &mut Scratch<'_>) {
+        self.split_k(|p0| {
+            if !self.b_direct {
+                self.pack_b_block(scratch.b, j0, p0);
+            }
+            let b_base = SendPtr(scratch.b.as_ptr() as *const f32);
+            let claims = Claims::new(scratch.claims, self.tasks, grid.units());
+            self.for_each_task(scratch.a, &|tid, a_buf| {
+                // The row block whose A the buffer holds.
+                let mut packed = None;
+                let mut count = 0;
+                let mut run = |unit: usize| {
+                    let row_block = unit / grid.groups;
+                    let reuse = packed == Some(row_block);
+                    packed = Some(row_block);
+                    let rect = TileRect {
+                        tiles: grid.row_tiles(row_block),
+                        panels: grid.panels(unit % grid.groups),
+                    };
+                    self.split_m(rect, a_buf, (j0, p0), b_base, reuse, grid.groups > 1);
+                    count += 1;
+                };
+                while let Some(unit) = claims.take_own(tid) {
+                    run(unit);
+                }
+                while let Some(unit) = claims.steal(tid) {
+                    run(unit);
+                }
+                claims.finish(count);
+            });
         });
     }
-    // With alpha == 0 or k == 0 the product is not formed (A and B are not
-    // read, so Inf/NaN there does not leak into C); the blocks then run with
-    // kc = 0 and only scale C and apply the epilogue.
-    let k_eff = if alpha == 0.0 { 0 } else { k };
-    let alpha = if k_eff == 0 { 0.0 } else { alpha };
-    let tasks = threads_for(par, m, n, k);
-    let (mr, nr) = register_tile(isa);
-    let tiles_m = div_ceil(m, mr);
-    let kc = kc_for(k_eff);
-    // Buffers and grids are sized for the call's own k (k_eff may be 0).
-    let kc_buf = kc_for(k);
-    let a_len = a_len_for(tasks, tiles_m, kc_buf, mr);
-    let (scratch, _) = stack.make_aligned_uninit::<f32>(
-        claims_len(tasks) + tasks * a_len + b_block_len(n, kc_buf),
-        ALIGN,
-    );
-    let (claim_scratch, scratch) = scratch.split_at_mut(claims_len(tasks));
-    let (a_scratch, b_scratch) = scratch.split_at_mut(tasks * a_len);
-    // Dynamic sharing (see DYNAMIC_MIN_MACS) or the static split.
-    let dynamic = tasks > 1
-        && m.saturating_mul(n).saturating_mul(k_eff) >= DYNAMIC_MIN_MACS
-        && div_ceil(n.min(NC), nr) >= UNITS_PER_THREAD * tasks;
 
-    let a = RawMat {
-        ptr: a.as_ptr(),
-        rs: a.row_stride(),
-        cs: a.col_stride(),
-    };
-    let b = RawMat {
-        ptr: b.as_ptr(),
-        rs: b.row_stride(),
-        cs: b.col_stride(),
-    };
-    let c = RawMatMut {
-        ptr: c.as_ptr_mut(),
-        rs: c.row_stride(),
-        cs: c.col_stride(),
-    };
-    // B with unit row stride is read in place by the microkernel (its columns
-    // give the broadcasts; an 8-column panel of KC steps, 32 KiB at KC =
-    // 1024, mostly stays in the 48 KiB L1), saving the packing pass. A is
-    // packed (except in a block of one column panel, which would not read
-    // the packed copy again): read in place, a row panel's
-    // columns lie a leading dimension apart and, for leading dimensions near
-    // multiples of 4 KiB, collide in the same L1 sets (measured: 1024^3 fell
-    // from ~99 to ~74 GFLOP/s on one thread). A column-major A is packed by
-    // the block's first column panel as it multiplies (`BlockJob::a_src`):
-    // 1-2% faster on one thread than a packing pass, which ran at the speed
-    // of the L3 and cost 5-8% of the time at the `deep` shapes.
-    let b_direct = b.rs == 1;
+    /// The static split of the column block at `j0` (`panels_n` column
+    /// panels): thread `tid` takes its run of equal cost ([`linear_rects`]).
+    fn split_column_block(&self, panels_n: usize, j0: usize, scratch: &mut Scratch<'_>) {
+        let cost = TileCost::new(self.m, self.mr, lanes(self.isa));
+        let work = |tid: usize, a_buf: &mut [MaybeUninit<f32>], p0: usize, b_base: SendPtr| {
+            for rect in linear_rects(self.tiles_m, panels_n, cost, self.tasks, tid) {
+                self.split_m(rect, a_buf, (j0, p0), b_base, false, false);
+            }
+        };
+        if self.b_direct {
+            // Nothing is shared between threads: each owns its tiles of C
+            // for the whole inner dimension, so one parallel region (no
+            // barrier per KC block, and a stolen task carries all its blocks).
+            let unused = SendPtr(std::ptr::null());
+            self.for_each_task(scratch.a, &|tid, a_buf| {
+                self.split_k(|p0| work(tid, a_buf, p0, unused))
+            });
+        } else {
+            self.split_k(|p0| {
+                self.pack_b_block(scratch.b, j0, p0);
+                let b_base = SendPtr(scratch.b.as_ptr() as *const f32);
+                self.for_each_task(scratch.a, &|tid, a_buf| work(tid, a_buf, p0, b_base));
+            });
+        }
+    }
 
-    // One rectangle of register tiles of the block of C at columns j0.. and
-    // inner steps p0..: pack its rows of A (unless `reuse`: the buffer holds
-    // them, and they are one A block), run the microkernels. `b_base` is the
-    // packed B block of these (j0, p0) when B is not read in place. The
-    // packed A is stored for later column panels when the rectangle has
-    // some, or when `store` says later rectangles read it.
-    let rect_work = |rect: TileRect,
-                     a_buf: &mut [MaybeUninit<f32>],
-                     (j0, p0): (usize, usize),
-                     b_base: SendPtr,
-                     reuse: bool,
-                     store: bool| {
-        let nc = NC.min(n - j0);
-        let kcb = kc.min(k_eff - p0);
-        let first = p0 == 0;
-        let last = p0 + kcb == k_eff;
-        let panel_len = nr * kcb;
-        let TileRect {
-            tiles: (tile0, tile1),
-            panels: (panel0, panel1),
-        } = rect;
-        if tile0 == tile1 || panel0 == panel1 {
-            return;
+    /// LOOP 4: split `k` into depth blocks of `kc`; `each(p0)` for the
+    /// block starting at inner step `p0` (once, with `p0 = 0`, when the
+    /// product is not formed).
+    #[inline(always)]
+    fn split_k(&self, mut each: impl FnMut(usize)) {
+        let mut p0 = 0;
+        loop {
+            each(p0);
+            p0 += self.kc.min(self.k - p0);
+            if p0 >= self.k {
+                break;
+            }
         }
-        let row_begin = tile0 * mr;
-        let row_end = (tile1 * mr).min(m);
-        let col_begin = panel0 * nr;
-        let col_end = (panel1 * nr).min(nc);
-        let rows = row_end - row_begin;
-        let blocks = div_ceil(rows, mc_for(kc));
-        debug_assert!(!reuse || blocks == 1);
-        let mc_max = round_up(div_ceil(rows, blocks), mr);
-        let mut i0 = row_begin;
-        while i0 < row_end {
-            let mc = mc_max.min(row_end - i0);
-            let full = mc / mr;
-            let mut a_src = std::ptr::null();
-            let (a_first, a_panel, a_step, a_edge) = if kcb == 0 {
-                (
-                    std::ptr::NonNull::dangling().as_ptr() as *const f32,
-                    0,
-                    0,
-                    a_buf.as_ptr() as *const f32,
-                )
-            } else {
-                if !reuse && a.rs == 1 {
-                    // Column-major A: the first column panel packs it while
-                    // multiplying (see `BlockJob::a_src`), no pass of its own.
-                    // SAFETY: (i0, p0) is inside A (i0 < m, p0 < k).
-                    a_src = unsafe { a.at(i0, p0) };
-                } else if !reuse {
-                    // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and
-                    // `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats
-                    // (mc is a multiple of mr, at most mc_for(kc) and the
-                    // thread's rows; kcb <= kc_for(k); see `a_len_for`).
-                    let op = unsafe {
-                        pack::PackA::new(a_buf.as_mut_ptr() as *mut f32, a, (i0, mc), (p0, kcb), mr)
-                    };
-                    // The ISA was checked available above, so dispatch cannot fail.
-                    let _ = dispatch(isa, op);
-                }
-                let base = a_buf.as_ptr() as *const f32;
-                // SAFETY: the edge panel (if any) follows the `full` full
-                // panels inside `a_buf` (see above).
-                (base, (mr * kcb) as isize, mr as isize, unsafe {
-                    base.add(full * mr * kcb)
-                })
-            };
-            let (b_first, b_panel, b_step, b_col) = if kcb == 0 {
-                (
-                    std::ptr::NonNull::dangling().as_ptr() as *const f32,
-                    0,
-                    0,
-                    0,
-                )
-            } else if b_direct {
-                // SAFETY: (p0, j0 + col_begin) is inside B.
-                (
-                    unsafe { b.at(p0, j0 + col_begin) },
-                    nr as isize * b.cs,
-                    1,
-                    b.cs,
-                )
-            } else {
-                // SAFETY: panel `panel0` of the packed B block exists.
-                (
-                    unsafe { b_base.get().add(panel0 * panel_len) },
-                    panel_len as isize,
-                    nr as isize,
-                    1,
-                )
-            };
-            let job = BlockJob {
-                a: a_first,
-                a_panel,
-                a_step,
-                a_edge,
-                a_src,
-                a_src_cs: a.cs,
-                a_store: store || col_end - col_begin > nr,
-                b: b_first,
-                b_panel,
-                b_step,
-                b_col,
-                kc: kcb,
-                mr,
-                nr,
-                i0,
-                mc,
-                j0: j0 + col_begin,
-                nc: col_end - col_begin,
-                c,
-                alpha,
-                beta: if first { beta } else { 1.0 },
-                read_c: !first || beta != 0.0,
-                epilogue: if last {
-                    raw_epilogue
-                } else {
-                    RawEpilogue::None
-                },
-            };
-            // The ISA was checked available above, so dispatch cannot fail.
-            let _ = dispatch(isa, BlockOp { job: &job });
-            i0 += mc;
-        }
-    };
-    // Run `each(tid, a_buf)` for every thread, in parallel when there are several.
-    let for_tasks = |a_scratch: &mut [MaybeUninit<f32>],
-                     each: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)| {
-        if tasks > 1 && a_len == 0 {
+    }
+
+    /// Runs `each(tid, a_buf)` for every thread with its packed-`A` buffer,
+    /// in parallel when there are several.
+    fn for_each_task(
+        &self,
+        a_scratch: &mut [MaybeUninit<f32>],
+        each: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync),
+    ) {
+        if self.tasks > 1 && self.a_len == 0 {
             // k == 0: nothing to pack, the threads only scale C.
-            (0..tasks)
+            (0..self.tasks)
                 .into_par_iter()
                 .with_max_len(1)
                 .for_each(|tid| each(tid, &mut []));
-        } else if tasks > 1 {
+        } else if self.tasks > 1 {
             a_scratch
-                .par_chunks_mut(a_len)
+                .par_chunks_mut(self.a_len)
                 .enumerate()
                 .with_max_len(1)
                 .for_each(|(tid, a_buf)| each(tid, a_buf));
         } else {
             each(0, a_scratch);
         }
-    };
-    // The inner-dimension blocks a column block goes through.
-    let blocks = |f: &mut dyn FnMut(usize)| {
-        let mut p0 = 0;
-        loop {
-            f(p0);
-            p0 += kc.min(k_eff - p0);
-            if p0 >= k_eff {
-                break;
-            }
-        }
-    };
-    // Pack B[p0.., j0..] into the shared buffer, panels split over threads.
-    let pack_b_block = |b_scratch: &mut [MaybeUninit<f32>], j0: usize, p0: usize| {
-        let nc = NC.min(n - j0);
+    }
+
+    /// Packs `B[p0.., j0..]` (one depth block of the column block at `j0`)
+    /// into the shared buffer, its panels split over the threads.
+    fn pack_b_block(&self, b_scratch: &mut [MaybeUninit<f32>], j0: usize, p0: usize) {
+        let nr = self.nr;
+        let nc = NC.min(self.n - j0);
         let panels_n = div_ceil(nc, nr);
-        let kcb = kc.min(k_eff - p0);
+        let kcb = self.kc.min(self.k - p0);
         let panel_len = nr * kcb;
         if kcb == 0 {
             return;
@@ -938,7 +1002,7 @@ pub fn gemm_fused_with_isa(
             unsafe {
                 pack::pack_b(
                     chunk.as_mut_ptr() as *mut f32,
-                    b,
+                    self.b,
                     p0,
                     kcb,
                     j0 + q0 * nr,
@@ -947,8 +1011,8 @@ pub fn gemm_fused_with_isa(
                 )
             };
         };
-        if tasks > 1 && panels_n >= tasks {
-            let per = div_ceil(panels_n, tasks);
+        if self.tasks > 1 && panels_n >= self.tasks {
+            let per = div_ceil(panels_n, self.tasks);
             b_packed
                 .par_chunks_mut(per * panel_len)
                 .enumerate()
@@ -956,84 +1020,227 @@ pub fn gemm_fused_with_isa(
         } else {
             pack_panels(0, b_packed);
         }
-    };
+    }
 
-    let mut j0 = 0;
-    while j0 < n {
-        let nc = NC.min(n - j0);
-        let panels_n = div_ceil(nc, nr);
-        // (More units than the claim cells count is not reached by any
-        // product that fits in memory; it would take the static split.)
-        let grid = dynamic
-            .then(|| UnitGrid::new(tasks, tiles_m, panels_n, kc_buf, mr, nr))
-            .filter(|grid| u32::try_from(grid.units()).is_ok());
-        if let Some(grid) = grid {
-            // Per inner block (units are claimed per block, so a block's
-            // tiles are done before the next block adds to them).
-            blocks(&mut |p0| {
-                if !b_direct {
-                    pack_b_block(b_scratch, j0, p0);
-                }
-                let b_base = SendPtr(b_scratch.as_ptr() as *const f32);
-                let unit_rect = |unit: usize| TileRect {
-                    tiles: grid.row_tiles(unit / grid.groups),
-                    panels: grid.panels(unit % grid.groups),
-                };
-                let claims = Claims::new(claim_scratch, tasks, grid.units());
-                for_tasks(a_scratch, &|tid, a_buf| {
-                    // The row block whose A the buffer holds.
-                    let mut packed = None;
-                    let mut count = 0;
-                    let mut run = |unit: usize| {
-                        let rb = Some(unit / grid.groups);
-                        let reuse = packed == rb;
-                        packed = rb;
-                        rect_work(
-                            unit_rect(unit),
-                            a_buf,
-                            (j0, p0),
-                            b_base,
-                            reuse,
-                            grid.groups > 1,
-                        );
-                        count += 1;
-                    };
-                    while let Some(unit) = claims.take_own(tid) {
-                        run(unit);
-                    }
-                    while let Some(unit) = claims.steal(tid) {
-                        run(unit);
-                    }
-                    claims.finish(count);
-                });
-            });
-        } else {
-            // Static split: thread `tid` takes its run of equal cost.
-            let cost = TileCost::new(m, mr, lanes(isa));
-            let work = |tid: usize, a_buf: &mut [MaybeUninit<f32>], p0: usize, b_base: SendPtr| {
-                for rect in linear_rects(tiles_m, panels_n, cost, tasks, tid) {
-                    rect_work(rect, a_buf, (j0, p0), b_base, false, false);
-                }
+    /// LOOP 3: split the rows of one rectangle of register tiles of the
+    /// block of `C` at columns `j0..` and inner steps `p0..` into packed-`A`
+    /// blocks of at most [`mc_for`]`(kc)` rows, and multiply each by the
+    /// rectangle's column panels. `reuse`: `a_buf` already holds the
+    /// rectangle's rows of `A` (then they are one block). `b_base` is the
+    /// packed `B` block of these `(j0, p0)` when `B` is not read in place.
+    /// The packed `A` is stored for later column panels when the rectangle
+    /// has some, or when `store` says later rectangles read it.
+    fn split_m(
+        &self,
+        rect: TileRect,
+        a_buf: &mut [MaybeUninit<f32>],
+        (j0, p0): (usize, usize),
+        b_base: SendPtr,
+        reuse: bool,
+        store: bool,
+    ) {
+        let TileRect {
+            tiles: (tile0, tile1),
+            panels: (panel0, panel1),
+        } = rect;
+        if tile0 == tile1 || panel0 == panel1 {
+            return;
+        }
+        let row_begin = tile0 * self.mr;
+        let row_end = (tile1 * self.mr).min(self.m);
+        let rows = row_end - row_begin;
+        let blocks = div_ceil(rows, mc_for(self.kc));
+        debug_assert!(!reuse || blocks == 1);
+        let mc_max = round_up(div_ceil(rows, blocks), self.mr);
+        let mut i0 = row_begin;
+        while i0 < row_end {
+            let mc = mc_max.min(row_end - i0);
+            let block = RowBlock {
+                rows: (i0, mc),
+                cols: (j0, panel0, panel1),
+                p0,
+                reuse,
+                store,
             };
-            if b_direct {
-                // Nothing is shared between threads: each owns its tiles of C
-                // for the whole inner dimension, so one parallel region (no
-                // barrier per KC block, and a stolen task carries all its blocks).
-                let unused = SendPtr(std::ptr::null());
-                for_tasks(a_scratch, &|tid, a_buf| {
-                    blocks(&mut |p0| work(tid, a_buf, p0, unused))
-                });
+            self.multiply_row_block(block, a_buf, b_base);
+            i0 += mc;
+        }
+    }
+
+    /// Packs one row block's `A` (or leaves the packing to its first column
+    /// panel, or to an earlier block when `reuse`) and runs LOOPS 2 and 1
+    /// (`microkernel::compute_block`) over its column panels.
+    fn multiply_row_block(&self, block: RowBlock, a_buf: &mut [MaybeUninit<f32>], b_base: SendPtr) {
+        let (mr, nr) = (self.mr, self.nr);
+        let RowBlock {
+            rows: (i0, mc),
+            cols: (j0, panel0, panel1),
+            p0,
+            reuse,
+            store,
+        } = block;
+        let kcb = self.kc.min(self.k - p0);
+        let (first, last) = (p0 == 0, p0 + kcb == self.k);
+        let col_begin = panel0 * nr;
+        let col_end = (panel1 * nr).min(NC.min(self.n - j0));
+        let a = self.a_block(a_buf, (i0, mc), (p0, kcb), reuse);
+        let b = self.b_block(b_base, (j0 + col_begin, panel0), (p0, kcb));
+        let job = BlockJob {
+            a: a.first,
+            a_panel: a.panel,
+            a_step: a.step,
+            a_edge: a.edge,
+            a_src: a.src,
+            a_src_cs: self.a.cs,
+            a_store: store || col_end - col_begin > nr,
+            b: b.first,
+            b_panel: b.panel,
+            b_step: b.step,
+            b_col: b.col,
+            kc: kcb,
+            mr,
+            nr,
+            i0,
+            mc,
+            j0: j0 + col_begin,
+            nc: col_end - col_begin,
+            c: self.c,
+            alpha: self.alpha,
+            beta: if first { self.beta } else { 1.0 },
+            read_c: !first || self.beta != 0.0,
+            epilogue: if last {
+                self.epilogue
             } else {
-                blocks(&mut |p0| {
-                    pack_b_block(b_scratch, j0, p0);
-                    let b_base = SendPtr(b_scratch.as_ptr() as *const f32);
-                    for_tasks(a_scratch, &|tid, a_buf| work(tid, a_buf, p0, b_base));
-                });
+                RawEpilogue::None
+            },
+        };
+        // The ISA was checked available, so dispatch cannot fail.
+        let _ = dispatch(self.isa, BlockOp { job: &job });
+    }
+
+    /// The packed `A` of rows `i0 .. i0 + mc`, inner steps `p0 .. p0 + kcb`:
+    /// packed into `a_buf` now, or (column-major `A`) marked to be packed by
+    /// the first column panel, or (`reuse`) already there.
+    fn a_block(
+        &self,
+        a_buf: &mut [MaybeUninit<f32>],
+        (i0, mc): (usize, usize),
+        (p0, kcb): (usize, usize),
+        reuse: bool,
+    ) -> PanelsA {
+        let mr = self.mr;
+        let base = a_buf.as_ptr() as *const f32;
+        if kcb == 0 {
+            return PanelsA {
+                first: std::ptr::NonNull::dangling().as_ptr(),
+                panel: 0,
+                step: 0,
+                edge: base,
+                src: std::ptr::null(),
+            };
+        }
+        let mut src = std::ptr::null();
+        if !reuse && self.a.rs == 1 {
+            // Column-major A: the first column panel packs it while
+            // multiplying (see `BlockJob::a_src`), no pass of its own.
+            // SAFETY: (i0, p0) is inside A (i0 < m, p0 < k).
+            src = unsafe { self.a.at(i0, p0) };
+        } else if !reuse {
+            // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and `a_buf`
+            // holds a_len >= ceil(mc / mr) mr kcb floats (mc is a multiple of
+            // mr, at most mc_for(kc) and the thread's rows; kcb <= kc_for(k);
+            // see `a_len_for`).
+            let op = unsafe {
+                pack::PackA::new(
+                    a_buf.as_mut_ptr() as *mut f32,
+                    self.a,
+                    (i0, mc),
+                    (p0, kcb),
+                    mr,
+                )
+            };
+            // The ISA was checked available, so dispatch cannot fail.
+            let _ = dispatch(self.isa, op);
+        }
+        PanelsA {
+            first: base,
+            panel: (mr * kcb) as isize,
+            step: mr as isize,
+            // SAFETY: the edge panel (if any) follows the mc / mr full panels
+            // inside `a_buf` (see above).
+            edge: unsafe { base.add(mc / mr * mr * kcb) },
+            src,
+        }
+    }
+
+    /// Where the column panels of `B` from column `j` (panel `panel0` of the
+    /// column block), inner steps `p0 .. p0 + kcb`, are read: `B` itself
+    /// when read in place, else the packed block at `b_base`.
+    fn b_block(
+        &self,
+        b_base: SendPtr,
+        (j, panel0): (usize, usize),
+        (p0, kcb): (usize, usize),
+    ) -> PanelsB {
+        let nr = self.nr;
+        if kcb == 0 {
+            PanelsB {
+                first: std::ptr::NonNull::dangling().as_ptr(),
+                panel: 0,
+                step: 0,
+                col: 0,
+            }
+        } else if self.b_direct {
+            PanelsB {
+                // SAFETY: (p0, j) is inside B.
+                first: unsafe { self.b.at(p0, j) },
+                panel: nr as isize * self.b.cs,
+                step: 1,
+                col: self.b.cs,
+            }
+        } else {
+            let panel_len = nr * kcb;
+            PanelsB {
+                // SAFETY: panel `panel0` of the packed B block exists.
+                first: unsafe { b_base.get().add(panel0 * panel_len) },
+                panel: panel_len as isize,
+                step: nr as isize,
+                col: 1,
             }
         }
-        j0 += nc;
     }
-    Ok(())
+}
+
+/// One row block of [`Driver::split_m`]: rows `(i0, mc)` of `C`, the column
+/// panels `panel0 .. panel1` of the column block at `j0`, the depth block
+/// at `p0`, and whether its `A` is already packed (`reuse`) or is to be kept
+/// for later rectangles (`store`).
+#[derive(Clone, Copy)]
+struct RowBlock {
+    rows: (usize, usize),
+    cols: (usize, usize, usize),
+    p0: usize,
+    reuse: bool,
+    store: bool,
+}
+
+/// The packed `A` of a row block as a [`BlockJob`] reads it (see the
+/// fields `a`, `a_panel`, `a_step`, `a_edge`, `a_src` there).
+struct PanelsA {
+    first: *const f32,
+    panel: isize,
+    step: isize,
+    edge: *const f32,
+    src: *const f32,
+}
+
+/// The `B` of a row block's column panels as a [`BlockJob`] reads it (see
+/// the fields `b`, `b_panel`, `b_step`, `b_col` there).
+struct PanelsB {
+    first: *const f32,
+    panel: isize,
+    step: isize,
+    col: isize,
 }
 
 /// A raw pointer to the packed `B` block, shared read-only by the threads.

@@ -36,6 +36,15 @@ unsafe impl Send for RawMatMut {}
 unsafe impl Sync for RawMatMut {}
 
 impl RawMatMut {
+    /// The raw parts of `m`.
+    pub(crate) fn from_mut(m: crate::MatMut<'_, f32>) -> RawMatMut {
+        RawMatMut {
+            ptr: m.as_ptr_mut(),
+            rs: m.row_stride(),
+            cs: m.col_stride(),
+        }
+    }
+
     /// # Safety
     /// `(i, j)` must lie inside the matrix.
     #[inline(always)]

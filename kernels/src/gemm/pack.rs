@@ -25,6 +25,15 @@ unsafe impl Send for RawMat {}
 unsafe impl Sync for RawMat {}
 
 impl RawMat {
+    /// The raw parts of `m`.
+    pub fn from_ref(m: crate::MatRef<'_, f32>) -> RawMat {
+        RawMat {
+            ptr: m.as_ptr(),
+            rs: m.row_stride(),
+            cs: m.col_stride(),
+        }
+    }
+
     /// Pointer to element `(i, j)`.
     ///
     /// # Safety
