@@ -18,7 +18,7 @@
 //! changes which `gamma` multiplies which product, not the bound.
 
 use crate::error::{check_scratch, check_shape};
-use crate::syrk::packed::{self, Operand};
+use crate::product::{self, Operand};
 use crate::trsm::{self, Mode};
 use crate::{Error, Isa, MatMut, MemStack, Par, StackReq};
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -49,12 +49,12 @@ fn recursive_scratch(n: usize, par: Par) -> StackReq {
     if n <= LEAF {
         return StackReq::EMPTY;
     }
-    let n1 = trsm::split(n);
+    let n1 = crate::blocking::split(n);
     let n2 = n - n1;
     StackReq::any_of(&[
         recursive_scratch(n1, par),
         trsm::triangular_scratch(n1, n2, par),
-        packed::pack_scratch(n2, n2, n1),
+        product::pack_scratch(n2, n2, n1),
         recursive_scratch(n2, par),
     ])
 }
@@ -73,8 +73,8 @@ const PANEL: usize = 48;
 /// panel, one thread) for an `n x n` matrix.
 fn lookahead_side_scratch(n: usize) -> StackReq {
     StackReq::any_of(&[
-        packed::pack_scratch(PANEL, PANEL, PANEL),
-        packed::pack_scratch(n, PANEL, PANEL),
+        product::pack_scratch(PANEL, PANEL, PANEL),
+        product::pack_scratch(n, PANEL, PANEL),
         recursive_scratch(PANEL, Par::Seq),
         trsm::triangular_scratch(PANEL, n, Par::Seq),
     ])
@@ -87,7 +87,7 @@ fn lookahead_scratch(n: usize, par: Par) -> StackReq {
         recursive_scratch(PANEL, par),
         trsm::triangular_scratch(PANEL, n, par),
     ]);
-    let sides = lookahead_side_scratch(n).and(packed::pack_scratch(n, n, PANEL));
+    let sides = lookahead_side_scratch(n).and(product::pack_scratch(n, n, PANEL));
     StackReq::any_of(&[first, sides])
 }
 
@@ -194,7 +194,7 @@ fn factor_lookahead(
         let side_stack = MemStack::new(side_buf);
         let (r_next, ()) = rayon::join(
             || {
-                packed::product(
+                product::product(
                     isa,
                     next_diag.rb_mut(),
                     1.0,
@@ -205,7 +205,7 @@ fn factor_lookahead(
                     Par::Seq,
                     side_stack,
                 );
-                packed::product(
+                product::product(
                     isa,
                     next_below.rb_mut(),
                     1.0,
@@ -219,7 +219,7 @@ fn factor_lookahead(
                 factor_panel(isa, next_diag, next_below, c1, Par::Seq, side_stack)
             },
             || {
-                packed::product(
+                product::product(
                     isa,
                     trailing,
                     1.0,
@@ -263,14 +263,14 @@ fn factor(
 ) -> Result<(), Error> {
     let n = a.nrows();
     if n <= LEAF {
-        return packed::with_isa(isa, || leaf(a, offset));
+        return crate::isa::with_isa(isa, || leaf(a, offset));
     }
     let par = if n < PARALLEL_FACTOR_MIN {
         Par::Seq
     } else {
         par
     };
-    let n1 = trsm::split(n);
+    let n1 = crate::blocking::split(n);
     let (mut a11, _, mut a21, mut a22) = a.split_at_mut(n1, n1);
     factor(isa, a11.rb_mut(), offset, par, stack)?;
     // A21 <- A21 L11^{-T}, i.e. L11 (A21^T) = A21^T.
@@ -283,7 +283,7 @@ fn factor(
         stack,
     );
     // A22 <- A22 - A21 A21^T (lower triangle).
-    packed::product(
+    product::product(
         isa,
         a22.rb_mut(),
         1.0,
@@ -360,8 +360,8 @@ fn use_direct_update(n: usize, k: usize) -> bool {
 pub fn cholesky_update_scratch(n: usize, k: usize, par: Par) -> StackReq {
     StackReq::new_aligned::<f32>(k, 64).and(StackReq::any_of(&[
         StackReq::new::<Step>(k),
-        packed::pack_scratch(n, n, n),
-        packed::pack_scratch(n, n, k),
+        product::pack_scratch(n, n, n),
+        product::pack_scratch(n, n, k),
         cholesky_scratch(n, par),
     ]))
 }
@@ -455,15 +455,15 @@ pub(crate) fn rank_update_rebuild(
     {
         // Packing reads all of L before the product overwrites it.
         let (lo, up) = (Operand::lower(l.rb()), Operand::upper(l.rb().transpose()));
-        let (pk, _) = packed::pack_any(isa, lo, up, true, par, stack);
-        packed::compute(isa, l.rb_mut(), 0.0, 1.0, &pk, true, par);
+        let (pk, _) = product::pack_any(isa, lo, up, true, par, stack);
+        product::compute(isa, l.rb_mut(), 0.0, 1.0, &pk, true, par);
     }
     let ws = Operand {
         mat: w.rb(),
-        shape: packed::Shape::Full,
+        shape: product::Shape::Full,
         col_scale: Some(alpha),
     };
-    packed::product(
+    product::product(
         isa,
         l.rb_mut(),
         1.0,
@@ -608,7 +608,7 @@ pub(crate) fn rank_update_direct(
         alpha: a,
         steps: &mut steps,
     };
-    packed::with_isa(isa, op)
+    crate::isa::with_isa(isa, op)
 }
 
 /// Rows of a column of `L` processed together by [`DirectUpdate`] (enough
@@ -703,20 +703,20 @@ impl pulp::WithSimd for DirectUpdate<'_> {
 /// Scratch needed by [`cholesky_inverse_in_place`] for an `n x n` factor.
 pub fn cholesky_inverse_scratch(n: usize, par: Par) -> StackReq {
     let _ = par;
-    triangular_inverse_scratch(n).or(packed::pack_scratch(n, n, n))
+    triangular_inverse_scratch(n).or(product::pack_scratch(n, n, n))
 }
 
 fn triangular_inverse_scratch(n: usize) -> StackReq {
     if n <= LEAF {
         return StackReq::EMPTY;
     }
-    let n1 = trsm::split(n);
+    let n1 = crate::blocking::split(n);
     let n2 = n - n1;
     StackReq::any_of(&[
         // The two halves may be inverted at the same time.
         triangular_inverse_scratch(n1).and(triangular_inverse_scratch(n2)),
-        packed::pack_scratch(n2, n1, n1),
-        packed::pack_scratch(n2, n1, n2),
+        product::pack_scratch(n2, n1, n1),
+        product::pack_scratch(n2, n1, n2),
     ])
 }
 
@@ -812,7 +812,7 @@ pub fn cholesky_inverse_in_place_with_isa(
     invert_lower(isa, l.rb_mut(), par, stack);
     // X = T^T T: T^T is upper triangular, T lower; lower triangle of X only.
     let t = l.rb();
-    let (p, _) = packed::pack_any(
+    let (p, _) = product::pack_any(
         isa,
         Operand::upper(t.transpose()),
         Operand::lower(t),
@@ -820,7 +820,7 @@ pub fn cholesky_inverse_in_place_with_isa(
         par,
         stack,
     );
-    packed::compute(isa, l.rb_mut(), 0.0, 1.0, &p, true, par);
+    product::compute(isa, l.rb_mut(), 0.0, 1.0, &p, true, par);
     let mut finite = true;
     for j in 0..n {
         for i in j..n {
@@ -848,9 +848,9 @@ const PARALLEL_INVERSE_MIN: usize = 96;
 fn invert_lower(isa: Isa, l: MatMut<'_, f32>, par: Par, stack: &mut MemStack) {
     let n = l.nrows();
     if n <= LEAF {
-        return packed::with_isa(isa, || invert_leaf(l));
+        return crate::isa::with_isa(isa, || invert_leaf(l));
     }
-    let n1 = trsm::split(n);
+    let n1 = crate::blocking::split(n);
     let (mut l11, _, mut l21, mut l22) = l.split_at_mut(n1, n1);
     if par.degree() > 1 && n >= PARALLEL_INVERSE_MIN {
         // The diagonal blocks are independent: invert them at the same time,
@@ -869,11 +869,11 @@ fn invert_lower(isa: Isa, l: MatMut<'_, f32>, par: Par, stack: &mut MemStack) {
     // T21 = -T22 (L21 T11). Both products pack their operands before writing
     // C, so L21 may be overwritten in place.
     let t11 = Operand::lower(l11.rb());
-    let (p, _) = packed::pack(isa, Operand::full(l21.rb()), t11, par, stack);
-    packed::compute(isa, l21.rb_mut(), 0.0, 1.0, &p, false, par);
+    let (p, _) = product::pack(isa, Operand::full(l21.rb()), t11, par, stack);
+    product::compute(isa, l21.rb_mut(), 0.0, 1.0, &p, false, par);
     let t22 = Operand::lower(l22.rb());
-    let (p, _) = packed::pack(isa, t22, Operand::full(l21.rb()), par, stack);
-    packed::compute(isa, l21.rb_mut(), 0.0, -1.0, &p, false, par);
+    let (p, _) = product::pack(isa, t22, Operand::full(l21.rb()), par, stack);
+    product::compute(isa, l21.rb_mut(), 0.0, -1.0, &p, false, par);
 }
 
 /// [`invert_lower`] for at most [`LEAF`] rows, column by column in a local

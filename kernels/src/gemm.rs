@@ -48,26 +48,25 @@
 mod microkernel;
 #[cfg(feature = "openblas")]
 mod openblas;
-mod pack;
 mod vmath;
 
 #[cfg(feature = "openblas")]
 pub use openblas::{openblas_corename, openblas_gemm};
 pub use vmath::activate_slice_with_isa;
 
+pub use crate::blocking::{register_tile, KC};
+
+use crate::blocking::{self, div_ceil, lanes, round_up};
 use crate::error::check_shape;
+use crate::isa::dispatch;
+use crate::pack;
+use crate::raw::{RawMat, RawMatMut, SendPtr};
 use crate::{Activation, Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
-use microkernel::{BlockJob, RawEpilogue, RawMatMut};
-use pack::RawMat;
+use microkernel::{BlockJob, RawEpilogue};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Upper bound on the inner-dimension block (packed panels of `KC` steps).
-/// `C` is read and written once per block, so a large `KC` lets the layers
-/// of the `deep` autoencoder (k = 500, 784, 1000) take one block each; the
-/// packed `A` block then has fewer rows (`mc_for`).
-pub const KC: usize = 1024;
 /// Upper bound on the rows of a packed `A` block (a multiple of every `MR`).
 pub const MC: usize = 384;
 /// Floats in a packed `A` block: `MC x 512` (768 KiB, in the 1 MiB L2 of
@@ -84,50 +83,6 @@ const NR_MAX: usize = 24;
 const ALIGN: usize = 64;
 /// Below this many multiply-adds a call runs on one thread.
 const MIN_PARALLEL_MACS: usize = 1 << 18;
-
-/// The register tile `(MR, NR)` used at instruction set `isa`.
-pub fn register_tile(isa: Isa) -> (usize, usize) {
-    match isa {
-        Isa::Avx512 => (48, 8),
-        Isa::Avx2 => (16, 6),
-        Isa::Scalar => (4, 4),
-    }
-}
-
-/// f32 lanes of a vector at instruction set `isa`.
-fn lanes(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx512 => 16,
-        Isa::Avx2 => 8,
-        Isa::Scalar => 1,
-    }
-}
-
-/// Runs `op` with the SIMD token of `isa`.
-pub(crate) fn dispatch<Op: pulp::WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Error> {
-    use pulp::Simd;
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => pulp::x86::V4::try_new()
-            .map(|s| Simd::vectorize(s, op))
-            .ok_or(Error::IsaUnavailable(isa)),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => pulp::x86::V3::try_new()
-            .map(|s| Simd::vectorize(s, op))
-            .ok_or(Error::IsaUnavailable(isa)),
-        Isa::Scalar => Ok(Simd::vectorize(pulp::Scalar, op)),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => Err(Error::IsaUnavailable(isa)),
-    }
-}
-
-fn div_ceil(a: usize, b: usize) -> usize {
-    a.div_ceil(b)
-}
-
-fn round_up(a: usize, b: usize) -> usize {
-    a.div_ceil(b) * b
-}
 
 /// The inner-dimension block actually used for inner dimension `k`: `k` split
 /// into equal blocks of at most [`KC`].
@@ -162,12 +117,8 @@ fn b_block_len(n: usize, kc: usize) -> usize {
 
 /// The number of threads a call uses.
 fn threads_for(par: Par, m: usize, n: usize, k: usize) -> usize {
-    let t = par.degree().max(1);
-    if t == 1 || m.saturating_mul(n).saturating_mul(k.max(1)) < MIN_PARALLEL_MACS {
-        1
-    } else {
-        t
-    }
+    let macs = m.saturating_mul(n).saturating_mul(k.max(1));
+    blocking::threads_for(par, macs, MIN_PARALLEL_MACS)
 }
 
 /// The static split of a call between threads, and the floats of each
@@ -998,15 +949,16 @@ impl Driver {
             let cols = (chunk.len() / panel_len * nr).min(nc - q0 * nr);
             // SAFETY: the block B[p0 .. p0+kcb, j0+q0*nr .. +cols] lies
             // inside B (p0 + kcb <= k, j0 + q0 nr + cols <= n), and `chunk`
-            // holds ceil(cols / nr) panels of nr * kcb floats.
+            // holds ceil(cols / nr) panels of nr * kcb floats. B is packed
+            // as the same block of B^T in A's layout.
             unsafe {
-                pack::pack_b(
+                pack::pack_panels(
                     chunk.as_mut_ptr() as *mut f32,
-                    self.b,
-                    p0,
-                    kcb,
+                    self.b.transpose(),
                     j0 + q0 * nr,
                     cols,
+                    p0,
+                    kcb,
                     nr,
                 )
             };
@@ -1241,20 +1193,6 @@ struct PanelsB {
     panel: isize,
     step: isize,
     col: isize,
-}
-
-/// A raw pointer to the packed `B` block, shared read-only by the threads.
-#[derive(Clone, Copy)]
-struct SendPtr(*const f32);
-// SAFETY: the packed B block is written before the parallel region starts and
-// only read inside it.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *const f32 {
-        self.0
-    }
 }
 
 /// Runs one [`BlockJob`] with the tile shape of the SIMD width.

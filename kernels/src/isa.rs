@@ -1,4 +1,8 @@
-//! Instruction-set levels the kernels can run at.
+//! Instruction-set levels the kernels can run at, and the one dispatcher
+//! that runs a kernel at a level.
+
+use crate::Error;
+use pulp::{Simd, WithSimd};
 
 /// An instruction-set level. [`Isa::detect`] picks the best one at run time;
 /// the `*_with_isa` entry points let tests and benchmarks force a lower one.
@@ -48,4 +52,43 @@ impl Isa {
             Isa::Avx512 => 2,
         }
     }
+}
+
+/// Runs `op` with the SIMD token of `isa`, or hands `op` back when this CPU
+/// lacks `isa`: the one place the kernels turn an [`Isa`] into code
+/// compiled for it ([`dispatch`] and [`with_isa`] are its two policies).
+#[inline(always)]
+fn vectorize_at<Op: WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Op> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => match pulp::x86::V4::try_new() {
+            Some(simd) => Ok(Simd::vectorize(simd, op)),
+            None => Err(op),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match pulp::x86::V3::try_new() {
+            Some(simd) => Ok(Simd::vectorize(simd, op)),
+            None => Err(op),
+        },
+        Isa::Scalar => Ok(Simd::vectorize(pulp::Scalar::new(), op)),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => Err(op),
+    }
+}
+
+/// Runs `op` with the SIMD token of `isa`; [`Error::IsaUnavailable`] when
+/// this CPU lacks it.
+#[inline(always)]
+pub(crate) fn dispatch<Op: WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Error> {
+    vectorize_at(isa, op).map_err(|_| Error::IsaUnavailable(isa))
+}
+
+/// Runs `op` compiled with the target features of `isa` (plain slice loops
+/// in a closure are then auto-vectorised with the wider registers;
+/// `WithSimd` kernels get the matching token), falling back to scalar code
+/// when this CPU lacks `isa` (which the public entry points have already
+/// refused).
+#[inline(always)]
+pub(crate) fn with_isa<Op: WithSimd>(isa: Isa, op: Op) -> Op::Output {
+    vectorize_at(isa, op).unwrap_or_else(|op| Simd::vectorize(pulp::Scalar::new(), op))
 }

@@ -24,10 +24,14 @@
 pub mod activation;
 #[cfg(feature = "bench")]
 pub mod alloc_counter;
+mod blocking;
 pub mod cholesky;
 pub mod error;
 pub mod gemm;
 pub mod isa;
+mod pack;
+mod product;
+mod raw;
 pub mod rng;
 pub mod syrk;
 pub mod trsm;

@@ -1,22 +1,20 @@
 //! Covariance accumulation: symmetric rank-k update of the lower triangle.
 //!
-//! The f32 path runs on the packed register-blocked product of `syrk::packed`
+//! The f32 path runs on the packed register-blocked product of `crate::product`
 //! (AVX-512 32x12 / AVX2 16x6 / scalar 4x4 tiles, operands packed once, C blocks
 //! shared by the threads through an atomic counter); only register tiles that
 //! meet the lower triangle are computed, so the cost is about `n^2 b` flops
 //! instead of the `2 n^2 b` of a full `X X^T`.
 
-pub(crate) mod packed;
-
 use crate::error::{check_scratch, check_shape};
+use crate::product::{self, Operand};
 use crate::{Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
-use packed::Operand;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Scratch needed by [`syrk_lower`] (and [`syrk_lower_f64`]) for `X` of shape `n x b`.
 pub fn syrk_scratch(n: usize, b: usize, par: Par) -> StackReq {
     let _ = par;
-    packed::pack_scratch(n, n, b).or(StackReq::new_aligned::<f64>(n * b, 64))
+    product::pack_scratch(n, n, b).or(StackReq::new_aligned::<f64>(n * b, 64))
 }
 
 /// `C <- beta C + alpha X X^T` on the lower triangle (diagonal included) of the
@@ -65,7 +63,7 @@ pub fn syrk_lower_with_isa(
     if n == 0 {
         return Ok(());
     }
-    packed::product(
+    product::product(
         isa,
         c,
         beta,
@@ -157,7 +155,7 @@ pub fn syrk_lower_trapezoidal_with_isa(
     if c.nrows() == 0 {
         return Ok(());
     }
-    packed::product(
+    product::product(
         isa,
         c,
         beta,
@@ -253,7 +251,7 @@ pub fn syrk_lower_f64(
     let groups = n.div_ceil(4);
     let next = AtomicUsize::new(0);
     let work = || {
-        packed::with_isa(isa, || {
+        crate::isa::with_isa(isa, || {
             let mut acc = [0.0f64; 4 * 1024];
             loop {
                 let g = next.fetch_add(1, Ordering::Relaxed);
@@ -309,11 +307,11 @@ pub fn syrk_lower_f64(
             }
         })
     };
-    let threads = packed::threads_for(par, n * n * b);
+    let threads = product::threads_for(par, n * n * b);
     if threads == 1 {
         work();
     } else {
-        packed::rayon::broadcast_or_scope(threads, work);
+        crate::blocking::broadcast_or_scope(threads, work);
     }
     Ok(())
 }

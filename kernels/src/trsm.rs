@@ -27,7 +27,7 @@
 //! to `|B - L L^T X| <= c n u |L| |L^T| |X|` to first order, c ~ 3.
 
 use crate::error::{check_scratch, check_shape};
-use crate::syrk::packed::{self, Operand};
+use crate::product::{self, Operand};
 use crate::{Error, Isa, MatMut, MatRef, MemStack, Par, StackReq};
 use faer::reborrow::{Reborrow, ReborrowMut};
 use pulp::{Simd, WithSimd};
@@ -40,11 +40,6 @@ const WV: usize = 4;
 /// Largest number of right-hand sides in one vectorised leaf chunk (AVX-512: 4 x 16).
 const W_MAX: usize = 64;
 
-/// Where to cut an `n x n` triangle: half, rounded up to a multiple of 16.
-pub(crate) fn split(n: usize) -> usize {
-    (n / 2).div_ceil(16) * 16
-}
-
 fn seq_scratch(n: usize, m: usize) -> StackReq {
     par_scratch(n, m, Par::Seq)
 }
@@ -55,9 +50,9 @@ fn par_scratch(n: usize, m: usize, par: Par) -> StackReq {
     if n <= LEAF {
         return StackReq::EMPTY;
     }
-    let half = (split(n)).max(n - split(n));
+    let half = crate::blocking::split(n).max(n - crate::blocking::split(n));
     StackReq::any_of(&[
-        packed::pack_scratch(half, m, half),
+        product::pack_scratch(half, m, half),
         crate::gemm::gemm_scratch(m, half, half, par),
     ])
 }
@@ -204,12 +199,12 @@ fn recurse(
         leaf(isa, l, trans, b);
         return;
     }
-    let n1 = split(n);
+    let n1 = crate::blocking::split(n);
     let (l11, _, l21, l22) = l.split_at(n1, n1);
     let (mut b1, mut b2) = b.split_at_row_mut(n1);
     if !trans {
         recurse(isa, l11, false, b1.rb_mut(), par, stack);
-        packed::product(
+        product::product(
             isa,
             b2.rb_mut(),
             1.0,
@@ -240,7 +235,7 @@ fn recurse(
             );
             debug_assert!(r.is_ok(), "shapes agree and the ISA was checked");
         } else {
-            packed::product(
+            product::product(
                 isa,
                 b1.rb_mut(),
                 1.0,
@@ -257,7 +252,7 @@ fn recurse(
 }
 
 fn leaf(isa: Isa, l: MatRef<'_, f32>, trans: bool, b: MatMut<'_, f32>) {
-    packed::with_isa(isa, Leaf { l, trans, b });
+    crate::isa::with_isa(isa, Leaf { l, trans, b });
 }
 
 struct Leaf<'a, 'b> {
@@ -623,7 +618,7 @@ pub fn solve_llt_right_in_place_with_isa(
 /// columns.
 pub fn lower_times_scratch(n: usize, m: usize, par: Par) -> StackReq {
     let _ = par;
-    packed::pack_scratch(n, m, n)
+    product::pack_scratch(n, m, n)
 }
 
 /// `B <- L B` in place for lower-triangular `L` (`n x n`, only its lower
@@ -693,7 +688,7 @@ pub fn lower_times_in_place_with_isa(
     }
     let mut b = b;
     // Packing reads all of `L` and `B` before the product overwrites `B`.
-    let (pk, _) = packed::pack_any(
+    let (pk, _) = product::pack_any(
         isa,
         Operand::lower(l),
         Operand::full(b.rb()),
@@ -701,6 +696,6 @@ pub fn lower_times_in_place_with_isa(
         par,
         stack,
     );
-    packed::compute(isa, b.rb_mut(), 0.0, 1.0, &pk, false, par);
+    product::compute(isa, b.rb_mut(), 0.0, 1.0, &pk, false, par);
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! target features of the detected ISA, where it is auto-vectorised.
 
 use crate::error::check_shape;
-use crate::syrk::packed::with_isa;
+use crate::isa::with_isa;
 use crate::{Error, Isa};
 
 /// The exponent field of an f32: all ones exactly for NaN and the infinities.

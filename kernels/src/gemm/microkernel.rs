@@ -14,45 +14,10 @@
 //! epilogue (alpha, beta C, bias, activation or activation derivative) is applied
 //! to the accumulators before the single store of the tile.
 
-use super::pack::RawMat;
 use super::vmath;
+use crate::raw::{RawMat, RawMatMut};
 use crate::Activation;
 use pulp::Simd;
-
-/// A writable strided f32 matrix described by raw parts, shared by the worker
-/// threads, each of which writes a disjoint set of tiles.
-#[derive(Clone, Copy)]
-pub(crate) struct RawMatMut {
-    pub ptr: *mut f32,
-    pub rs: isize,
-    pub cs: isize,
-}
-
-// SAFETY: created from the `MatMut` of one GEMM call, which outlives the call's
-// worker threads; the driver hands each thread a disjoint set of tiles, so no
-// element is written by two threads or read while another writes it.
-unsafe impl Send for RawMatMut {}
-// SAFETY: as above.
-unsafe impl Sync for RawMatMut {}
-
-impl RawMatMut {
-    /// The raw parts of `m`.
-    pub(crate) fn from_mut(m: crate::MatMut<'_, f32>) -> RawMatMut {
-        RawMatMut {
-            ptr: m.as_ptr_mut(),
-            rs: m.row_stride(),
-            cs: m.col_stride(),
-        }
-    }
-
-    /// # Safety
-    /// `(i, j)` must lie inside the matrix.
-    #[inline(always)]
-    unsafe fn at(self, i: usize, j: usize) -> *mut f32 {
-        // SAFETY: caller guarantees (i, j) is in bounds.
-        unsafe { self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
-    }
-}
 
 /// The epilogue in raw form.
 #[derive(Clone, Copy)]

@@ -1,52 +1,23 @@
-//! Packing of `A` and `B` blocks into the contiguous, zero-padded micro-panel
-//! layout the microkernel streams through.
+//! Packing of operand blocks into the contiguous, zero-padded micro-panel
+//! layout the microkernels stream through: one routine for both operands
+//! and for every product (GEMM, and the triangle-aware product of
+//! [`crate::product`]).
 //!
 //! * `A` block (`mc x kc`) -> panels of `mr` rows: panel `q` holds, for each
 //!   `p` in `0..kc`, the `mr` values `A[q mr .. q mr + mr, p]` contiguously.
 //! * `B` block (`kc x nc`) -> panels of `nr` columns: panel `q` holds, for each
-//!   `p`, the `nr` values `B[p, q nr .. q nr + nr]` contiguously.
+//!   `p`, the `nr` values `B[p, q nr .. q nr + nr]` contiguously, which is
+//!   the `A` layout of `B^T`: `B` is packed by [`pack_panels`] of
+//!   `B^T` (strides swapped, as matrixmultiply does).
 //!
 //! Rows/columns past the edge of the matrix are written as zeros, so the
 //! microkernel always runs on full tiles; only the write-back handles edges.
+//! [`pack_sliver`] adds what the triangle-aware product needs: entries
+//! outside a triangle are written as zeros (never read), and scales.
 
-/// A read-only strided f32 matrix described by raw parts (so that it can be
-/// shared with worker threads).
-#[derive(Clone, Copy)]
-pub(crate) struct RawMat {
-    pub ptr: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
+use crate::raw::RawMat;
 
-// SAFETY: `RawMat` is only created from a `MatRef` that outlives the GEMM call
-// and is only read through; reading shared f32 data from several threads is fine.
-unsafe impl Send for RawMat {}
-// SAFETY: as above, read-only access.
-unsafe impl Sync for RawMat {}
-
-impl RawMat {
-    /// The raw parts of `m`.
-    pub fn from_ref(m: crate::MatRef<'_, f32>) -> RawMat {
-        RawMat {
-            ptr: m.as_ptr(),
-            rs: m.row_stride(),
-            cs: m.col_stride(),
-        }
-    }
-
-    /// Pointer to element `(i, j)`.
-    ///
-    /// # Safety
-    /// `(i, j)` must lie inside the matrix this view was made from.
-    #[inline(always)]
-    pub unsafe fn at(self, i: usize, j: usize) -> *const f32 {
-        // SAFETY: caller guarantees (i, j) is in bounds, so the offset stays
-        // inside the matrix's allocation.
-        unsafe { self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
-    }
-}
-
-/// [`pack_a`] run under the SIMD token of the driver's instruction set: a
+/// [`pack_panels`] run under the SIMD token of the driver's instruction set: a
 /// full panel of a column-major `A` is copied with `mr / lanes` vector loads
 /// and stores per column (as a fixed-size array copy outside the
 /// target-feature context it compiled to a `memcpy` call per column: 2.4% of
@@ -68,7 +39,7 @@ impl PackA {
     /// with `dispatch`.
     ///
     /// # Safety
-    /// As [`pack_a`]: the block must lie inside `a`, and `dst` must be valid
+    /// As [`pack_panels`]: the block must lie inside `a`, and `dst` must be valid
     /// for writes of `ceil(mc / mr) * mr * kc` floats when the op runs.
     pub(crate) unsafe fn new(
         dst: *mut f32,
@@ -104,7 +75,7 @@ impl pulp::WithSimd for PackA {
         } = self;
         let lanes = S::F32_LANES;
         // SAFETY (whole body): `PackA::new`'s caller guaranteed the contract
-        // of `pack_a` (block inside `a`, `dst` valid for ceil(mc / mr) mr kc
+        // of `pack_panels` (block inside `a`, `dst` valid for ceil(mc / mr) mr kc
         // floats).
         unsafe {
             if a.rs == 1 && mr % lanes == 0 {
@@ -140,20 +111,20 @@ impl pulp::WithSimd for PackA {
                 }
                 pack_a_rows(dst, a, i0, mc, p0, kc, mr);
             } else {
-                pack_a(dst, a, i0, mc, p0, kc, mr);
+                pack_panels(dst, a, i0, mc, p0, kc, mr);
             }
         }
     }
 }
 
-/// [`pack_a`] for a row-major `A` (`cs == 1`): each row's run of columns is
+/// [`pack_panels`] for a row-major `A` (`cs == 1`): each row's run of columns is
 /// contiguous, the destination scatters them `mr` apart; walked in strips of
 /// 16 columns so that the 16 destination steps being filled stay in L1
 /// (walking a whole row at a time touched `kc` lines of the destination per
 /// row).
 ///
 /// # Safety
-/// As [`pack_a`], with `a.cs == 1`.
+/// As [`pack_panels`], with `a.cs == 1`.
 #[inline(always)]
 unsafe fn pack_a_rows(
     dst: *mut f32,
@@ -205,7 +176,7 @@ unsafe fn pack_a_rows(
 /// one at the `paper` layers.
 ///
 /// # Safety
-/// As [`pack_a`], with `a.cs == 1` and `mr` a multiple of 16; the CPU must
+/// As [`pack_panels`], with `a.cs == 1` and `mr` a multiple of 16; the CPU must
 /// support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -297,12 +268,15 @@ fn transpose_16x16(r: &mut [std::arch::x86_64::__m512; 16]) {
 }
 
 /// Packs `A[i0 .. i0 + mc, p0 .. p0 + kc]` into `dst` (`ceil(mc / mr) * mr * kc`
-/// floats).
+/// floats) as panels of `mr` rows. Packs a `B` block as the same block of
+/// `B^T` ([`RawMat::transpose`]). Inlined so that a caller running under the
+/// target features of an instruction set copies with its vectors.
 ///
 /// # Safety
 /// The block must lie inside `a`; `dst` must be valid for writes of
 /// `ceil(mc / mr) * mr * kc` floats.
-pub(crate) unsafe fn pack_a(
+#[inline(always)]
+pub(crate) unsafe fn pack_panels(
     dst: *mut f32,
     a: RawMat,
     i0: usize,
@@ -313,18 +287,24 @@ pub(crate) unsafe fn pack_a(
 ) {
     // SAFETY: forwarded caller contract.
     unsafe {
+        if a.rs != 1 && a.cs == 1 {
+            return pack_a_rows(dst, a, i0, mc, p0, kc, mr);
+        }
         match mr {
             96 => pack_a_fixed::<96>(dst, a, i0, mc, p0, kc),
             48 => pack_a_fixed::<48>(dst, a, i0, mc, p0, kc),
             32 => pack_a_fixed::<32>(dst, a, i0, mc, p0, kc),
             16 => pack_a_fixed::<16>(dst, a, i0, mc, p0, kc),
+            12 => pack_a_fixed::<12>(dst, a, i0, mc, p0, kc),
+            8 => pack_a_fixed::<8>(dst, a, i0, mc, p0, kc),
+            6 => pack_a_fixed::<6>(dst, a, i0, mc, p0, kc),
             4 => pack_a_fixed::<4>(dst, a, i0, mc, p0, kc),
             _ => pack_a_any(dst, a, i0, mc, p0, kc, mr),
         }
     }
 }
 
-/// [`pack_a`] for a compile-time `MR`: full panels of a column-major `A` are
+/// [`pack_panels`] for a compile-time `MR`: full panels of a column-major `A` are
 /// copied as fixed-size arrays (vector moves, no `memcpy` call per column).
 #[inline(always)]
 unsafe fn pack_a_fixed<const MR: usize>(
@@ -368,7 +348,7 @@ unsafe fn pack_a_fixed<const MR: usize>(
     }
 }
 
-/// [`pack_a`] for any layout and `mr`.
+/// [`pack_panels`] for any layout and `mr`.
 unsafe fn pack_a_any(
     dst: *mut f32,
     a: RawMat,
@@ -418,106 +398,119 @@ unsafe fn pack_a_any(
     }
 }
 
-/// Packs `B[p0 .. p0 + kc, j0 .. j0 + nc]` into `dst` (`ceil(nc / nr) * nr * kc`
-/// floats).
-///
-/// # Safety
-/// The block must lie inside `b`; `dst` must be valid for writes of
-/// `ceil(nc / nr) * nr * kc` floats.
-pub(crate) unsafe fn pack_b(
-    dst: *mut f32,
-    b: RawMat,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nc: usize,
-    nr: usize,
-) {
-    if b.cs == 1 {
-        // SAFETY: forwarded caller contract.
-        unsafe {
-            match nr {
-                8 => return pack_b_rows::<8>(dst, b, p0, kc, j0, nc),
-                6 => return pack_b_rows::<6>(dst, b, p0, kc, j0, nc),
-                4 => return pack_b_rows::<4>(dst, b, p0, kc, j0, nc),
-                _ => {}
-            }
+/// Which entries of a packed operand may be non-zero, by row `i` (across
+/// the panel) and inner step `p`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Every entry is read.
+    Full,
+    /// Only entries with `i >= p` are read; the others count as zero.
+    Lower,
+    /// Only entries with `i <= p` are read; the others count as zero.
+    Upper,
+}
+
+impl Shape {
+    /// The shape of the transpose.
+    pub(crate) fn transpose(self) -> Shape {
+        match self {
+            Shape::Full => Shape::Full,
+            Shape::Lower => Shape::Upper,
+            Shape::Upper => Shape::Lower,
         }
-    }
-    let mut d = dst;
-    let mut j = 0;
-    while j < nc {
-        let cols = nr.min(nc - j);
-        if b.cs == 1 {
-            for p in 0..kc {
-                // SAFETY: columns j0+j .. j0+j+cols of row p0+p are inside `b`
-                // and contiguous (cs == 1); the write stays in this panel.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(b.at(p0 + p, j0 + j), d.add(p * nr), cols);
-                    for c in cols..nr {
-                        *d.add(p * nr + c) = 0.0;
-                    }
-                }
-            }
-        } else {
-            for c in 0..nr {
-                if c < cols {
-                    for p in 0..kc {
-                        // SAFETY: (p0+p, j0+j+c) is inside `b`; the write is in
-                        // this panel.
-                        unsafe { *d.add(p * nr + c) = *b.at(p0 + p, j0 + j + c) };
-                    }
-                } else {
-                    for p in 0..kc {
-                        // SAFETY: inside this panel.
-                        unsafe { *d.add(p * nr + c) = 0.0 };
-                    }
-                }
-            }
-        }
-        // SAFETY: one full panel (nr * kc floats) was just written.
-        d = unsafe { d.add(nr * kc) };
-        j += nr;
     }
 }
 
-/// [`pack_b`] for a row-major `B` (`cs == 1`) and a compile-time `NR`: each
-/// full row of a panel is copied as one fixed-size array (vector moves; a
-/// `memcpy` call per 8 floats cost about 8% of a `paper` training step).
+/// An operand as [`pack_sliver`] packs it: the `m x k` matrix `mat` (rows
+/// across the panels, `k` inner steps), its triangle, and optional scales of
+/// its columns (`p`) and rows (`i`).
+#[derive(Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pub mat: RawMat,
+    pub m: usize,
+    pub k: usize,
+    pub shape: Shape,
+    pub step_scale: Option<&'a [f32]>,
+    pub row_scale: Option<&'a [f32]>,
+}
+
+/// Packs rows `i0 .. i0 + mr` of `src` (zero-padded past its end) over all
+/// `k` inner steps into `dst`, as `k` groups of `mr` consecutive values
+/// (one panel of [`pack_panels`]). Entries outside `src.shape` are written
+/// as zeros, never read; the scales multiply what is read.
 ///
 /// # Safety
-/// As [`pack_b`], with `b.cs == 1`.
+/// `src` describes a matrix of `m x k` readable entries (inside its
+/// triangle), `i0 < m`, and `dst` is valid for `k * mr` writes.
 #[inline(always)]
-unsafe fn pack_b_rows<const NR: usize>(
-    dst: *mut f32,
-    b: RawMat,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nc: usize,
-) {
-    let mut d = dst;
-    let mut j = 0;
-    while j < nc {
-        let cols = NR.min(nc - j);
-        for p in 0..kc {
-            // SAFETY: columns j0+j .. j0+j+cols of row p0+p are inside `b` and
-            // contiguous (cs == 1); the write stays in this panel of `dst`.
-            unsafe {
-                let src = b.at(p0 + p, j0 + j);
-                let out = d.add(p * NR);
-                if cols == NR {
-                    (out as *mut [f32; NR])
-                        .write_unaligned((src as *const [f32; NR]).read_unaligned());
+pub(crate) unsafe fn pack_sliver(src: Source<'_>, i0: usize, mr: usize, dst: *mut f32) {
+    let rows = mr.min(src.m - i0);
+    if src.shape == Shape::Full && src.step_scale.is_none() && src.row_scale.is_none() {
+        // SAFETY: forwarded caller contract (the block is inside `src`).
+        return unsafe { pack_panels(dst, src.mat, i0, rows, 0, src.k, mr) };
+    }
+    let rs = src.mat.rs;
+    for p in 0..src.k {
+        // Rows of the sliver that may be non-zero at step p.
+        let (lo, hi) = match src.shape {
+            Shape::Full => (0, rows),
+            Shape::Lower => (p.saturating_sub(i0).min(rows), rows),
+            Shape::Upper => (0, (p + 1).saturating_sub(i0).min(rows)),
+        };
+        // SAFETY: `p * mr + r < k * mr`, and `(i0 + r, p)` is in bounds for
+        // `lo <= r < hi` (inside the triangle).
+        unsafe {
+            let d = dst.add(p * mr);
+            for r in 0..lo {
+                *d.add(r) = 0.0;
+            }
+            if lo < hi {
+                let from = src.mat.at(i0 + lo, p);
+                if rs == 1 {
+                    copy_small(from, d.add(lo), hi - lo);
                 } else {
-                    for c in 0..NR {
-                        *out.add(c) = if c < cols { *src.add(c) } else { 0.0 };
+                    for r in 0..hi - lo {
+                        *d.add(lo + r) = *from.offset(r as isize * rs);
+                    }
+                }
+                if let Some(scale) = src.step_scale {
+                    for r in lo..hi {
+                        *d.add(r) *= scale[p];
+                    }
+                }
+                if let Some(scale) = src.row_scale {
+                    for r in lo..hi {
+                        *d.add(r) *= scale[i0 + r];
                     }
                 }
             }
+            for r in hi.max(lo)..mr {
+                *d.add(r) = 0.0;
+            }
         }
-        // SAFETY: one full panel (NR * kc floats) was just written.
-        d = unsafe { d.add(NR * kc) };
-        j += NR;
+    }
+}
+
+/// `copy_nonoverlapping` for the register-tile lengths with a length known at
+/// compile time (vector moves instead of a `memmove` call per 12 floats).
+///
+/// # Safety
+/// As for `std::ptr::copy_nonoverlapping(src, dst, len)`.
+#[inline(always)]
+unsafe fn copy_small(src: *const f32, dst: *mut f32, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match len {
+            32 => std::ptr::copy_nonoverlapping(src, dst, 32),
+            16 => std::ptr::copy_nonoverlapping(src, dst, 16),
+            12 => std::ptr::copy_nonoverlapping(src, dst, 12),
+            6 => std::ptr::copy_nonoverlapping(src, dst, 6),
+            4 => std::ptr::copy_nonoverlapping(src, dst, 4),
+            _ => {
+                for i in 0..len {
+                    *dst.add(i) = *src.add(i);
+                }
+            }
+        }
     }
 }

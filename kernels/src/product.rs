@@ -26,31 +26,18 @@
 //! `|fl(A B) - A B| <= gamma_k |A||B|`, `gamma_k = k u / (1 - k u)`, `u = 2^-24`,
 //! plus one rounding each for the `alpha`/`beta` scaling.
 
+use crate::blocking::{
+    self, broadcast_or_scope, product_tile, round_up, KC, PRODUCT_MR_MAX as MR_MAX,
+    PRODUCT_NR_MAX as NR_MAX, SHARED_TILE,
+};
+use crate::isa::with_isa;
+pub(crate) use crate::pack::Shape;
+use crate::pack::{pack_sliver, Source};
+use crate::raw::RawMat;
+use crate::raw::RawMatMut;
 use crate::{Isa, MatMut, MatRef, MemStack, Par, StackReq};
 use pulp::{Simd, WithSimd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Largest register tile over all ISAs (rows, columns): sizes scratch.
-const MR_MAX: usize = 32;
-const NR_MAX: usize = 12;
-/// Inner-dimension chunk. C is read and written once per chunk, so a long
-/// inner dimension is better walked in few chunks than with the B sliver
-/// (`KC x NR`, 48 KiB here) resident in L1: at minibatch 1000 (the `A`
-/// factors of `paper`/1000) 1024 against the earlier 256 made SYRK 15-20%
-/// faster at n = 251-1001 on two threads (512: 6-13%); at minibatch 256 the
-/// same.
-pub(crate) const KC: usize = 1024;
-
-/// Which entries of an operand may be non-zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Shape {
-    /// Every entry is read.
-    Full,
-    /// Only entries with `row >= col` are read; the others count as zero.
-    Lower,
-    /// Only entries with `row <= col` are read; the others count as zero.
-    Upper,
-}
 
 /// One operand of the product.
 #[derive(Clone, Copy, Debug)]
@@ -83,19 +70,31 @@ impl<'a> Operand<'a> {
             col_scale: None,
         }
     }
-}
 
-/// Register tile `(MR, NR)` at `isa`.
-pub(crate) fn tile(isa: Isa) -> (usize, usize) {
-    match isa {
-        Isa::Avx512 => (32, 12),
-        Isa::Avx2 => (16, 6),
-        Isa::Scalar => (4, 4),
+    /// This operand as the `A` of a product, packed in row slivers.
+    fn as_a(&self) -> Source<'a> {
+        Source {
+            mat: RawMat::from_ref(self.mat),
+            m: self.mat.nrows(),
+            k: self.mat.ncols(),
+            shape: self.shape,
+            step_scale: self.col_scale,
+            row_scale: None,
+        }
     }
-}
 
-fn round_up(x: usize, to: usize) -> usize {
-    x.div_ceil(to) * to
+    /// This operand as the `B` of a product, packed in column slivers: the
+    /// row slivers of `B^T`.
+    fn as_b(&self) -> Source<'a> {
+        Source {
+            mat: RawMat::from_ref(self.mat).transpose(),
+            m: self.mat.ncols(),
+            k: self.mat.nrows(),
+            shape: self.shape.transpose(),
+            step_scale: None,
+            row_scale: self.col_scale,
+        }
+    }
 }
 
 /// Scratch for [`pack`] with `A` of shape `m x k` and `B` of shape `k x n`, at any ISA.
@@ -108,12 +107,7 @@ pub(crate) fn pack_scratch(m: usize, n: usize, k: usize) -> StackReq {
 
 /// Number of threads to use for a product of this size under `par`.
 pub(crate) fn threads_for(par: Par, flops: usize) -> usize {
-    let t = par.degree().max(1);
-    if t == 1 || flops < (1 << 21) {
-        1
-    } else {
-        t
-    }
+    blocking::threads_for(par, flops, 1 << 21)
 }
 
 /// Operands packed into scratch (see the module documentation for the layout).
@@ -131,27 +125,6 @@ pub(crate) struct Packed<'s> {
     shared: bool,
 }
 
-/// Raw view of a matrix for the threads: each thread writes disjoint blocks.
-#[derive(Clone, Copy)]
-struct RawMat {
-    ptr: *mut f32,
-    rs: isize,
-    cs: isize,
-}
-// SAFETY: the pointer is only dereferenced on disjoint blocks (packing slivers,
-// C blocks), one thread per block, while the borrow it came from is alive.
-unsafe impl Send for RawMat {}
-// SAFETY: as above.
-unsafe impl Sync for RawMat {}
-
-impl RawMat {
-    /// The base pointer (a method so that closures capture the whole `Sync` struct).
-    #[inline(always)]
-    fn get(self) -> *mut f32 {
-        self.ptr
-    }
-}
-
 /// Packs `a` (`m x k`) and `b` (`k x n`) for the register tile of `isa`.
 pub(crate) fn pack<'s>(
     isa: Isa,
@@ -163,17 +136,17 @@ pub(crate) fn pack<'s>(
     let (m, k) = (a.mat.nrows(), a.mat.ncols());
     let n = b.mat.ncols();
     debug_assert_eq!(b.mat.nrows(), k);
-    let (mr, nr) = tile(isa);
+    let (mr, nr) = product_tile(isa);
     let a_len = round_up(m, mr) * k;
     let b_len = round_up(n, nr) * k;
     let (abuf, stack) = stack.make_aligned_uninit::<f32>(a_len, 64);
     let (bbuf, stack) = stack.make_aligned_uninit::<f32>(b_len, 64);
-    let a_dst = RawMat {
+    let a_dst = RawMatMut {
         ptr: abuf.as_mut_ptr().cast::<f32>(),
         rs: 0,
         cs: 0,
     };
-    let b_dst = RawMat {
+    let b_dst = RawMatMut {
         ptr: bbuf.as_mut_ptr().cast::<f32>(),
         rs: 0,
         cs: 0,
@@ -185,11 +158,11 @@ pub(crate) fn pack<'s>(
         if s < a_slivers {
             // SAFETY: sliver `s` of A occupies `[s*k*mr, (s+1)*k*mr)` of `abuf`,
             // written by this call only.
-            unsafe { pack_a_sliver(a, s * mr, mr, a_dst.get().add(s * k * mr)) };
+            unsafe { pack_sliver(a.as_a(), s * mr, mr, a_dst.get().add(s * k * mr)) };
         } else {
             let t = s - a_slivers;
             // SAFETY: as above for B.
-            unsafe { pack_b_sliver(b, t * nr, nr, b_dst.get().add(t * k * nr)) };
+            unsafe { pack_sliver(b.as_b(), t * nr, nr, b_dst.get().add(t * k * nr)) };
         }
     };
     pack_slivers(isa, threads, a_slivers + b_slivers, pack_one);
@@ -226,7 +199,7 @@ fn pack_slivers(isa: Isa, threads: usize, total: usize, pack_one: impl Fn(usize)
         with_isa(isa, || (0..total).for_each(&pack_one));
     } else {
         let next = AtomicUsize::new(0);
-        rayon::broadcast_or_scope(threads, || {
+        broadcast_or_scope(threads, || {
             with_isa(isa, || loop {
                 let s = next.fetch_add(1, Ordering::Relaxed);
                 if s >= total {
@@ -237,11 +210,6 @@ fn pack_slivers(isa: Isa, threads: usize, total: usize, pack_one: impl Fn(usize)
         });
     }
 }
-
-/// The register tile of the shared layout at AVX-512: `NR` divides `MR`, so
-/// the `NR` columns of a `B = A^T` tile are `NR` consecutive rows inside one
-/// packed `A` sliver.
-const SHARED_TILE: (usize, usize) = (32, 8);
 
 /// True when `b` is `a^T` (same memory, swapped strides) with matching
 /// shapes, so that [`pack_self`] can serve both operands from one packing.
@@ -277,7 +245,7 @@ fn pack_self<'s>(
     let (mr, nr) = SHARED_TILE;
     let a_len = round_up(m, mr) * k;
     let (abuf, stack) = stack.make_aligned_uninit::<f32>(a_len, 64);
-    let a_dst = RawMat {
+    let a_dst = RawMatMut {
         ptr: abuf.as_mut_ptr().cast::<f32>(),
         rs: 0,
         cs: 0,
@@ -287,7 +255,7 @@ fn pack_self<'s>(
     let pack_one = |s: usize| {
         // SAFETY: sliver `s` occupies `[s*k*mr, (s+1)*k*mr)` of `abuf`,
         // written by this call only.
-        unsafe { pack_a_sliver(a, s * mr, mr, a_dst.get().add(s * k * mr)) };
+        unsafe { pack_sliver(a.as_a(), s * mr, mr, a_dst.get().add(s * k * mr)) };
     };
     pack_slivers(isa, threads, slivers, pack_one);
     // SAFETY: every element of the buffer was written above (padding included).
@@ -307,140 +275,6 @@ fn pack_self<'s>(
         },
         stack,
     )
-}
-
-/// `copy_nonoverlapping` for the register-tile lengths with a length known at
-/// compile time (vector moves instead of a `memmove` call per 12 floats).
-///
-/// # Safety
-/// As for `std::ptr::copy_nonoverlapping(src, dst, len)`.
-#[inline(always)]
-unsafe fn copy_small(src: *const f32, dst: *mut f32, len: usize) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        match len {
-            32 => std::ptr::copy_nonoverlapping(src, dst, 32),
-            16 => std::ptr::copy_nonoverlapping(src, dst, 16),
-            12 => std::ptr::copy_nonoverlapping(src, dst, 12),
-            6 => std::ptr::copy_nonoverlapping(src, dst, 6),
-            4 => std::ptr::copy_nonoverlapping(src, dst, 4),
-            _ => {
-                for i in 0..len {
-                    *dst.add(i) = *src.add(i);
-                }
-            }
-        }
-    }
-}
-
-/// Packs rows `i0..i0+mr` of `a` (zero-padded past the end) into `dst` as
-/// `k` groups of `mr` consecutive values.
-///
-/// # Safety
-/// `dst` is valid for `k * mr` writes.
-#[inline(always)]
-unsafe fn pack_a_sliver(a: Operand<'_>, i0: usize, mr: usize, dst: *mut f32) {
-    let (m, k) = (a.mat.nrows(), a.mat.ncols());
-    let rows = mr.min(m - i0);
-    let rs = a.mat.row_stride();
-    for p in 0..k {
-        // Rows of the sliver that may be non-zero in column p.
-        let (lo, hi) = match a.shape {
-            Shape::Full => (0, rows),
-            Shape::Lower => (p.saturating_sub(i0).min(rows), rows),
-            Shape::Upper => (0, (p + 1).saturating_sub(i0).min(rows)),
-        };
-        let scale = a.col_scale.map(|s| s[p]);
-        // SAFETY: `p * mr + r < k * mr`, and `(i0 + r, p)` is in bounds for `r < rows`.
-        unsafe {
-            let d = dst.add(p * mr);
-            for r in 0..lo {
-                *d.add(r) = 0.0;
-            }
-            if lo < hi {
-                let src = a.mat.ptr_inbounds_at(i0 + lo, p);
-                if rs == 1 {
-                    copy_small(src, d.add(lo), hi - lo);
-                } else {
-                    for r in 0..hi - lo {
-                        *d.add(lo + r) = *src.offset(r as isize * rs);
-                    }
-                }
-                if let Some(sc) = scale {
-                    for r in lo..hi {
-                        *d.add(r) *= sc;
-                    }
-                }
-            }
-            for r in hi.max(lo)..mr {
-                *d.add(r) = 0.0;
-            }
-        }
-    }
-}
-
-/// Packs columns `j0..j0+nr` of `b` (zero-padded) into `dst` as `k` groups of
-/// `nr` consecutive values.
-///
-/// # Safety
-/// `dst` is valid for `k * nr` writes.
-#[inline(always)]
-unsafe fn pack_b_sliver(b: Operand<'_>, j0: usize, nr: usize, dst: *mut f32) {
-    let (k, n) = (b.mat.nrows(), b.mat.ncols());
-    let cols = nr.min(n - j0);
-    let plain = b.shape == Shape::Full && b.col_scale.is_none();
-    if plain && b.mat.row_stride() == 1 && k > 0 {
-        // Column-major B: walk each column once (contiguous reads).
-        for c in 0..cols {
-            // SAFETY: in bounds as above.
-            unsafe {
-                let src = b.mat.ptr_inbounds_at(0, j0 + c);
-                for p in 0..k {
-                    *dst.add(p * nr + c) = *src.add(p);
-                }
-            }
-        }
-        for p in 0..k {
-            for c in cols..nr {
-                // SAFETY: `p * nr + c < k * nr`.
-                unsafe { *dst.add(p * nr + c) = 0.0 };
-            }
-        }
-        return;
-    }
-    let cs = b.mat.col_stride();
-    for p in 0..k {
-        let (lo, hi) = match b.shape {
-            Shape::Full => (0, cols),
-            Shape::Upper => (p.saturating_sub(j0).min(cols), cols),
-            Shape::Lower => (0, (p + 1).saturating_sub(j0).min(cols)),
-        };
-        // SAFETY: `p * nr + c < k * nr`, and `(p, j0 + c)` is in bounds for `c < cols`.
-        unsafe {
-            let d = dst.add(p * nr);
-            for c in 0..lo {
-                *d.add(c) = 0.0;
-            }
-            if lo < hi {
-                let src = b.mat.ptr_inbounds_at(p, j0 + lo);
-                if cs == 1 {
-                    copy_small(src, d.add(lo), hi - lo);
-                } else {
-                    for c in 0..hi - lo {
-                        *d.add(lo + c) = *src.offset(c as isize * cs);
-                    }
-                }
-                if let Some(sc) = b.col_scale {
-                    for c in lo..hi {
-                        *d.add(c) *= sc[j0 + c];
-                    }
-                }
-            }
-            for c in hi.max(lo)..nr {
-                *d.add(c) = 0.0;
-            }
-        }
-    }
 }
 
 /// One `MC x NC` block of C.
@@ -494,7 +328,7 @@ pub(crate) fn compute(
             }
         }
     }
-    let raw = RawMat {
+    let raw = RawMatMut {
         ptr: c.as_ptr_mut(),
         rs: c.row_stride(),
         cs: c.col_stride(),
@@ -527,13 +361,19 @@ pub(crate) fn compute(
             total,
             next,
         };
-        dispatch(isa, packed.shared, worker);
+        with_isa(
+            isa,
+            TileSelect {
+                shared: packed.shared,
+                op: worker,
+            },
+        );
     };
     if threads == 1 {
         run(None);
     } else {
         let next = AtomicUsize::new(0);
-        rayon::broadcast_or_scope(threads, || run(Some(&next)));
+        broadcast_or_scope(threads, || run(Some(&next)));
     }
 }
 
@@ -558,13 +398,8 @@ pub(crate) fn product(
         && a.col_scale.is_none()
         && b.col_scale.is_none()
     {
-        let flip = |s: Shape| match s {
-            Shape::Full => Shape::Full,
-            Shape::Lower => Shape::Upper,
-            Shape::Upper => Shape::Lower,
-        };
-        let at = Operand::shaped(b.mat.transpose(), flip(b.shape));
-        let bt = Operand::shaped(a.mat.transpose(), flip(a.shape));
+        let at = Operand::shaped(b.mat.transpose(), b.shape.transpose());
+        let bt = Operand::shaped(a.mat.transpose(), a.shape.transpose());
         let (packed, _) = pack(isa, at, bt, par, stack);
         compute(isa, c.transpose_mut(), beta, alpha, &packed, false, par);
         return;
@@ -590,51 +425,38 @@ pub(crate) fn pack_any<'s>(
     }
 }
 
-/// Runs `op` at `isa` (falling back to scalar code if `isa` is not available,
-/// which the public entry points have already refused).
-fn dispatch<W: WorkerOp>(isa: Isa, shared: bool, op: W) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match isa {
-            Isa::Avx512 => {
-                if let Some(simd) = pulp::x86::V4::try_new() {
-                    if shared {
-                        return Simd::vectorize(simd, Tiled::<W, 2, 8>(op));
-                    }
-                    return Simd::vectorize(simd, Tiled::<W, 2, 12>(op));
-                }
-            }
-            Isa::Avx2 => {
-                if let Some(simd) = pulp::x86::V3::try_new() {
-                    return Simd::vectorize(simd, Tiled::<W, 2, 6>(op));
-                }
-            }
-            Isa::Scalar => {}
-        }
-    }
-    let _ = (isa, shared);
-    debug_assert!(!shared, "the shared layout is only packed at AVX-512");
-    Simd::vectorize(pulp::Scalar::new(), Tiled::<W, 4, 4>(op))
-}
-
 /// Something run with a SIMD token and a register tile.
 trait WorkerOp {
     fn run<S: Simd, const MRV: usize, const NR: usize>(self, simd: S);
 }
 
-struct Tiled<W, const MRV: usize, const NR: usize>(W);
+/// Runs a [`WorkerOp`] with the register tile of the SIMD width (the tile
+/// of [`product_tile`], or [`SHARED_TILE`] for the shared layout, which is
+/// only packed at AVX-512).
+struct TileSelect<W> {
+    shared: bool,
+    op: W,
+}
 
-impl<W: WorkerOp, const MRV: usize, const NR: usize> WithSimd for Tiled<W, MRV, NR> {
+impl<W: WorkerOp> WithSimd for TileSelect<W> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        self.0.run::<S, MRV, NR>(simd)
+        match (S::F32_LANES, self.shared) {
+            (16, true) => self.op.run::<S, 2, 8>(simd),
+            (16, false) => self.op.run::<S, 2, 12>(simd),
+            (8, _) => self.op.run::<S, 2, 6>(simd),
+            _ => {
+                debug_assert!(!self.shared, "the shared layout is only packed at AVX-512");
+                self.op.run::<S, 4, 4>(simd)
+            }
+        }
     }
 }
 
 /// A thread's share of [`compute`]: takes blocks until none are left.
 struct Worker<'p, 'b, F> {
-    raw: RawMat,
+    raw: RawMatMut,
     beta: f32,
     alpha: f32,
     packed: &'p Packed<'b>,
@@ -895,44 +717,4 @@ unsafe fn kernel<S: Simd, const MRV: usize, const NR: usize>(
         }
     }
     acc
-}
-
-/// Runs `f` on `threads` workers of the current rayon pool and waits for all
-/// (`rayon::join` keeps the jobs on the stack: no allocation).
-pub(crate) mod rayon {
-    pub(crate) fn broadcast_or_scope(threads: usize, f: impl Fn() + Sync) {
-        fn go(threads: usize, f: &(impl Fn() + Sync)) {
-            if threads <= 1 {
-                f();
-            } else {
-                ::rayon::join(f, || go(threads - 1, f));
-            }
-        }
-        go(threads, &f);
-    }
-}
-
-/// Runs `op` compiled with the target features of `isa` (plain slice loops in
-/// a closure are then auto-vectorised with the wider registers; `WithSimd`
-/// kernels get the matching token). Falls back to scalar code.
-#[inline(always)]
-pub(crate) fn with_isa<Op: WithSimd>(isa: Isa, op: Op) -> Op::Output {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match isa {
-            Isa::Avx512 => {
-                if let Some(simd) = pulp::x86::V4::try_new() {
-                    return Simd::vectorize(simd, op);
-                }
-            }
-            Isa::Avx2 => {
-                if let Some(simd) = pulp::x86::V3::try_new() {
-                    return Simd::vectorize(simd, op);
-                }
-            }
-            Isa::Scalar => {}
-        }
-    }
-    let _ = isa;
-    Simd::vectorize(pulp::Scalar::new(), op)
 }
