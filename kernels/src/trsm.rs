@@ -417,7 +417,7 @@ fn check(
 /// triangle is read) and `B` of shape `n x m`.
 ///
 /// `L` must be a valid factor (non-zero diagonal, as produced by
-/// [`crate::cholesky::cholesky_in_place`]); a zero diagonal gives infinities,
+/// a Cholesky factorisation); a zero diagonal gives infinities,
 /// not an error. Residual bound: see the module documentation. Allocates nothing
 /// when `stack` holds [`solve_scratch`]`(n, m, par)`; with less,
 /// [`Error::InvalidArgument`] before `B` is touched.
