@@ -41,7 +41,7 @@ pub fn cholesky_update_scratch(n: usize, k: usize, par: Par) -> StackReq {
 /// does not depend on how large the update is against `L`); otherwise `L L^T`
 /// is rebuilt in place by the packed triangular product (n^3/3 flops), `W
 /// diag(alpha) W^T` added by the
-/// packed SYRK kernel, and the sum refactorised by [`cholesky_in_place`], all on
+/// packed SYRK kernel, and the sum refactorised by [`cholesky_in_place`](super::cholesky_in_place), all on
 /// `par` threads. Both meet `|L L^T - M| <= c u (|L_old||L_old^T| +
 /// |W||diag(alpha)||W^T| + |L||L^T|)` with `c = O(n + k)` for updates; for
 /// downdates the error also grows with the conditioning of the result. On
