@@ -1247,7 +1247,7 @@ pub fn fma_peak_loop(isa: Isa, iterations: usize) -> Result<(f32, f64), Error> {
             (s.reduce_sum_f32s(total), flops)
         }
     }
-    dispatch(isa, Op { iterations })
+    dispatch(isa, Op { iterations }).ok_or(Error::IsaUnavailable(isa))
 }
 
 /// Checks that `C (m x n) = A B` is a well-formed product for `op`.

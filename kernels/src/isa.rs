@@ -1,7 +1,6 @@
 //! Instruction-set levels the kernels can run at, and the one dispatcher
 //! that runs a kernel at a level.
 
-use crate::Error;
 use pulp::{Simd, WithSimd};
 
 /// An instruction-set level. [`Isa::detect`] picks the best one at run time;
@@ -76,11 +75,12 @@ fn vectorize_at<Op: WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Op> {
     }
 }
 
-/// Runs `op` with the SIMD token of `isa`; [`Error::IsaUnavailable`] when
-/// this CPU lacks it.
+/// Runs `op` with the SIMD token of `isa`; `None` when this CPU lacks it
+/// (callers report `Error::IsaUnavailable`; this module does not depend on
+/// `error`, which names [`Isa`]).
 #[inline(always)]
-pub(crate) fn dispatch<Op: WithSimd>(isa: Isa, op: Op) -> Result<Op::Output, Error> {
-    vectorize_at(isa, op).map_err(|_| Error::IsaUnavailable(isa))
+pub(crate) fn dispatch<Op: WithSimd>(isa: Isa, op: Op) -> Option<Op::Output> {
+    vectorize_at(isa, op).ok()
 }
 
 /// Runs `op` compiled with the target features of `isa` (plain slice loops

@@ -289,6 +289,13 @@ struct Block {
 /// `C <- beta C + alpha A B` from packed operands (`C` is `m x n`); with
 /// `lower_only`, only the lower triangle of the square `C` is touched.
 /// `beta == 0` means C is not read.
+///
+/// The loops, outermost first: `C` into `MC x NC` blocks that the threads
+/// take from a shared counter (`Worker::run`); in a block ([`Worker::block`])
+/// the inner dimension into chunks of at most [`KC`], then `NR`-column
+/// panels, then `MR`-row tiles (those entirely above the diagonal skipped
+/// when `lower_only`), each run by [`kernel`] over the steps where both
+/// packed operands can be non-zero.
 pub(crate) fn compute(
     isa: Isa,
     c: MatMut<'_, f32>,

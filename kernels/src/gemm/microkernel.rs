@@ -459,7 +459,10 @@ unsafe fn store_full<S: Simd, const MV: usize, const NR: usize>(
     }
 }
 
-/// Runs the microkernel over every tile of `job` and writes the results.
+/// LOOP 2 of the GEMM driver (the outer three are `Driver::split_n`,
+/// `split_k` and `split_m` in `gemm.rs`): split the row block's columns
+/// into `NR`-column panels; runs the microkernel over every tile of `job`
+/// and writes the results.
 ///
 /// # Safety
 /// `job` must describe packed buffers of the stated sizes and a block of `C`
@@ -517,8 +520,9 @@ struct Panel {
     store: bool,
 }
 
-/// Runs the microkernels of the tile width `NR2` (at least `panel.cols`)
-/// down one column panel.
+/// LOOP 1: split one column panel's rows into `MR`-row tiles, and run the
+/// microkernels of the tile width `NR2` (at least `panel.cols`) on each,
+/// each tile in a stack frame of its own.
 ///
 /// # Safety
 /// As [`compute_block`]; `panel` describes a column panel of `job`.

@@ -140,5 +140,5 @@ pub fn activate_slice_with_isa(
             s.partial_store_f32s(tail, t);
         }
     }
-    crate::isa::dispatch(isa, Op { act, values })
+    crate::isa::dispatch(isa, Op { act, values }).ok_or(crate::Error::IsaUnavailable(isa))
 }
