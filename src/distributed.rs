@@ -38,7 +38,7 @@
 //! Sampled targets: every rank draws the same per-step seed from the
 //! optimizer's generator (seeded by `config.seed`), and rank `r` samples its
 //! columns from the streams of the column chunks it would hold in the
-//! combined batch (`Mlp::sample_output_error` samples chunk `c` of
+//! combined batch (`fisher::sample_output_error` samples chunk `c` of
 //! [`SAMPLE_CHUNK_COLS`] columns from `Rng::new(seed + c)`). Each rank
 //! thus has streams of its own, a run is
 //! reproducible for a given number of ranks and shard sizes, and when every
@@ -46,7 +46,8 @@
 //! samples are exactly those of the single-process step on the combined
 //! batch.
 
-use crate::mlp::{Mlp, SAMPLE_CHUNK_COLS};
+use crate::mlp::Mlp;
+use crate::optim::fisher::SAMPLE_CHUNK_COLS;
 use crate::optim::kronecker::{layers_per_task, LayerPlan, Schedule, MAX_DAMPING_RETRIES};
 use crate::optim::{
     DampingAdaptation, FactorUpdate, NaturalGradient, NaturalGradientConfig, Optimizer,
@@ -582,24 +583,17 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
             let samples = ng.pre.config.samples;
             let local = (|| -> Result<(), Error> {
                 if out_diag {
-                    net.output_fisher_diagonal(ws, &mut ng.fisher_diag)?;
+                    ng.sampler.exact_output_diagonal(net, ws)?;
                 }
-                let last = num_layers - 1;
                 for s in 0..samples {
-                    net.sample_output_error_from(
-                        ws,
-                        &mut ng.sampled_errs[last],
-                        &mut ng.rng,
-                        first_chunk,
-                    )?;
-                    let stack = MemStack::new(&mut ng.scratch);
-                    net.backward(&ws.acts, &mut ng.sampled_errs, None, b, par, stack)?;
+                    ng.sampler
+                        .draw_and_backpropagate(net, ws, false, first_chunk)?;
                     let beta = if s == 0 { 0.0 } else { 1.0 };
                     ng.pre
                         .layers
                         .par_iter_mut()
                         .zip(self.sum_g.par_iter_mut())
-                        .zip(ng.sampled_errs.par_iter())
+                        .zip(ng.sampler.errs.par_iter())
                         .with_min_len(layers_per_task(par))
                         .try_for_each(|((st, sum), e)| {
                             if st.g_diag {
@@ -634,7 +628,7 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
                     let n = st.n_out;
                     self.stats_send[off..off + n]
                         .iter_mut()
-                        .zip(&ng.fisher_diag)
+                        .zip(&ng.sampler.output_diagonal)
                         .for_each(|(s, &d)| *s = d * b as f32);
                     off += n;
                 } else {

@@ -178,6 +178,25 @@ impl Workspace {
         view(&self.acts[i], n, self.batch, n + 1)
     }
 
+    /// The activation buffers `abar_i`, `(n_i + 1) x max_batch` each (see
+    /// [`Workspace`]), of which the first `batch()` columns are current.
+    pub(crate) fn activation_buffers(&self) -> &[Vec<f32>] {
+        &self.acts
+    }
+    /// The gradient buffers, writable (for terms an optimizer adds).
+    pub(crate) fn grads_mut(&mut self) -> &mut [Vec<f32>] {
+        &mut self.grads
+    }
+    /// The activations and errors, writable (an optimizer may solve in
+    /// place on them once the gradients are formed), with the gradients.
+    pub(crate) fn update_buffers(&mut self) -> UpdateBuffers<'_> {
+        UpdateBuffers {
+            acts: &mut self.acts,
+            errs: &mut self.errs,
+            grads: &self.grads,
+        }
+    }
+
     pub(crate) fn check_compatible(&self, net: &Mlp) -> Result<(), Error> {
         if !net.has_sizes(&self.sizes) {
             return Err(Error::Shape(format!(
@@ -202,6 +221,17 @@ impl Workspace {
         self.batch = b;
         Ok(())
     }
+}
+
+/// The buffers an optimizer's update reads after the backward pass (see
+/// [`Workspace::update_buffers`]).
+pub(crate) struct UpdateBuffers<'a> {
+    /// The activations `abar_i`, one per layer and the output.
+    pub(crate) acts: &'a mut [Vec<f32>],
+    /// The errors `e_i`, one per layer.
+    pub(crate) errs: &'a mut [Vec<f32>],
+    /// The gradients, one per layer.
+    pub(crate) grads: &'a [Vec<f32>],
 }
 
 /// A column-major view of `rows x cols` with column stride `ld` into `buf`.

@@ -8,6 +8,7 @@
 
 mod adam;
 mod config;
+pub mod fisher;
 pub mod kronecker;
 mod natural;
 mod sgd;
