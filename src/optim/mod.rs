@@ -10,7 +10,7 @@ mod adam;
 mod config;
 pub mod fisher;
 pub mod kronecker;
-mod natural;
+pub(crate) mod natural;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
