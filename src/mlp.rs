@@ -17,7 +17,7 @@ use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
 use natgrad_kernels::gemm::{gemm_fused, Epilogue};
 use natgrad_kernels::rng::Rng;
-use natgrad_kernels::{Activation, MatRef, MemStack};
+use natgrad_kernels::{Activation, MatRef, MemStack, Par};
 use rayon::prelude::*;
 
 /// The model's predictive distribution `p(y | x)`, which defines the loss
@@ -393,7 +393,7 @@ impl Mlp {
     /// the workspace's activations. Errors on shape mismatch, a batch larger than
     /// the workspace's, or non-finite input or parameters.
     pub fn forward(&self, ws: &mut Workspace, x: MatRef<'_, f32>) -> Result<(), Error> {
-        ws.check_compatible(self)?;
+        self.check_workspace(ws)?;
         let b = x.ncols();
         if x.nrows() != self.input_size() {
             return Err(Error::Shape(format!(
@@ -466,7 +466,7 @@ impl Mlp {
     /// [`Error::Shape`] if `ws` was built for another network (its buffers
     /// would not fit the view).
     pub fn output<'a>(&self, ws: &'a Workspace) -> Result<MatRef<'a, f32>, Error> {
-        ws.check_compatible(self)?;
+        self.check_workspace(ws)?;
         let n = self.output_size();
         Ok(view(&ws.acts[self.layers.len()], n, ws.batch, n + 1))
     }
@@ -487,7 +487,7 @@ impl Mlp {
         y: MatRef<'_, f32>,
         write_error: bool,
     ) -> Result<f64, Error> {
-        ws.check_compatible(self)?;
+        self.check_workspace(ws)?;
         let n = self.output_size();
         let b = ws.batch;
         if y.nrows() != n || y.ncols() != b {
@@ -662,6 +662,38 @@ impl Mlp {
             start += len;
         }
         Ok(total / n as f64)
+    }
+}
+
+/// The workspace is built here, from the network that sizes it, so that
+/// `workspace.rs` knows buffers and widths, not networks (the dependency
+/// runs one way: the network's passes use the workspace).
+impl Workspace {
+    /// Buffers for `net` at minibatches of up to `max_batch` columns, with
+    /// kernels parallelised as `par`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if `max_batch` is 0 or above
+    /// [`MAX_BATCH`](crate::workspace::MAX_BATCH), or if the buffers cannot be
+    /// allocated (the allocator's refusal is returned, not turned into an
+    /// abort).
+    pub fn new(net: &Mlp, max_batch: usize, par: Par) -> Result<Workspace, Error> {
+        let partials = max_batch.div_ceil(LOSS_CHUNK_COLS);
+        Workspace::with_sizes(net.sizes(), max_batch, par, partials)
+    }
+}
+
+impl Mlp {
+    /// [`Error::Shape`] unless `ws` was built for a network of this one's widths.
+    pub(crate) fn check_workspace(&self, ws: &Workspace) -> Result<(), Error> {
+        if !self.has_sizes(ws.sizes()) {
+            return Err(Error::Shape(format!(
+                "the workspace was built for widths {:?}, the network has {:?}",
+                ws.sizes(),
+                self.sizes()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ pub(crate) fn sample_output_error_from(
     rng: &mut Rng,
     first_chunk: u64,
 ) -> Result<(), Error> {
-    ws.check_compatible(net)?;
+    net.check_workspace(ws)?;
     let n = net.output_size();
     let b = ws.batch();
     let acts = &ws.activation_buffers()[net.num_layers()];
@@ -184,7 +184,7 @@ pub(crate) fn sample_penultimate_error(
 /// [`Error::Shape`] if `ws` was built for another network or `out` is
 /// shorter than `n_L`.
 pub fn output_fisher_diagonal(net: &Mlp, ws: &Workspace, out: &mut [f32]) -> Result<bool, Error> {
-    ws.check_compatible(net)?;
+    net.check_workspace(ws)?;
     let likelihood = net.likelihood();
     if !likelihood.has_diagonal_output_fisher() {
         return Ok(false);
