@@ -412,7 +412,7 @@ impl Mlp {
             ));
         }
         let n0 = self.input_size();
-        let a0 = &mut ws.acts[0];
+        let a0 = &mut ws.buffers_mut().acts[0];
         for j in 0..b {
             let col = &mut a0[j * (n0 + 1)..(j + 1) * (n0 + 1)];
             match x.col(j).try_as_col_major() {
@@ -430,11 +430,11 @@ impl Mlp {
 
     /// Forward pass from the input already in `ws.acts[0]` (with its row of ones).
     pub(crate) fn forward_from_input(&self, ws: &mut Workspace) -> Result<(), Error> {
-        let b = ws.batch;
-        let par = ws.par;
-        let stack = MemStack::new(&mut ws.scratch);
+        let (b, par) = (ws.batch(), ws.par());
+        let buffers = ws.buffers_mut();
+        let stack = MemStack::new(buffers.scratch);
         for (i, layer) in self.layers.iter().enumerate() {
-            let (before, after) = ws.acts.split_at_mut(i + 1);
+            let (before, after) = buffers.acts.split_at_mut(i + 1);
             let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
             let out_buf = &mut after[0];
             let ld = layer.n_out + 1;
@@ -468,7 +468,12 @@ impl Mlp {
     pub fn output<'a>(&self, ws: &'a Workspace) -> Result<MatRef<'a, f32>, Error> {
         self.check_workspace(ws)?;
         let n = self.output_size();
-        Ok(view(&ws.acts[self.layers.len()], n, ws.batch, n + 1))
+        Ok(view(
+            &ws.activation_buffers()[self.layers.len()],
+            n,
+            ws.batch(),
+            n + 1,
+        ))
     }
 
     /// Loss of the last forward pass against targets `y` (`n_L x b`): the
@@ -489,7 +494,7 @@ impl Mlp {
     ) -> Result<f64, Error> {
         self.check_workspace(ws)?;
         let n = self.output_size();
-        let b = ws.batch;
+        let b = ws.batch();
         if y.nrows() != n || y.ncols() != b {
             return Err(Error::Shape(format!(
                 "targets are {}x{}, the network's output is {n}x{b}",
@@ -500,9 +505,11 @@ impl Mlp {
         check_target_support(self.likelihood, y)?;
         let l = self.layers.len();
         let likelihood = self.likelihood;
-        let (acts, errs) = (&ws.acts[l], &mut ws.errs[l - 1]);
+        let par = ws.par();
+        let buffers = ws.buffers_mut();
+        let (acts, errs) = (&buffers.acts[l], &mut buffers.errs[l - 1]);
         let chunks = b.div_ceil(LOSS_CHUNK_COLS);
-        let partials = &mut ws.loss_partials[..chunks];
+        let partials = &mut buffers.loss_partials[..chunks];
         // Column chunks in parallel, each summed in f64 into its own slot, the
         // slots then added in order: the loss does not depend on the threads.
         let chunk = |(c, (e, p)): (usize, (&mut [f32], &mut f64))| {
@@ -522,7 +529,7 @@ impl Mlp {
             *p = total;
         };
         let errs = &mut errs[..n * b];
-        if ws.par.degree() > 1 && chunks > 1 {
+        if par.degree() > 1 && chunks > 1 {
             errs.par_chunks_mut(n * LOSS_CHUNK_COLS)
                 .zip(partials.par_iter_mut())
                 .enumerate()
@@ -627,9 +634,17 @@ impl Mlp {
     ) -> Result<f64, Error> {
         self.forward(ws, x)?;
         let loss = self.loss(ws, y, true)?;
-        let (b, par) = (ws.batch, ws.par);
-        let stack = MemStack::new(&mut ws.scratch);
-        self.backward(&ws.acts, &mut ws.errs, Some(&mut ws.grads), b, par, stack)?;
+        let (b, par) = (ws.batch(), ws.par());
+        let buffers = ws.buffers_mut();
+        let stack = MemStack::new(buffers.scratch);
+        self.backward(
+            buffers.acts,
+            buffers.errs,
+            Some(buffers.grads),
+            b,
+            par,
+            stack,
+        )?;
         Ok(loss)
     }
 

@@ -87,16 +87,16 @@ pub(crate) fn probe_allocation(bytes: u128, what: &str) -> Result<(), Error> {
 /// * `grads[i]` holds the gradient of layer `i + 1`, `n_{i+1} x (n_i + 1)`;
 /// * one scratch buffer for the kernels, sized by their `*_scratch` functions.
 pub struct Workspace {
-    pub(crate) sizes: Vec<usize>,
-    pub(crate) max_batch: usize,
-    pub(crate) batch: usize,
-    pub(crate) acts: Vec<Vec<f32>>,
-    pub(crate) errs: Vec<Vec<f32>>,
-    pub(crate) grads: Vec<Vec<f32>>,
-    pub(crate) scratch: MemBuffer,
+    sizes: Vec<usize>,
+    max_batch: usize,
+    batch: usize,
+    acts: Vec<Vec<f32>>,
+    errs: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    scratch: MemBuffer,
     /// Per-chunk partial sums of the loss (see `Mlp::loss`).
-    pub(crate) loss_partials: Vec<f64>,
-    pub(crate) par: Par,
+    loss_partials: Vec<f64>,
+    par: Par,
 }
 
 impl Workspace {
@@ -188,13 +188,16 @@ impl Workspace {
     pub(crate) fn grads_mut(&mut self) -> &mut [Vec<f32>] {
         &mut self.grads
     }
-    /// The activations and errors, writable (an optimizer may solve in
-    /// place on them once the gradients are formed), with the gradients.
-    pub(crate) fn update_buffers(&mut self) -> UpdateBuffers<'_> {
-        UpdateBuffers {
+    /// Every buffer, writable, borrowed apart: for the passes that read
+    /// some while they write others, and for an optimizer that solves in
+    /// place on the activations and errors once the gradients are formed.
+    pub(crate) fn buffers_mut(&mut self) -> Buffers<'_> {
+        Buffers {
             acts: &mut self.acts,
             errs: &mut self.errs,
-            grads: &self.grads,
+            grads: &mut self.grads,
+            scratch: &mut self.scratch,
+            loss_partials: &mut self.loss_partials,
         }
     }
 
@@ -218,15 +221,18 @@ impl Workspace {
     }
 }
 
-/// The buffers an optimizer's update reads after the backward pass (see
-/// [`Workspace::update_buffers`]).
-pub(crate) struct UpdateBuffers<'a> {
-    /// The activations `abar_i`, one per layer and the output.
+/// The workspace's buffers borrowed apart (see [`Workspace::buffers_mut`]).
+pub(crate) struct Buffers<'a> {
+    /// The activations `abar_i`, the input's and each layer's.
     pub(crate) acts: &'a mut [Vec<f32>],
     /// The errors `e_i`, one per layer.
     pub(crate) errs: &'a mut [Vec<f32>],
     /// The gradients, one per layer.
-    pub(crate) grads: &'a [Vec<f32>],
+    pub(crate) grads: &'a mut [Vec<f32>],
+    /// The kernels' scratch.
+    pub(crate) scratch: &'a mut MemBuffer,
+    /// The loss's per-chunk partial sums.
+    pub(crate) loss_partials: &'a mut [f64],
 }
 
 /// A column-major view of `rows x cols` with column stride `ld` into `buf`.

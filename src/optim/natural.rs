@@ -553,8 +553,8 @@ impl NaturalGradient {
     /// not needed again). Returns `sum_i <grad_i, dW_i>`.
     fn precondition(&mut self, ws: &mut Workspace, plan: &StepPlan) -> Result<f64, Error> {
         let (b, par, eta) = (plan.batch, plan.par, plan.eta);
-        let buffers = ws.update_buffers();
-        let (acts, errs, grads) = (buffers.acts, buffers.errs, buffers.grads);
+        let buffers = ws.buffers_mut();
+        let (acts, errs, grads) = (buffers.acts, buffers.errs, &*buffers.grads);
         let acts = &mut acts[..self.pre.layers.len()];
         self.pre
             .layers
