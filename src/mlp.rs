@@ -107,7 +107,7 @@ fn check_target_support(likelihood: Likelihood, y: MatRef<'_, f32>) -> Result<()
 impl Likelihood {
     /// Whether the output layer's backward factor `E_y~[e_L e_L^T]` is
     /// diagonal (independent outputs): Gaussian and Bernoulli, not Categorical
-    /// (`diag(p) - p p^T`). See [`Mlp::output_fisher_diagonal`].
+    /// (`diag(p) - p p^T`). See [`output_fisher_diagonal`](crate::optim::fisher::output_fisher_diagonal).
     pub fn has_diagonal_output_fisher(self) -> bool {
         !matches!(self, Likelihood::Categorical)
     }

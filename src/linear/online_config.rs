@@ -79,7 +79,7 @@ pub fn authors_networks() -> Vec<OnlineNetwork> {
 ///   inputs; `NET 2`, widening then narrowing, 20 inputs and hidden widths
 ///   30, 40, .., 100, .., 40, 30, output 20; `NET 3`, the bottleneck
 ///   200-80-34-20-10-5-2-5-10-20-34-80-200 (`input_size = 200`);
-/// - inputs ([`CorrelatedInputs::authors`]): `x = Q^T diag(sqrt(lambda)) z`,
+/// - inputs ([`CorrelatedInputs::authors`](super::CorrelatedInputs::authors)): `x = Q^T diag(sqrt(lambda)) z`,
 ///   `z` standard normal, `Q` a random orthogonal matrix,
 ///   `lambda_i = epsilon + exp(-i rank / n)` (`i = 0 .. n-1`) rescaled to sum
 ///   to `sigma^2 n`, with `epsilon = 1e-3`, `sigma = 1`, `rank = 5`: a
@@ -87,7 +87,7 @@ pub fn authors_networks() -> Vec<OnlineNetwork> {
 /// - teacher: a random network of the same profile; targets
 ///   `y = W* x + 0.001 n`, `n` standard normal; the student starts from an
 ///   independent draw of the same distribution; every layer's entries are
-///   `N(0, 1/fan_in)` ([`authors_gaussian_layers`]);
+///   `N(0, 1/fan_in)` ([`authors_gaussian_layers`](super::authors_gaussian_layers));
 /// - a training set of 10000 examples sampled in minibatches (distinct
 ///   examples within a minibatch), a test set of 1000; test error
 ///   `1/2 mean |W x - y|^2` over the test set, recorded every 1000 examples;
@@ -126,7 +126,7 @@ pub fn authors_networks() -> Vec<OnlineNetwork> {
 ///
 /// # The exact closed form
 ///
-/// [`LinearNaturalGradient`] on the population problem (`C` the inputs'
+/// [`LinearNaturalGradient`](super::LinearNaturalGradient) on the population problem (`C` the inputs'
 /// covariance, `S = I`, `W*` the teacher's map) with the same step and the
 /// same Levenberg-Marquardt damping, in f64: the curve the online method
 /// would follow with exact statistics. It consumes no examples; its step `k`

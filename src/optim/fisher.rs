@@ -5,8 +5,9 @@
 //!
 //! Only the natural gradient samples, so the sampling lives here, on the
 //! optimizer's side; it reads the network ([`Mlp`]) and the activations of
-//! the last forward pass in the [`Workspace`]. [`FisherSampler`] holds the
-//! buffers one step's sampling needs, sized once.
+//! the last forward pass in the [`Workspace`]. The optimizer's
+//! `FisherSampler` holds the buffers one step's sampling needs, sized once,
+//! and its random stream.
 
 use super::config::NaturalGradientConfig;
 use crate::mlp::{Likelihood, Mlp};

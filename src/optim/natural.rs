@@ -20,6 +20,18 @@
 //! solved through the `b x b` Gram matrix of the minibatch instead of the
 //! `n x n` factor (push-through and Woodbury identities, see
 //! [`Preconditioning::Gram`]): the same update for a fraction of the flops.
+//!
+//! The optimizer's parts: its settings ([`NaturalGradientConfig`],
+//! `config.rs`); its state, the per-layer factors, Cholesky factors or
+//! inverses, running averages and scratch with the damping and the step
+//! counter (the [`KroneckerPreconditioner`] it is built on, `kronecker.rs`),
+//! and the Fisher sampling's buffers and stream (`FisherSampler`,
+//! `fisher.rs`); the plan of a step (`StepPlan`: the schedule, the
+//! minibatch, the step size, whether the damping is checked, and per layer
+//! the form of the update, low-rank, Gram or full, in its `LayerPlan`); and
+//! the step's phases, one method each: `loss_and_gradient`, `plan_step`,
+//! `sample_backward_factors`, `factorise`, `precondition`, `apply_update`,
+//! `check_damping` (with `adapt_damping`).
 
 use super::config::{DampingAdaptation, NaturalGradientConfig};
 use super::fisher::FisherSampler;
