@@ -38,7 +38,7 @@
 //! Sampled targets: every rank draws the same per-step seed from the
 //! optimizer's generator (seeded by `config.seed`), and rank `r` samples its
 //! columns from the streams of the column chunks it would hold in the
-//! combined batch (`Mlp::sample_output_error` samples chunk `c` of
+//! combined batch (`fisher::sample_output_error` samples chunk `c` of
 //! [`SAMPLE_CHUNK_COLS`] columns from `Rng::new(seed + c)`). Each rank
 //! thus has streams of its own, a run is
 //! reproducible for a given number of ranks and shard sizes, and when every
@@ -46,16 +46,18 @@
 //! samples are exactly those of the single-process step on the combined
 //! batch.
 
-use crate::mlp::{Mlp, SAMPLE_CHUNK_COLS};
-use crate::optim::kronecker::{layers_per_task, LayerPlan, Schedule, MAX_DAMPING_RETRIES};
+use crate::mlp::Mlp;
+use crate::optim::fisher::SAMPLE_CHUNK_COLS;
+use crate::optim::kronecker::{layers_per_task, MAX_DAMPING_RETRIES};
+use crate::optim::natural::StepPlan;
 use crate::optim::{
-    DampingAdaptation, FactorUpdate, NaturalGradient, NaturalGradientConfig, Optimizer,
-    OptimizerState, PhaseSecs, Preconditioning, Sgd, SgdConfig, StepStats,
+    FactorUpdate, NaturalGradient, NaturalGradientConfig, Optimizer, OptimizerState, PhaseSecs,
+    Preconditioning, Sgd, SgdConfig, StepStats,
 };
 use crate::workspace::{view, Workspace};
 use crate::Error;
 use natgrad_kernels::syrk::syrk_lower;
-use natgrad_kernels::vector::{add_and_penalty_change, dot_f64};
+use natgrad_kernels::vector::dot_f64;
 use natgrad_kernels::{MatMut, MatRef, MemStack};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -158,7 +160,7 @@ impl GradientReduce {
         })
     }
 
-    /// Loss and gradient of the local shard, all-reduced into `ws.grads` as
+    /// Loss and gradient of the local shard, all-reduced into `ws.grads()` as
     /// the combined batch's mean gradient. Returns the combined batch's loss
     /// and this rank's local loss (f64, exact), or the error on every rank.
     #[allow(clippy::too_many_arguments)]
@@ -182,23 +184,23 @@ impl GradientReduce {
                 )));
             }
             let loss = net.loss_and_gradient(ws, x, y)?;
-            crate::optim::check_grads_finite(&ws.grads)?;
+            crate::optim::check_grads_finite(ws.grads())?;
             Ok(loss)
         })();
         let (ranks, rank, p) = (comm.size(), comm.rank(), self.num_params);
         self.send.fill(0.0);
         match &local {
             Ok(loss) => {
-                let b = ws.batch as f32;
+                let b = ws.batch() as f32;
                 let mut off = 0;
-                for g in &ws.grads {
+                for g in ws.grads() {
                     self.send[off..off + g.len()]
                         .iter_mut()
                         .zip(g)
                         .for_each(|(s, &g)| *s = g * b);
                     off += g.len();
                 }
-                self.send[p] = (*loss * ws.batch as f64) as f32;
+                self.send[p] = (*loss * ws.batch() as f64) as f32;
                 self.send[p + 1 + rank] = b;
             }
             Err(_) => self.send[p + 1 + ranks] = 1.0,
@@ -222,7 +224,7 @@ impl GradientReduce {
         let total: usize = self.batches.iter().sum();
         let inv = 1.0 / total as f32;
         let mut off = 0;
-        for g in ws.grads.iter_mut() {
+        for g in ws.grads_mut().iter_mut() {
             let len = g.len();
             g.iter_mut()
                 .zip(&self.recv[off..off + len])
@@ -231,7 +233,7 @@ impl GradientReduce {
         }
         // The sum can overflow where no rank's part did; the same on every
         // rank, so every rank refuses the step together.
-        crate::optim::check_grads_finite(&ws.grads)?;
+        crate::optim::check_grads_finite(ws.grads())?;
         Ok((self.recv[p] as f64 / total as f64, loss))
     }
 
@@ -293,7 +295,7 @@ impl<C: Communicator> DistributedSgd<C> {
             y,
             &mut self.comm_secs,
         )?;
-        self.sgd.apply_gradient(net, &ws.grads);
+        self.sgd.apply_gradient(net, ws.grads());
         Ok(StepStats { loss })
     }
 
@@ -524,11 +526,10 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
     ) -> Result<StepStats, Error> {
         let clock = Instant::now();
         self.comm_secs = 0.0;
-        let mut phases = PhaseSecs::default();
+        let mut laps = PhaseSecs::default();
         let lap = |slot: &mut f64| *slot = clock.elapsed().as_secs_f64();
-        let rank = self.comm.rank();
-        let ng = &mut self.ng;
         // 1. Loss and the combined batch's gradient.
+        let ng = &mut self.ng;
         let (loss, local_loss) = self.reduce.run(
             &self.comm,
             net,
@@ -539,161 +540,174 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
             y,
             &mut self.comm_secs,
         )?;
-        let total = self.reduce.total();
+        ng.add_weight_decay(net, ws);
+        // The configuration's preconditioning is `Full` (see `new`).
+        let plan = ng.plan_step(net, ws.batch(), ws.par());
+        lap(&mut laps.loss_and_gradient);
+        // 2. Local factor sums, all-reduced, into the running averages.
+        if plan.schedule.statistics {
+            self.combine_factor_statistics(net, ws, &plan)?;
+        }
+        lap(&mut laps.sampled_backward);
+        // 3. Each owner factorises its layers.
+        self.factorise_owned_layers(&plan)?;
+        lap(&mut laps.factorise);
+        // 4. Each owner preconditions its layers' gradients; the updates are
+        //    gathered on every rank.
+        let grad_dot_delta = self.precondition_owned_layers(ws, &plan)?;
+        lap(&mut laps.precondition);
+        // 5. Apply (the same update on every rank), and 6. the
+        //    Levenberg-Marquardt rule on the losses summed over ranks.
+        self.ng.apply_update(net, &plan)?;
+        if plan.lm_check {
+            self.check_damping(net, ws, x, y, local_loss, grad_dot_delta, &plan);
+        }
+        lap(&mut laps.apply_and_damping);
+        self.ng.phases = laps.durations();
+        Ok(StepStats { loss })
+    }
+
+    /// Phase 2: the factors' sums over this rank's shard (`A` from the
+    /// activations, `G` from sampled targets, or the exact output diagonal),
+    /// all-reduced into every rank's running averages. An error on any rank
+    /// is an error on every rank.
+    fn combine_factor_statistics(
+        &mut self,
+        net: &Mlp,
+        ws: &Workspace,
+        plan: &StepPlan,
+    ) -> Result<(), Error> {
+        let rank = self.comm.rank();
+        // The shard's first sampling chunk in the combined batch.
         let first_chunk: u64 = self.reduce.batches[..rank]
             .iter()
             .map(|b| b.div_ceil(SAMPLE_CHUNK_COLS) as u64)
             .sum();
-        let wd = ng.pre.config.weight_decay;
-        let (b, par) = (ws.batch, ws.par);
-        if wd > 0.0 {
-            ws.grads
-                .par_iter_mut()
-                .zip(net.layers().par_iter())
-                .with_min_len(layers_per_task(par))
-                .for_each(|(g, l)| g.iter_mut().zip(&l.params).for_each(|(g, &w)| *g += wd * w));
-        }
-        let num_layers = net.num_layers();
-        let Schedule {
-            k,
-            statistics: stats_step,
-            rho,
-            refresh,
-            ..
-        } = Schedule::next(ng.pre.steps, ng.pre.stale, &ng.pre.config);
-        let out_diag =
-            ng.pre.config.exact_output_factor && net.likelihood().has_diagonal_output_fisher();
-        for (l, st) in ng.pre.layers.iter_mut().enumerate() {
-            st.g_diag = out_diag && l + 1 == num_layers;
-            st.plan = LayerPlan::choose(
-                st.n_out,
-                st.n_in1,
-                b,
-                Preconditioning::Full,
-                false,
-                st.g_diag,
-                wd > 0.0,
-            );
-        }
-        lap(&mut phases.loss_and_gradient);
-
-        // 2. Local factor sums, all-reduced, into the running averages.
-        if stats_step {
-            let samples = ng.pre.config.samples;
-            let local = (|| -> Result<(), Error> {
-                if out_diag {
-                    net.output_fisher_diagonal(ws, &mut ng.fisher_diag)?;
-                }
-                let last = num_layers - 1;
-                for s in 0..samples {
-                    net.sample_output_error_from(
-                        ws,
-                        &mut ng.sampled_errs[last],
-                        &mut ng.rng,
-                        first_chunk,
-                    )?;
-                    let stack = MemStack::new(&mut ng.scratch);
-                    net.backward(&ws.acts, &mut ng.sampled_errs, None, b, par, stack)?;
-                    let beta = if s == 0 { 0.0 } else { 1.0 };
-                    ng.pre
-                        .layers
-                        .par_iter_mut()
-                        .zip(self.sum_g.par_iter_mut())
-                        .zip(ng.sampled_errs.par_iter())
-                        .with_min_len(layers_per_task(par))
-                        .try_for_each(|((st, sum), e)| {
-                            if st.g_diag {
-                                return Ok(());
-                            }
-                            let n = st.n_out;
-                            let stack = MemStack::new(&mut st.scratch);
-                            let g = MatMut::from_column_major_slice_mut(sum, n, n);
-                            syrk_lower(g, beta, view(e, n, b, n), 1.0, par, stack)
-                        })?;
-                }
-                ng.pre
-                    .layers
-                    .par_iter_mut()
-                    .zip(self.sum_a.par_iter_mut())
-                    .zip(ws.acts[..num_layers].par_iter())
-                    .with_min_len(layers_per_task(par))
-                    .try_for_each(|((st, sum), a)| {
-                        let n = st.n_in1;
-                        let stack = MemStack::new(&mut st.scratch);
-                        let f = MatMut::from_column_major_slice_mut(sum, n, n);
-                        syrk_lower(f, 0.0, view(a, n, b, n), 1.0, par, stack)
-                    })?;
-                Ok(())
-            })();
-            // Pack: per layer the lower triangle of A's sum, then G's (or
-            // the diagonal times the local batch), column by column.
-            let mut off = 0;
-            for (l, st) in ng.pre.layers.iter().enumerate() {
-                off += pack_lower(&self.sum_a[l], st.n_in1, &mut self.stats_send[off..]);
-                if st.g_diag {
-                    let n = st.n_out;
-                    self.stats_send[off..off + n]
-                        .iter_mut()
-                        .zip(&ng.fisher_diag)
-                        .for_each(|(s, &d)| *s = d * b as f32);
-                    off += n;
-                } else {
-                    off += pack_lower(&self.sum_g[l], st.n_out, &mut self.stats_send[off..]);
-                }
-            }
-            self.stats_send[off] = if local.is_err() { 1.0 } else { 0.0 };
-            let t = Instant::now();
-            self.comm
-                .all_reduce_sum_f32(&self.stats_send, &mut self.stats_recv);
-            self.comm_secs += t.elapsed().as_secs_f64();
-            let failed = self.stats_recv[off];
-            match local {
-                Err(e) => return Err(e),
-                Ok(()) if failed > 0.0 => {
-                    return Err(remote_failure("the curvature statistics", failed))
-                }
-                Ok(()) => {}
-            }
-            let alpha_a = (1.0 - rho) / total as f32;
-            let alpha_g = (1.0 - rho) / (total * samples) as f32;
-            let mut off = 0;
-            for st in ng.pre.layers.iter_mut() {
-                off += unpack_lower_into(
-                    &mut st.a_factor,
-                    st.n_in1,
-                    rho,
-                    alpha_a,
-                    &self.stats_recv[off..],
-                );
+        let local = self.local_factor_sums(net, ws, plan, first_chunk);
+        let b = plan.batch;
+        let ng = &self.ng;
+        // Pack: per layer the lower triangle of A's sum, then G's (or
+        // the diagonal times the local batch), column by column.
+        let mut off = 0;
+        for (l, st) in ng.pre.layers.iter().enumerate() {
+            off += pack_lower(&self.sum_a[l], st.n_in1, &mut self.stats_send[off..]);
+            if st.g_diag {
                 let n = st.n_out;
-                if st.g_diag {
-                    for (i, &s) in self.stats_recv[off..off + n].iter().enumerate() {
-                        let g = &mut st.g_factor[i * n + i];
-                        *g = rho * *g + (1.0 - rho) * (s / total as f32);
-                    }
-                    off += n;
-                } else {
-                    off += unpack_lower_into(
-                        &mut st.g_factor,
-                        n,
-                        rho,
-                        alpha_g,
-                        &self.stats_recv[off..],
-                    );
-                }
+                self.stats_send[off..off + n]
+                    .iter_mut()
+                    .zip(&ng.sampler.output_diagonal)
+                    .for_each(|(s, &d)| *s = d * b as f32);
+                off += n;
+            } else {
+                off += pack_lower(&self.sum_g[l], st.n_out, &mut self.stats_send[off..]);
             }
         }
-        lap(&mut phases.sampled_backward);
+        self.stats_send[off] = if local.is_err() { 1.0 } else { 0.0 };
+        let t = Instant::now();
+        self.comm
+            .all_reduce_sum_f32(&self.stats_send, &mut self.stats_recv);
+        self.comm_secs += t.elapsed().as_secs_f64();
+        let failed = self.stats_recv[off];
+        match local {
+            Err(e) => return Err(e),
+            Ok(()) if failed > 0.0 => {
+                return Err(remote_failure("the curvature statistics", failed))
+            }
+            Ok(()) => {}
+        }
+        let total = self.reduce.total();
+        let rho = plan.schedule.rho;
+        let alpha_a = (1.0 - rho) / total as f32;
+        let alpha_g = (1.0 - rho) / (total * ng.pre.config.samples) as f32;
+        let mut off = 0;
+        for st in self.ng.pre.layers.iter_mut() {
+            off += unpack_lower_into(
+                &mut st.a_factor,
+                st.n_in1,
+                rho,
+                alpha_a,
+                &self.stats_recv[off..],
+            );
+            let n = st.n_out;
+            if st.g_diag {
+                for (i, &s) in self.stats_recv[off..off + n].iter().enumerate() {
+                    let g = &mut st.g_factor[i * n + i];
+                    *g = rho * *g + (1.0 - rho) * (s / total as f32);
+                }
+                off += n;
+            } else {
+                off +=
+                    unpack_lower_into(&mut st.g_factor, n, rho, alpha_g, &self.stats_recv[off..]);
+            }
+        }
+        Ok(())
+    }
 
-        // 3. Each owner factorises its layers; all retry together at a
-        //    higher damping when any factor is not positive definite.
-        let eta = ng.step_scale(num_layers);
+    /// This rank's sums `E E^T` over its sampled targets (into `sum_g`, or
+    /// the exact output diagonal into the sampler) and `Abar Abar^T` (into
+    /// `sum_a`), per layer. `first_chunk` places the shard's samples in the
+    /// combined batch's streams.
+    fn local_factor_sums(
+        &mut self,
+        net: &Mlp,
+        ws: &Workspace,
+        plan: &StepPlan,
+        first_chunk: u64,
+    ) -> Result<(), Error> {
+        let (b, par) = (plan.batch, plan.par);
+        let ng = &mut self.ng;
+        if plan.out_diag {
+            ng.sampler.exact_output_diagonal(net, ws)?;
+        }
+        for s in 0..ng.pre.config.samples {
+            ng.sampler
+                .draw_and_backpropagate(net, ws, false, first_chunk)?;
+            let beta = if s == 0 { 0.0 } else { 1.0 };
+            ng.pre
+                .layers
+                .par_iter_mut()
+                .zip(self.sum_g.par_iter_mut())
+                .zip(ng.sampler.errs.par_iter())
+                .with_min_len(layers_per_task(par))
+                .try_for_each(|((st, sum), e)| {
+                    if st.g_diag {
+                        return Ok(());
+                    }
+                    let n = st.n_out;
+                    let stack = MemStack::new(&mut st.scratch);
+                    let g = MatMut::from_column_major_slice_mut(sum, n, n);
+                    syrk_lower(g, beta, view(e, n, b, n), 1.0, par, stack)
+                })?;
+        }
+        let acts = &ws.activation_buffers()[..ng.pre.layers.len()];
+        ng.pre
+            .layers
+            .par_iter_mut()
+            .zip(self.sum_a.par_iter_mut())
+            .zip(acts.par_iter())
+            .with_min_len(layers_per_task(par))
+            .try_for_each(|((st, sum), a)| {
+                let n = st.n_in1;
+                let stack = MemStack::new(&mut st.scratch);
+                let f = MatMut::from_column_major_slice_mut(sum, n, n);
+                syrk_lower(f, 0.0, view(a, n, b, n), 1.0, par, stack)
+            })?;
+        Ok(())
+    }
+
+    /// Phase 3: each owner factorises its layers' damped factors (on
+    /// refresh steps); all ranks retry together at a tenfold damping when
+    /// any factor is not positive definite.
+    fn factorise_owned_layers(&mut self, plan: &StepPlan) -> Result<(), Error> {
+        let rank = self.comm.rank();
+        let par = plan.par;
+        let ng = &mut self.ng;
         let pi_correction = ng.pre.config.pi_correction;
         let mut damping = ng.pre.damping;
         let (lo, hi) = ng.pre.config.damping_bounds;
         let owner = &self.owner;
         for attempt in 0..=MAX_DAMPING_RETRIES {
-            if !(refresh || attempt > 0) {
+            if !(plan.schedule.refresh || attempt > 0) {
                 break;
             }
             let shift = damping.sqrt();
@@ -743,15 +757,22 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
         }
         ng.pre.damping = damping.clamp(lo, hi);
         ng.pre.stale = false;
-        lap(&mut phases.factorise);
+        Ok(())
+    }
 
-        // 4. Each owner preconditions its layers' gradients; the updates are
-        //    gathered on every rank.
-        let result = ng
+    /// Phase 4: each owner preconditions its layers' gradients (the full
+    /// form), and every rank gathers every layer's update. Returns
+    /// `sum_i <grad_i, dW_i>`, the same on every rank.
+    fn precondition_owned_layers(&mut self, ws: &Workspace, plan: &StepPlan) -> Result<f64, Error> {
+        let rank = self.comm.rank();
+        let (par, eta) = (plan.par, plan.eta);
+        let owner = &self.owner;
+        let result = self
+            .ng
             .pre
             .layers
             .par_iter_mut()
-            .zip(ws.grads.par_iter())
+            .zip(ws.grads().par_iter())
             .enumerate()
             .with_min_len(layers_per_task(par))
             .try_for_each(|(l, (st, g))| -> Result<(), natgrad_kernels::Error> {
@@ -761,8 +782,22 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
                 let gm = MatRef::from_column_major_slice(g, st.n_out, st.n_in1);
                 st.precondition_full(gm, -eta, par)
             });
+        self.gather_updates(result)?;
+        for (st, g) in self.ng.pre.layers.iter_mut().zip(ws.grads()) {
+            st.grad_dot_delta = dot_f64(&st.delta, g)?;
+        }
+        // Summed in layer order on every rank, as in the single-process step.
+        self.ng.checked_grad_dot_delta()
+    }
+
+    /// Every rank's owned updates (and its failure flag, from `result`, the
+    /// outcome of its own preconditioning) gathered into every rank's
+    /// layers' `delta`.
+    fn gather_updates(&mut self, result: Result<(), natgrad_kernels::Error>) -> Result<(), Error> {
+        let rank = self.comm.rank();
+        let owner = &self.owner;
         let mut off = 0;
-        for (l, st) in ng.pre.layers.iter().enumerate() {
+        for (l, st) in self.ng.pre.layers.iter().enumerate() {
             if owner[l] == rank {
                 self.delta_send[off..off + st.delta.len()].copy_from_slice(&st.delta);
                 off += st.delta.len();
@@ -794,7 +829,7 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
         if failed > 0.0 {
             return Err(remote_failure("the preconditioned update", failed));
         }
-        for (l, st) in ng.pre.layers.iter_mut().enumerate() {
+        for (l, st) in self.ng.pre.layers.iter_mut().enumerate() {
             let r = owner[l];
             let (len, start) = (st.delta.len(), self.delta_cursor[r]);
             if r != rank {
@@ -803,103 +838,51 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
             }
             self.delta_cursor[r] += len;
         }
-        for (st, g) in ng.pre.layers.iter_mut().zip(&ws.grads) {
-            st.grad_dot_delta = dot_f64(&st.delta, g)?;
-        }
-        // Summed in layer order on every rank, as in the single-process step.
-        let grad_dot_delta: f64 = ng.pre.layers.iter().map(|st| st.grad_dot_delta).sum();
-        if !grad_dot_delta.is_finite() {
-            return Err(Error::NonFinite(
-                "the natural-gradient update is not finite (curvature too ill-conditioned for the damping); \
-                 the step was not taken"
-                    .into(),
-            ));
-        }
-        lap(&mut phases.precondition);
+        Ok(())
+    }
 
-        // 5. Apply (the same update on every rank).
-        let lm_check = matches!(
-            ng.pre.config.adaptation,
-            DampingAdaptation::LevenbergMarquardt { interval } if k.is_multiple_of(interval as u64)
-        );
-        net.layers_mut()
-            .par_iter_mut()
-            .zip(ng.pre.layers.par_iter_mut())
-            .with_min_len(layers_per_task(par))
-            .try_for_each(|(layer, st)| -> Result<(), natgrad_kernels::Error> {
-                st.penalty_dot = if wd > 0.0 && lm_check {
-                    add_and_penalty_change(&mut layer.params, &st.delta)?
-                } else {
-                    layer
-                        .params
-                        .iter_mut()
-                        .zip(&st.delta)
-                        .for_each(|(w, d)| *w += d);
-                    0.0
-                };
-                Ok(())
-            })?;
-        ng.pre.steps = k;
-
-        // 6. Levenberg-Marquardt adaptation on the losses summed over ranks,
-        //    each rank checking the first `ceil(f b_r)` columns of its shard.
-        if lm_check {
-            let predicted = grad_dot_delta * (1.0 - eta as f64 / 2.0);
-            let old = ng.pre.damping;
-            let c = (ng.pre.config.damping_check_fraction as f64 * b as f64).ceil() as usize;
-            let checked = (|| -> Result<(f64, f64, usize), Error> {
-                let (loss_before, x, y) = if c >= b {
-                    (local_loss, x, y)
-                } else {
-                    let (xs, ys) = (x.subcols(0, c), y.subcols(0, c));
-                    ws.set_batch(c)?;
-                    (net.loss(ws, ys, false)?, xs, ys)
-                };
-                let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false))?;
-                Ok((loss_before, after, x.ncols()))
-            })();
-            let send = match checked {
-                Ok((before, after, c)) => [before * c as f64, after * c as f64, c as f64, 0.0],
-                Err(_) => [0.0, 0.0, 0.0, 1.0],
-            };
-            let mut all = [0.0f64; 4];
-            let t = Instant::now();
-            self.comm.all_reduce_sum_f64(&send, &mut all);
-            self.comm_secs += t.elapsed().as_secs_f64();
-            let penalty_change =
-                wd as f64 * ng.pre.layers.iter().map(|st| st.penalty_dot).sum::<f64>();
-            let take_back = |net: &mut Mlp, ng: &NaturalGradient| {
-                for (w, st) in net.params_mut().zip(&ng.pre.layers) {
-                    w.iter_mut().zip(&st.delta).for_each(|(w, d)| *w -= d);
-                }
-            };
-            let (loss_before, new_loss) = (all[0] / all[2], all[1] / all[2]);
-            if all[3] > 0.0 || !new_loss.is_finite() || new_loss - loss_before > loss_before.abs() {
-                // Non-finite on some rank, or more than doubled: take the
-                // step back and damp harder, as the single-process step.
-                take_back(net, ng);
-                ng.pre.damping = (ng.pre.damping * 10.0).min(hi);
-            } else if predicted < 0.0 {
-                let ratio = (new_loss - loss_before + penalty_change) / predicted;
-                if ratio < 0.25 {
-                    ng.pre.damping = (ng.pre.damping * 1.5).min(hi);
-                } else if ratio > 0.75 {
-                    ng.pre.damping = (ng.pre.damping * (2.0 / 3.0)).max(lo);
-                }
+    /// Phase 6, on Levenberg-Marquardt steps: each rank's loss on the first
+    /// `ceil(f b_r)` columns of its shard before and after the step, summed
+    /// over ranks, then the single-process rule
+    /// ([`NaturalGradient::adapt_damping`]) on every rank alike.
+    #[allow(clippy::too_many_arguments)]
+    fn check_damping(
+        &mut self,
+        net: &mut Mlp,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+        local_loss: f64,
+        grad_dot_delta: f64,
+        plan: &StepPlan,
+    ) {
+        let b = plan.batch;
+        let c = (self.ng.pre.config.damping_check_fraction as f64 * b as f64).ceil() as usize;
+        let checked = (|| -> Result<(f64, f64, usize), Error> {
+            let (loss_before, x, y) = if c >= b {
+                (local_loss, x, y)
             } else {
-                ng.pre.damping = (ng.pre.damping * 1.5).min(hi);
-            }
-            if ng.pre.damping > old {
-                ng.pre.stale = true;
-            }
-        }
-        lap(&mut phases.apply_and_damping);
-        phases.apply_and_damping -= phases.precondition;
-        phases.precondition -= phases.factorise;
-        phases.factorise -= phases.sampled_backward;
-        phases.sampled_backward -= phases.loss_and_gradient;
-        ng.phases = phases;
-        Ok(StepStats { loss })
+                let (xs, ys) = (x.subcols(0, c), y.subcols(0, c));
+                ws.set_batch(c)?;
+                (net.loss(ws, ys, false)?, xs, ys)
+            };
+            let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false))?;
+            Ok((loss_before, after, x.ncols()))
+        })();
+        let send = match checked {
+            Ok((before, after, c)) => [before * c as f64, after * c as f64, c as f64, 0.0],
+            Err(_) => [0.0, 0.0, 0.0, 1.0],
+        };
+        let mut all = [0.0f64; 4];
+        let t = Instant::now();
+        self.comm.all_reduce_sum_f64(&send, &mut all);
+        self.comm_secs += t.elapsed().as_secs_f64();
+        let (loss_before, new_loss) = (all[0] / all[2], all[1] / all[2]);
+        // Non-finite on some rank: NaN, which the rule takes back as the
+        // single-process step does.
+        let after = if all[3] > 0.0 { f64::NAN } else { new_loss };
+        self.ng
+            .adapt_damping(net, loss_before, after, grad_dot_delta, plan.eta);
     }
 }
 

@@ -200,6 +200,7 @@ mod experiment;
 mod fisher;
 mod network;
 mod online;
+mod online_config;
 mod online_report;
 mod online_student;
 mod random;
@@ -219,9 +220,12 @@ pub use network::{
     LinearNaturalGradient, MatPair, Problem, StepReport, PINV_RCOND,
 };
 pub use online::{
-    authors_gaussian_layers, authors_networks, run_online_experiment, run_online_method,
-    CorrelatedInputs, OnlineConfig, OnlineNetwork, OnlineTask, EXACT_STEPS,
-    ONLINE_DIVERGENCE_FACTOR, SGD_STEP_BOTTLENECK, SGD_STEP_SQUARE, SGD_STEP_WIDE,
+    authors_gaussian_layers, run_online_experiment, run_online_method, CorrelatedInputs,
+    OnlineTask, ONLINE_DIVERGENCE_FACTOR,
+};
+pub use online_config::{
+    authors_networks, OnlineConfig, OnlineNetwork, EXACT_STEPS, SGD_STEP_BOTTLENECK,
+    SGD_STEP_SQUARE, SGD_STEP_WIDE,
 };
 pub use online_report::{OnlineMethod, OnlineNetworkReport, OnlinePoint, OnlineReport, OnlineRun};
 pub use online_student::{LinearStudent, OnlineNaturalGradient, OnlineSgd, OnlineStepReport};

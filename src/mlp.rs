@@ -15,13 +15,9 @@
 
 use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
-use faer::reborrow::ReborrowMut;
-use natgrad_kernels::cholesky::{cholesky_in_place, cholesky_scratch};
 use natgrad_kernels::gemm::{gemm_fused, Epilogue};
 use natgrad_kernels::rng::Rng;
-use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
-use natgrad_kernels::trsm::{lower_times_in_place, lower_times_scratch};
-use natgrad_kernels::{Activation, MatRef, MemStack, StackReq};
+use natgrad_kernels::{Activation, MatRef, MemStack, Par};
 use rayon::prelude::*;
 
 /// The model's predictive distribution `p(y | x)`, which defines the loss
@@ -111,7 +107,7 @@ fn check_target_support(likelihood: Likelihood, y: MatRef<'_, f32>) -> Result<()
 impl Likelihood {
     /// Whether the output layer's backward factor `E_y~[e_L e_L^T]` is
     /// diagonal (independent outputs): Gaussian and Bernoulli, not Categorical
-    /// (`diag(p) - p p^T`). See [`Mlp::output_fisher_diagonal`].
+    /// (`diag(p) - p p^T`). See [`output_fisher_diagonal`](crate::optim::fisher::output_fisher_diagonal).
     pub fn has_diagonal_output_fisher(self) -> bool {
         !matches!(self, Likelihood::Categorical)
     }
@@ -397,7 +393,7 @@ impl Mlp {
     /// the workspace's activations. Errors on shape mismatch, a batch larger than
     /// the workspace's, or non-finite input or parameters.
     pub fn forward(&self, ws: &mut Workspace, x: MatRef<'_, f32>) -> Result<(), Error> {
-        ws.check_compatible(self)?;
+        self.check_workspace(ws)?;
         let b = x.ncols();
         if x.nrows() != self.input_size() {
             return Err(Error::Shape(format!(
@@ -416,7 +412,7 @@ impl Mlp {
             ));
         }
         let n0 = self.input_size();
-        let a0 = &mut ws.acts[0];
+        let a0 = &mut ws.buffers_mut().acts[0];
         for j in 0..b {
             let col = &mut a0[j * (n0 + 1)..(j + 1) * (n0 + 1)];
             match x.col(j).try_as_col_major() {
@@ -434,11 +430,11 @@ impl Mlp {
 
     /// Forward pass from the input already in `ws.acts[0]` (with its row of ones).
     pub(crate) fn forward_from_input(&self, ws: &mut Workspace) -> Result<(), Error> {
-        let b = ws.batch;
-        let par = ws.par;
-        let stack = MemStack::new(&mut ws.scratch);
+        let (b, par) = (ws.batch(), ws.par());
+        let buffers = ws.buffers_mut();
+        let stack = MemStack::new(buffers.scratch);
         for (i, layer) in self.layers.iter().enumerate() {
-            let (before, after) = ws.acts.split_at_mut(i + 1);
+            let (before, after) = buffers.acts.split_at_mut(i + 1);
             let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
             let out_buf = &mut after[0];
             let ld = layer.n_out + 1;
@@ -470,9 +466,14 @@ impl Mlp {
     /// [`Error::Shape`] if `ws` was built for another network (its buffers
     /// would not fit the view).
     pub fn output<'a>(&self, ws: &'a Workspace) -> Result<MatRef<'a, f32>, Error> {
-        ws.check_compatible(self)?;
+        self.check_workspace(ws)?;
         let n = self.output_size();
-        Ok(view(&ws.acts[self.layers.len()], n, ws.batch, n + 1))
+        Ok(view(
+            &ws.activation_buffers()[self.layers.len()],
+            n,
+            ws.batch(),
+            n + 1,
+        ))
     }
 
     /// Loss of the last forward pass against targets `y` (`n_L x b`): the
@@ -491,9 +492,9 @@ impl Mlp {
         y: MatRef<'_, f32>,
         write_error: bool,
     ) -> Result<f64, Error> {
-        ws.check_compatible(self)?;
+        self.check_workspace(ws)?;
         let n = self.output_size();
-        let b = ws.batch;
+        let b = ws.batch();
         if y.nrows() != n || y.ncols() != b {
             return Err(Error::Shape(format!(
                 "targets are {}x{}, the network's output is {n}x{b}",
@@ -504,9 +505,11 @@ impl Mlp {
         check_target_support(self.likelihood, y)?;
         let l = self.layers.len();
         let likelihood = self.likelihood;
-        let (acts, errs) = (&ws.acts[l], &mut ws.errs[l - 1]);
+        let par = ws.par();
+        let buffers = ws.buffers_mut();
+        let (acts, errs) = (&buffers.acts[l], &mut buffers.errs[l - 1]);
         let chunks = b.div_ceil(LOSS_CHUNK_COLS);
-        let partials = &mut ws.loss_partials[..chunks];
+        let partials = &mut buffers.loss_partials[..chunks];
         // Column chunks in parallel, each summed in f64 into its own slot, the
         // slots then added in order: the loss does not depend on the threads.
         let chunk = |(c, (e, p)): (usize, (&mut [f32], &mut f64))| {
@@ -526,7 +529,7 @@ impl Mlp {
             *p = total;
         };
         let errs = &mut errs[..n * b];
-        if ws.par.degree() > 1 && chunks > 1 {
+        if par.degree() > 1 && chunks > 1 {
             errs.par_chunks_mut(n * LOSS_CHUNK_COLS)
                 .zip(partials.par_iter_mut())
                 .enumerate()
@@ -549,202 +552,6 @@ impl Mlp {
             )));
         }
         Ok(loss)
-    }
-
-    /// Writes into `errs_out` (the output-layer slot of an error set) the output
-    /// error for targets sampled from the model's own predictive distribution,
-    /// `e_L = d(-log p(y~ | x))/d s_L` with `y~ ~ p(. | x)`:
-    /// Gaussian `e = f(x) - y~ = -noise` (a standard normal vector),
-    /// Bernoulli `e = sigmoid(s) - y~`, Categorical `e = softmax(s) - onehot(y~)`.
-    ///
-    /// Draws one 64-bit seed from `rng`; the minibatch is then sampled in
-    /// chunks of [`SAMPLE_CHUNK_COLS`] columns, chunk `c` from its own stream
-    /// `Rng::new(seed + c)`, in parallel under the workspace's `Par`. The
-    /// samples depend on `rng` and the minibatch only, not on the number of
-    /// threads.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] if `ws` was built for another network or `errs_out`
-    /// is shorter than `n_L * b` (nothing is drawn from `rng` then).
-    pub fn sample_output_error(
-        &self,
-        ws: &Workspace,
-        errs_out: &mut [f32],
-        rng: &mut Rng,
-    ) -> Result<(), Error> {
-        self.sample_output_error_from(ws, errs_out, rng, 0)
-    }
-
-    /// [`Mlp::sample_output_error`] for a minibatch that is a shard of a larger
-    /// one starting at column `first_chunk * SAMPLE_CHUNK_COLS`: chunk `c` of
-    /// the shard uses the stream of chunk `first_chunk + c` of the whole, so a
-    /// shard aligned on chunks draws exactly the whole minibatch's samples.
-    pub(crate) fn sample_output_error_from(
-        &self,
-        ws: &Workspace,
-        errs_out: &mut [f32],
-        rng: &mut Rng,
-        first_chunk: u64,
-    ) -> Result<(), Error> {
-        ws.check_compatible(self)?;
-        let n = self.output_size();
-        let b = ws.batch;
-        let acts = &ws.acts[self.layers.len()];
-        if errs_out.len() < n * b {
-            return Err(Error::Shape(format!(
-                "the output error buffer holds {} values, the minibatch needs {n} x {b}",
-                errs_out.len()
-            )));
-        }
-        let errs_out = &mut errs_out[..n * b];
-        let seed = rng.next_u64();
-        let likelihood = self.likelihood;
-        let chunk_len = SAMPLE_CHUNK_COLS * n;
-        let sample = |(c, out): (usize, &mut [f32])| {
-            let mut rng = Rng::new(seed.wrapping_add(first_chunk.wrapping_add(c as u64)));
-            let j0 = c * SAMPLE_CHUNK_COLS;
-            sample_columns(likelihood, n, &acts[j0 * (n + 1)..], out, &mut rng);
-        };
-        let parallel = ws.par.degree() > 1 && b > SAMPLE_CHUNK_COLS;
-        for_each_chunk(errs_out, chunk_len, parallel, sample);
-        Ok(())
-    }
-
-    /// For a Gaussian likelihood: the lower Cholesky factor of `W_L^T W_L`
-    /// (`W_L` the output layer's weights, `n_{L-1} x n_{L-1}`) into `out`, the
-    /// covariance of `W_L^T e_L` for standard normal output errors `e_L`
-    /// (see [`Mlp::sample_penultimate_error`]). Returns false, with `out`
-    /// garbage, when the factorisation fails (`W_L` of rank below `n_{L-1}`).
-    /// `stack` holds [`Mlp::penultimate_scratch`].
-    pub(crate) fn output_weight_factor(
-        &self,
-        out: &mut [f32],
-        par: natgrad_kernels::Par,
-        stack: &mut MemStack,
-    ) -> Result<bool, Error> {
-        let last = self.layers.last().expect("a network has layers");
-        let n = last.n_in;
-        let mut c = view_mut(&mut out[..n * n], n, n, n);
-        syrk_lower(c.rb_mut(), 0.0, last.weights().transpose(), 1.0, par, stack)?;
-        match cholesky_in_place(c, 0.0, par, stack) {
-            Ok(()) => Ok(true),
-            Err(natgrad_kernels::Error::NotPositiveDefinite { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Scratch of [`Mlp::output_weight_factor`] and
-    /// [`Mlp::sample_penultimate_error`] at up to `max_batch` columns.
-    pub(crate) fn penultimate_scratch(
-        &self,
-        max_batch: usize,
-        par: natgrad_kernels::Par,
-    ) -> StackReq {
-        let last = self.layers.last().expect("a network has layers");
-        let (n, m) = (last.n_in, last.n_out);
-        StackReq::any_of(&[
-            syrk_scratch(n, m, par),
-            cholesky_scratch(n, par),
-            lower_times_scratch(n, max_batch, par),
-        ])
-    }
-
-    /// For a Gaussian likelihood and a network of two or more layers: writes
-    /// into `errs_out` (the slot of layer `L-1`) the error that sampled
-    /// targets back-propagate to the layer below the output,
-    /// `e_{L-1} = phi'_{L-1}(a_{L-1}) .* (W_L^T e_L)`, drawn from its
-    /// distribution instead of through `e_L`: the output errors are standard
-    /// normal (see [`Mlp::sample_output_error`]), so `W_L^T e_L ~ N(0, W_L^T
-    /// W_L)`, drawn as `C z` with `C` from [`Mlp::output_weight_factor`] in
-    /// `factor` and `z` standard normal: `n_{L-1}^2 b` flops and `n_{L-1} b`
-    /// samples instead of `2 n_L n_{L-1} b` flops and `n_L b` samples.
-    ///
-    /// Draws one 64-bit seed from `rng`; column chunks of
-    /// [`SAMPLE_CHUNK_COLS`] then come from their own streams, as in
-    /// [`Mlp::sample_output_error`], so the draw does not depend on the
-    /// number of threads.
-    pub(crate) fn sample_penultimate_error(
-        &self,
-        ws: &Workspace,
-        factor: &[f32],
-        errs_out: &mut [f32],
-        rng: &mut Rng,
-        stack: &mut MemStack,
-    ) -> Result<(), Error> {
-        let l = self.layers.len();
-        let n = self.layers[l - 1].n_in;
-        let act = self.layers[l - 2].activation;
-        let (b, par) = (ws.batch, ws.par);
-        let errs_out = &mut errs_out[..n * b];
-        let seed = rng.next_u64();
-        let chunk_len = SAMPLE_CHUNK_COLS * n;
-        let draw = |(c, out): (usize, &mut [f32])| {
-            Rng::new(seed.wrapping_add(c as u64)).fill_normal_fast(out);
-        };
-        let parallel = par.degree() > 1 && b > SAMPLE_CHUNK_COLS;
-        for_each_chunk(errs_out, chunk_len, parallel, draw);
-        let c = MatRef::from_column_major_slice(&factor[..n * n], n, n);
-        lower_times_in_place(c, view_mut(errs_out, n, b, n), par, stack)?;
-        // phi' from the layer's outputs, column by column.
-        let acts = &ws.acts[l - 1];
-        let scale = |(j, e): (usize, &mut [f32])| {
-            let a = &acts[j * (n + 1)..j * (n + 1) + n];
-            for (e, &a) in e.iter_mut().zip(a) {
-                *e *= act.derivative_from_output(a);
-            }
-        };
-        for_each_chunk(errs_out, n, parallel, scale);
-        Ok(())
-    }
-
-    /// The expectation over sampled targets of the output layer's backward
-    /// factor, `E_y~[e_L e_L^T]` averaged over the minibatch, where the
-    /// likelihood makes it diagonal: writes its diagonal into `out[..n]` and
-    /// returns true. Gaussian: `e = -noise`, so the factor is `I` (every entry
-    /// 1). Bernoulli: the outputs are independent with `Var(y~_k) =
-    /// p_k (1 - p_k)`, `p = sigmoid(s)`, so the entries are the minibatch means
-    /// of `p_k (1 - p_k)`. Categorical: `diag(p) - p p^T` is not diagonal
-    /// ([`Likelihood::has_diagonal_output_fisher`] is false); returns false and
-    /// leaves `out` alone.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] if `ws` was built for another network or `out` is
-    /// shorter than `n_L`.
-    pub fn output_fisher_diagonal(&self, ws: &Workspace, out: &mut [f32]) -> Result<bool, Error> {
-        ws.check_compatible(self)?;
-        if !self.likelihood.has_diagonal_output_fisher() {
-            return Ok(false);
-        }
-        let n = self.output_size();
-        let b = ws.batch;
-        if out.len() < n {
-            return Err(Error::Shape(format!(
-                "the diagonal buffer holds {} values, the output layer has {n}",
-                out.len()
-            )));
-        }
-        let out = &mut out[..n];
-        match self.likelihood {
-            Likelihood::Gaussian => {
-                out.fill(1.0);
-                Ok(true)
-            }
-            Likelihood::Bernoulli => {
-                let acts = &ws.acts[self.layers.len()];
-                out.fill(0.0);
-                for j in 0..b {
-                    let s = &acts[j * (n + 1)..j * (n + 1) + n];
-                    for (o, &v) in out.iter_mut().zip(s) {
-                        let p = Activation::Sigmoid.apply(v);
-                        *o += p * (1.0 - p);
-                    }
-                }
-                let inv = 1.0 / b.max(1) as f32;
-                out.iter_mut().for_each(|o| *o *= inv);
-                Ok(true)
-            }
-            Likelihood::Categorical => unreachable!("checked above"),
-        }
     }
 
     /// Back-propagates the output error in `errs[L-1]` down to layer 1:
@@ -827,9 +634,17 @@ impl Mlp {
     ) -> Result<f64, Error> {
         self.forward(ws, x)?;
         let loss = self.loss(ws, y, true)?;
-        let (b, par) = (ws.batch, ws.par);
-        let stack = MemStack::new(&mut ws.scratch);
-        self.backward(&ws.acts, &mut ws.errs, Some(&mut ws.grads), b, par, stack)?;
+        let (b, par) = (ws.batch(), ws.par());
+        let buffers = ws.buffers_mut();
+        let stack = MemStack::new(buffers.scratch);
+        self.backward(
+            buffers.acts,
+            buffers.errs,
+            Some(buffers.grads),
+            b,
+            par,
+            stack,
+        )?;
         Ok(loss)
     }
 
@@ -862,6 +677,38 @@ impl Mlp {
             start += len;
         }
         Ok(total / n as f64)
+    }
+}
+
+/// The workspace is built here, from the network that sizes it, so that
+/// `workspace.rs` knows buffers and widths, not networks (the dependency
+/// runs one way: the network's passes use the workspace).
+impl Workspace {
+    /// Buffers for `net` at minibatches of up to `max_batch` columns, with
+    /// kernels parallelised as `par`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if `max_batch` is 0 or above
+    /// [`MAX_BATCH`](crate::workspace::MAX_BATCH), or if the buffers cannot be
+    /// allocated (the allocator's refusal is returned, not turned into an
+    /// abort).
+    pub fn new(net: &Mlp, max_batch: usize, par: Par) -> Result<Workspace, Error> {
+        let partials = max_batch.div_ceil(LOSS_CHUNK_COLS);
+        Workspace::with_sizes(net.sizes(), max_batch, par, partials)
+    }
+}
+
+impl Mlp {
+    /// [`Error::Shape`] unless `ws` was built for a network of this one's widths.
+    pub(crate) fn check_workspace(&self, ws: &Workspace) -> Result<(), Error> {
+        if !self.has_sizes(ws.sizes()) {
+            return Err(Error::Shape(format!(
+                "the workspace was built for widths {:?}, the network has {:?}",
+                ws.sizes(),
+                self.sizes()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -932,65 +779,6 @@ fn column_loss(
             }
             sum8(n, |i| (y(i) * (lse - s[i])) as f64)
         }
-    }
-}
-
-/// Columns of the minibatch sampled from one random stream by
-/// [`Mlp::sample_output_error`] (a fixed size, so that the samples do not
-/// depend on the number of threads).
-pub const SAMPLE_CHUNK_COLS: usize = 16;
-
-/// The sampled output errors of `out.len() / n` consecutive columns whose
-/// pre-activations (stride `n + 1`) start at `acts`.
-fn sample_columns(likelihood: Likelihood, n: usize, acts: &[f32], out: &mut [f32], rng: &mut Rng) {
-    match likelihood {
-        Likelihood::Gaussian => rng.fill_normal_fast(out),
-        Likelihood::Bernoulli => {
-            for (j, e) in out.chunks_exact_mut(n).enumerate() {
-                let s = &acts[j * (n + 1)..j * (n + 1) + n];
-                for (e, &s) in e.iter_mut().zip(s) {
-                    let p = Activation::Sigmoid.apply(s);
-                    let y = if rng.uniform_f32() < p { 1.0 } else { 0.0 };
-                    *e = p - y;
-                }
-            }
-        }
-        Likelihood::Categorical => {
-            for (j, e) in out.chunks_exact_mut(n).enumerate() {
-                let s = &acts[j * (n + 1)..j * (n + 1) + n];
-                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
-                let u = rng.uniform_f32() * z;
-                let mut acc = 0.0;
-                let mut pick = n - 1;
-                for (i, &v) in s.iter().enumerate() {
-                    acc += (v - m).exp();
-                    if u < acc {
-                        pick = i;
-                        break;
-                    }
-                }
-                for (i, e) in e.iter_mut().enumerate() {
-                    *e = (s[i] - m).exp() / z - if i == pick { 1.0 } else { 0.0 };
-                }
-            }
-        }
-    }
-}
-
-/// Runs `f((c, chunk))` on the consecutive `len`-entry chunks of `buf` (the
-/// last may be shorter), on the pool's threads when `parallel`, else in order:
-/// the column-chunk loop of the samplers.
-fn for_each_chunk(
-    buf: &mut [f32],
-    len: usize,
-    parallel: bool,
-    f: impl Fn((usize, &mut [f32])) + Send + Sync,
-) {
-    if parallel {
-        buf.par_chunks_mut(len).enumerate().for_each(f);
-    } else {
-        buf.chunks_mut(len).enumerate().for_each(f);
     }
 }
 

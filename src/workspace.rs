@@ -2,7 +2,6 @@
 //! need, sized once for a maximum minibatch, so that training steps allocate
 //! nothing.
 
-use crate::mlp::Mlp;
 use crate::Error;
 use natgrad_kernels::gemm::gemm_scratch;
 use natgrad_kernels::{MatMut, MatRef, MemBuffer, Par, StackReq};
@@ -88,29 +87,31 @@ pub(crate) fn probe_allocation(bytes: u128, what: &str) -> Result<(), Error> {
 /// * `grads[i]` holds the gradient of layer `i + 1`, `n_{i+1} x (n_i + 1)`;
 /// * one scratch buffer for the kernels, sized by their `*_scratch` functions.
 pub struct Workspace {
-    pub(crate) sizes: Vec<usize>,
-    pub(crate) max_batch: usize,
-    pub(crate) batch: usize,
-    pub(crate) acts: Vec<Vec<f32>>,
-    pub(crate) errs: Vec<Vec<f32>>,
-    pub(crate) grads: Vec<Vec<f32>>,
-    pub(crate) scratch: MemBuffer,
-    /// Per-chunk partial sums of the loss (see [`Mlp::loss`](crate::mlp::Mlp::loss)).
-    pub(crate) loss_partials: Vec<f64>,
-    pub(crate) par: Par,
+    sizes: Vec<usize>,
+    max_batch: usize,
+    batch: usize,
+    acts: Vec<Vec<f32>>,
+    errs: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    scratch: MemBuffer,
+    /// Per-chunk partial sums of the loss (see `Mlp::loss`).
+    loss_partials: Vec<f64>,
+    par: Par,
 }
 
 impl Workspace {
-    /// Buffers for `net` at minibatches of up to `max_batch` columns, with
-    /// kernels parallelised as `par`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] if `max_batch` is 0 or above [`MAX_BATCH`],
-    /// or if the buffers cannot be allocated (the allocator's refusal is
-    /// returned, not turned into an abort).
-    pub fn new(net: &Mlp, max_batch: usize, par: Par) -> Result<Workspace, Error> {
+    /// Buffers for a network of widths `sizes` (`n_0, ..., n_L`) at
+    /// minibatches of up to `max_batch` columns, with kernels parallelised
+    /// as `par`, and `loss_partials` slots for the loss's per-chunk sums.
+    /// [`Workspace::new`], next to the network in `mlp.rs`, is the public
+    /// way in.
+    pub(crate) fn with_sizes(
+        sizes: Vec<usize>,
+        max_batch: usize,
+        par: Par,
+        loss_partials: usize,
+    ) -> Result<Workspace, Error> {
         check_max_batch(max_batch)?;
-        let sizes = net.sizes();
         let what = "the workspace";
         let acts = sizes
             .iter()
@@ -120,19 +121,19 @@ impl Workspace {
             .iter()
             .map(|&n| try_zeros(checked_len(n, max_batch, what)?, what))
             .collect::<Result<_, _>>()?;
-        let grads = net
-            .layers()
-            .iter()
-            .map(|l| try_zeros(l.params.len(), what))
+        // Layer i maps n_in = sizes[i] to n_out = sizes[i + 1] and holds
+        // n_out x (n_in + 1) parameters.
+        let layers = || sizes.windows(2).map(|w| (w[0], w[1]));
+        let grads = layers()
+            .map(|(n_in, n_out)| try_zeros(n_out * (n_in + 1), what))
             .collect::<Result<_, _>>()?;
         let req = StackReq::any_of(
-            &net.layers()
-                .iter()
-                .flat_map(|l| {
+            &layers()
+                .flat_map(|(n_in, n_out)| {
                     [
-                        gemm_scratch(l.n_out, max_batch, l.n_in, par),
-                        gemm_scratch(l.n_in, max_batch, l.n_out, par),
-                        gemm_scratch(l.n_out, l.n_in + 1, max_batch, par),
+                        gemm_scratch(n_out, max_batch, n_in, par),
+                        gemm_scratch(n_in, max_batch, n_out, par),
+                        gemm_scratch(n_out, n_in + 1, max_batch, par),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -145,7 +146,7 @@ impl Workspace {
             errs,
             grads,
             scratch: try_scratch(req, "the workspace's kernel scratch")?,
-            loss_partials: vec![0.0; max_batch.div_ceil(crate::mlp::LOSS_CHUNK_COLS)],
+            loss_partials: vec![0.0; loss_partials],
             par,
         })
     }
@@ -162,7 +163,7 @@ impl Workspace {
     pub fn par(&self) -> Par {
         self.par
     }
-    /// Per-layer gradients of the last [`Mlp::loss_and_gradient`], each
+    /// Per-layer gradients of the last `Mlp::loss_and_gradient`, each
     /// `n_out x (n_in + 1)` column-major with the bias gradient last.
     pub fn grads(&self) -> &[Vec<f32>] {
         &self.grads
@@ -178,15 +179,31 @@ impl Workspace {
         view(&self.acts[i], n, self.batch, n + 1)
     }
 
-    pub(crate) fn check_compatible(&self, net: &Mlp) -> Result<(), Error> {
-        if !net.has_sizes(&self.sizes) {
-            return Err(Error::Shape(format!(
-                "the workspace was built for widths {:?}, the network has {:?}",
-                self.sizes,
-                net.sizes()
-            )));
+    /// The activation buffers `abar_i`, `(n_i + 1) x max_batch` each (see
+    /// [`Workspace`]), of which the first `batch()` columns are current.
+    pub(crate) fn activation_buffers(&self) -> &[Vec<f32>] {
+        &self.acts
+    }
+    /// The gradient buffers, writable (for terms an optimizer adds).
+    pub(crate) fn grads_mut(&mut self) -> &mut [Vec<f32>] {
+        &mut self.grads
+    }
+    /// Every buffer, writable, borrowed apart: for the passes that read
+    /// some while they write others, and for an optimizer that solves in
+    /// place on the activations and errors once the gradients are formed.
+    pub(crate) fn buffers_mut(&mut self) -> Buffers<'_> {
+        Buffers {
+            acts: &mut self.acts,
+            errs: &mut self.errs,
+            grads: &mut self.grads,
+            scratch: &mut self.scratch,
+            loss_partials: &mut self.loss_partials,
         }
-        Ok(())
+    }
+
+    /// The widths `n_0, ..., n_L` of the network the workspace was built for.
+    pub(crate) fn sizes(&self) -> &[usize] {
+        &self.sizes
     }
 
     pub(crate) fn set_batch(&mut self, b: usize) -> Result<(), Error> {
@@ -202,6 +219,20 @@ impl Workspace {
         self.batch = b;
         Ok(())
     }
+}
+
+/// The workspace's buffers borrowed apart (see [`Workspace::buffers_mut`]).
+pub(crate) struct Buffers<'a> {
+    /// The activations `abar_i`, the input's and each layer's.
+    pub(crate) acts: &'a mut [Vec<f32>],
+    /// The errors `e_i`, one per layer.
+    pub(crate) errs: &'a mut [Vec<f32>],
+    /// The gradients, one per layer.
+    pub(crate) grads: &'a mut [Vec<f32>],
+    /// The kernels' scratch.
+    pub(crate) scratch: &'a mut MemBuffer,
+    /// The loss's per-chunk partial sums.
+    pub(crate) loss_partials: &'a mut [f64],
 }
 
 /// A column-major view of `rows x cols` with column stride `ld` into `buf`.

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::experiment::json_f64;
-use super::online::OnlineConfig;
+use super::online_config::OnlineConfig;
 
 /// A method of the online experiment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

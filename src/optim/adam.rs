@@ -115,7 +115,7 @@ impl Optimizer for Adam {
     ) -> Result<StepStats, Error> {
         check_net_shapes(net, &self.sizes)?;
         let loss = net.loss_and_gradient(ws, x, y)?;
-        check_grads_finite(&ws.grads)?;
+        check_grads_finite(ws.grads())?;
         let AdamConfig {
             learning_rate: lr,
             beta1: b1,
@@ -130,7 +130,7 @@ impl Optimizer for Adam {
         let step = (lr as f64 * c2.sqrt() / c1) as f32;
         let eps_hat = (eps as f64 * c2.sqrt()) as f32;
         for (i, w) in net.params_mut().enumerate() {
-            let g = &ws.grads[i];
+            let g = &ws.grads()[i];
             for (((w, &g), m), v) in w
                 .iter_mut()
                 .zip(g)

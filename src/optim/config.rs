@@ -144,7 +144,7 @@ pub struct NaturalGradientConfig {
     pub preconditioning: Preconditioning,
     /// Use the exact expectation over sampled targets for the output layer's
     /// backward factor where the likelihood makes it diagonal (see
-    /// [`Mlp::output_fisher_diagonal`](crate::mlp::Mlp::output_fisher_diagonal)): `I` for Gaussian, the minibatch mean
+    /// [`fisher::output_fisher_diagonal`](crate::optim::fisher::output_fisher_diagonal)): `I` for Gaussian, the minibatch mean
     /// of `diag(p (1 - p))` for Bernoulli (**beyond** the paper, which
     /// estimates every `G_i` from the sampled errors). The output layer's `G`
     /// side then costs a row scaling instead of an `n_L x n_L` SYRK, Cholesky

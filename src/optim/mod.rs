@@ -8,8 +8,9 @@
 
 mod adam;
 mod config;
+pub mod fisher;
 pub mod kronecker;
-mod natural;
+pub(crate) mod natural;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};

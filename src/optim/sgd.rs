@@ -102,8 +102,8 @@ impl Optimizer for Sgd {
     ) -> Result<StepStats, Error> {
         check_net_shapes(net, &self.sizes)?;
         let loss = net.loss_and_gradient(ws, x, y)?;
-        check_grads_finite(&ws.grads)?;
-        self.apply_gradient(net, &ws.grads);
+        check_grads_finite(ws.grads())?;
+        self.apply_gradient(net, ws.grads());
         Ok(StepStats { loss })
     }
 }
