@@ -78,7 +78,7 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
                 })?;
                 threads = v
                     .split(',')
-                    .map(crate::app::race::parse_threads)
+                    .map(crate::app::args::parse_threads)
                     .collect::<Result<_, _>>()?;
             }
             "--preset" => {

@@ -7,6 +7,7 @@
 //! only so that the `natgrad` binary, the criterion benches and the tests can
 //! reach it.
 
+pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod linear;
@@ -16,5 +17,5 @@ pub mod mpi_train;
 pub mod output;
 pub mod plot;
 pub mod race;
-pub mod report;
+pub mod settings;
 pub mod tune;

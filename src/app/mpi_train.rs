@@ -4,7 +4,8 @@
 //! writing the outputs. Reports the step time, the examples per second and
 //! the time in collective calls (docs/distributed.md).
 
-use crate::app::race::{prepare, tuned_for, Hyper, OptimizerKind};
+use crate::app::race::run::prepare;
+use crate::app::settings::{tuned_for, Hyper, OptimizerKind};
 use crate::checkpoint::Checkpoint;
 use crate::distributed::{Communicator, DistributedNaturalGradient, DistributedSgd};
 use crate::kernels::rng::Rng;
@@ -300,7 +301,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         let chunk = 1000.min(prepared.test_count.max(1));
         let mut ws = Workspace::new(&net, chunk, par)?;
         let mut buf = vec![0.0f32; f * chunk];
-        crate::app::race::mean_loss(&net, &mut ws, prepared.test, &mut buf)?
+        crate::app::race::run::mean_loss(&net, &mut ws, prepared.test, &mut buf)?
     };
     let step_ms = median(&mut step_secs.clone()) * 1e3;
     let comm_ms = median(&mut comm_secs) * 1e3;

@@ -1,12 +1,13 @@
 //! `natgrad tune`: the documented hyperparameter search behind
-//! [`crate::app::race::tuned`].
+//! [`crate::app::settings::tuned`].
 //!
 //! The training set is split into a fit part (the first 75%) and a validation
 //! part (the last 25%); the test set is never looked at. Each candidate trains
 //! from the race's initial weights for the given budget and is scored by its
 //! final validation loss. A candidate that diverges scores infinity.
 
-use crate::app::race::{prepare, run_one, Hyper, OptimizerKind, Prepared, RunOptions};
+use crate::app::race::run::{prepare, run_one, Prepared, RunOptions};
+use crate::app::settings::{Hyper, OptimizerKind};
 use crate::data::Dataset;
 use crate::mlp::Mlp;
 use crate::optim::{AdamConfig, DampingAdaptation, NaturalGradientConfig, SgdConfig};
@@ -256,7 +257,7 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         match a.as_str() {
             "--preset" => preset = Some(v.clone()),
             "--optimizer" => kind = Some(OptimizerKind::parse(v)?),
-            "--budget" => budget = crate::app::race::parse_budget(a, v)?,
+            "--budget" => budget = crate::app::args::parse_budget(a, v)?,
             "--data" => dir = Some(std::path::PathBuf::from(v)),
             "--filter" => filter = Some(v.clone()),
             "--seed" => {

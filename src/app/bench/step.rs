@@ -4,7 +4,7 @@
 
 use crate::mlp::Mlp;
 
-use crate::app::race::{tuned, OptimizerKind};
+use crate::app::settings::{tuned, OptimizerKind};
 use crate::optim::{NaturalGradient, Optimizer};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
@@ -125,7 +125,7 @@ pub fn phase_lines(
     let xm = MatRef::from_column_major_slice(&x, proto.input_size(), batch);
     let par = par_for(threads);
     let cfg = match tuned(preset, OptimizerKind::NaturalGradient)? {
-        crate::app::race::Hyper::Ng(_, cfg) => cfg,
+        crate::app::settings::Hyper::Ng(_, cfg) => cfg,
         _ => unreachable!("tuned(NaturalGradient) is a natural-gradient setting"),
     };
     let pool = super::pool(threads);

@@ -1,7 +1,8 @@
 //! The race's report: the terminal tables, `summary.json`, `curves.csv` and
 //! `race.png`, for one seed or several (the median and range across seeds).
 
-use crate::app::race::{CurvePoint, OptimizerKind, RaceResult};
+use super::run::{CurvePoint, RaceResult};
+use crate::app::settings::OptimizerKind;
 use crate::Error;
 
 /// The optimizers in the order the report lists them.
