@@ -10,6 +10,7 @@
 pub mod args;
 pub mod bench;
 pub mod cli;
+pub mod json;
 pub mod linear;
 pub mod linear_online;
 #[cfg(feature = "mpi")]

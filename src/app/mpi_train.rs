@@ -4,6 +4,7 @@
 //! writing the outputs. Reports the step time, the examples per second and
 //! the time in collective calls (docs/distributed.md).
 
+use crate::app::json::round;
 use crate::app::race::run::prepare;
 use crate::app::settings::{tuned_for, Hyper, OptimizerKind};
 use crate::checkpoint::Checkpoint;
@@ -14,6 +15,7 @@ use crate::mlp::Mlp;
 use crate::optim::{OptimizerState, PhaseSecs, StepStats};
 use crate::workspace::Workspace;
 use crate::Error;
+use serde::Serialize;
 use std::time::Instant;
 
 const USAGE: &str = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
@@ -146,6 +148,25 @@ impl<C: Communicator> Trainer<C> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The `--out` file: the run's settings and figures.
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    optimizer: &'static str,
+    preset: &'a str,
+    ranks: usize,
+    threads_per_rank: usize,
+    global_batch: usize,
+    steps: usize,
+    median_step_ms: f64,
+    examples_per_sec: f64,
+    median_comm_ms: f64,
+    first_loss: f64,
+    last_loss: f64,
+    test_loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    median_phase_ms: Option<Vec<f64>>,
 }
 
 /// Entry point of `natgrad mpi-train`.
@@ -327,22 +348,23 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
             phase_ms[0], phase_ms[1], phase_ms[2], phase_ms[3], phase_ms[4]
         );
     }
-    let phase_json = if trainer.phases().is_some() {
-        format!(", \"median_phase_ms\": {phase_ms:?}")
-    } else {
-        String::new()
-    };
     if let Some(path) = &o.out {
-        let json = format!(
-            "{{\"optimizer\": \"{}\", \"preset\": \"{}\", \"ranks\": {ranks}, \"threads_per_rank\": {}, \
-             \"global_batch\": {global}, \"steps\": {}, \"median_step_ms\": {step_ms:.3}, \
-             \"examples_per_sec\": {examples_per_sec:.1}, \"median_comm_ms\": {comm_ms:.3}, \
-             \"first_loss\": {first}, \"last_loss\": {last}, \"test_loss\": {test_loss}{phase_json}}}\n",
-            o.kind.name(),
-            o.preset,
-            o.threads,
-            o.steps
-        );
+        let mut json = crate::app::json::line(&SummaryLine {
+            optimizer: o.kind.name(),
+            preset: &o.preset,
+            ranks,
+            threads_per_rank: o.threads,
+            global_batch: global,
+            steps: o.steps,
+            median_step_ms: round(step_ms, 3),
+            examples_per_sec: round(examples_per_sec, 1),
+            median_comm_ms: round(comm_ms, 3),
+            first_loss: first,
+            last_loss: last,
+            test_loss,
+            median_phase_ms: trainer.phases().is_some().then_some(phase_ms),
+        });
+        json.push('\n');
         // Temporary file and rename, as every output of the application.
         crate::app::output::write_atomic(path, json.as_bytes())?;
     }

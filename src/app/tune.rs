@@ -6,6 +6,7 @@
 //! from the race's initial weights for the given budget and is scored by its
 //! final validation loss. A candidate that diverges scores infinity.
 
+use crate::app::json::round;
 use crate::app::race::run::{prepare, run_one, Prepared, RunOptions};
 use crate::app::settings::{Hyper, OptimizerKind};
 use crate::data::Dataset;
@@ -13,6 +14,23 @@ use crate::mlp::Mlp;
 use crate::optim::{AdamConfig, DampingAdaptation, NaturalGradientConfig, SgdConfig};
 use crate::Error;
 use natgrad_kernels::Par;
+use serde::Serialize;
+
+/// One candidate's line: its settings and validation loss (`null`, with
+/// the error, if it failed).
+#[derive(Serialize)]
+struct TuneLine<'a> {
+    preset: &'a str,
+    optimizer: &'static str,
+    hyper: String,
+    val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    median_step_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
 
 /// The candidates searched for `kind` (the same grid for both presets).
 pub fn candidates(kind: OptimizerKind) -> Vec<Hyper> {
@@ -293,20 +311,25 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
             .is_none_or(|f| f.split('&').all(|part| format!("{h:?}").contains(part)))
     };
     for hyper in candidates(kind).into_iter().filter(wanted) {
-        let score = match run_one(kind, hyper, &initial, &split, &opts, &mut |_, _| {}) {
+        let mut score = TuneLine {
+            preset: &preset,
+            optimizer: kind.name(),
+            hyper: format!("{hyper:?}"),
+            val_loss: None,
+            steps: None,
+            median_step_ms: None,
+            error: None,
+        };
+        match run_one(kind, hyper, &initial, &split, &opts, &mut |_, _| {}) {
             Ok(r) => {
                 let l = r.last();
-                format!(
-                    "\"val_loss\": {:.5}, \"steps\": {}, \"median_step_ms\": {:.2}",
-                    l.test_loss, l.step, r.median_step_ms
-                )
+                score.val_loss = Some(round(l.test_loss, 5));
+                score.steps = Some(l.step);
+                score.median_step_ms = Some(round(r.median_step_ms, 2));
             }
-            Err(e) => format!(
-                "\"val_loss\": null, \"error\": \"{}\"",
-                e.to_string().replace('"', "'")
-            ),
-        };
-        println!("{{\"preset\": \"{preset}\", \"optimizer\": \"{}\", \"hyper\": \"{hyper:?}\", {score}}}", kind.name());
+            Err(e) => score.error = Some(e.to_string()),
+        }
+        println!("{}", crate::app::json::line(&score));
     }
     Ok(())
 }
