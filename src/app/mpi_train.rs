@@ -169,6 +169,120 @@ struct SummaryLine<'a> {
     median_phase_ms: Option<Vec<f64>>,
 }
 
+/// Continues from the checkpoint at `path`: checks that it was saved by a
+/// run with the same `identity` (ranks, global batch, seed) and network,
+/// loads the network and the optimizer's state, replays the epoch shuffles
+/// and returns the (cursor, shuffles, steps done) saved with it.
+fn resume<C: Communicator>(
+    path: &std::path::Path,
+    identity: &[(&str, u64)],
+    net: &mut Mlp,
+    trainer: &mut Trainer<C>,
+    rng: &mut Rng,
+    order: &mut [usize],
+) -> Result<(usize, u64, u64), Error> {
+    let ckpt = crate::checkpoint::load(path)?;
+    for &(key, want) in identity {
+        let got = ckpt.progress_value(key);
+        if got != Some(want) {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                detail: format!("the checkpoint has {key} {got:?}, this run {want}"),
+            });
+        }
+    }
+    let value = |key: &str| {
+        ckpt.progress_value(key).ok_or_else(|| Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("the checkpoint has no {key}"),
+        })
+    };
+    let (c, s, d) = (value("cursor")?, value("shuffles")?, value("steps")?);
+    if !ckpt.net.has_sizes(&net.sizes()) || c as usize > order.len() || s == 0 {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            detail: "the checkpoint is for another network or data set".into(),
+        });
+    }
+    *net = ckpt.net;
+    trainer.load_state(&ckpt.optimizer)?;
+    // Replay the epoch shuffles.
+    for _ in 1..s {
+        rng.shuffle(order);
+    }
+    Ok((c as usize, s, d))
+}
+
+/// What rank 0 measured over the run.
+struct Measured {
+    /// Seconds of each step.
+    step_secs: Vec<f64>,
+    /// Seconds of each step's communication.
+    comm_secs: Vec<f64>,
+    /// Each step's training loss.
+    losses: Vec<f64>,
+    /// Seconds of each phase of each step (the natural gradient's).
+    phases: Option<[Vec<f64>; 5]>,
+}
+
+/// Prints rank 0's figures and writes `--out`: `(ranks, global batch,
+/// rank 0's share)` of the run, the final test loss and the measurements.
+fn report(
+    o: &Options,
+    (ranks, global, b): (usize, usize, usize),
+    test_loss: f64,
+    mut m: Measured,
+) -> Result<(), Error> {
+    let step_ms = median(&mut m.step_secs) * 1e3;
+    let comm_ms = median(&mut m.comm_secs) * 1e3;
+    let examples_per_sec = global as f64 / (step_ms / 1e3);
+    let (first, last) = (m.losses[0], m.losses[m.losses.len() - 1]);
+    println!(
+        "{} on {}: {ranks} rank(s) x {} thread(s), global batch {global} ({b} on rank 0), {} steps",
+        o.kind.name(),
+        o.preset,
+        o.threads,
+        o.steps
+    );
+    println!(
+        "median step {step_ms:.1} ms ({examples_per_sec:.0} examples/s), of which communication {comm_ms:.1} ms; \
+         loss {first:.3} -> {last:.3}; test loss {test_loss:.3}"
+    );
+    let phase_ms: Option<Vec<f64>> = m
+        .phases
+        .as_mut()
+        .map(|p| p.iter_mut().map(|v| median(v) * 1e3).collect());
+    if let Some(phase_ms) = &phase_ms {
+        println!(
+            "median phases (ms, communication included): loss and gradient {:.1}, \
+             sampled backward and factor sums {:.1}, factorise {:.1}, precondition and \
+             gather {:.1}, apply and LM check {:.1}",
+            phase_ms[0], phase_ms[1], phase_ms[2], phase_ms[3], phase_ms[4]
+        );
+    }
+    if let Some(path) = &o.out {
+        let mut json = crate::app::json::line(&SummaryLine {
+            optimizer: o.kind.name(),
+            preset: &o.preset,
+            ranks,
+            threads_per_rank: o.threads,
+            global_batch: global,
+            steps: o.steps,
+            median_step_ms: round(step_ms, 3),
+            examples_per_sec: round(examples_per_sec, 1),
+            median_comm_ms: round(comm_ms, 3),
+            first_loss: first,
+            last_loss: last,
+            test_loss,
+            median_phase_ms: phase_ms,
+        });
+        json.push('\n');
+        // Temporary file and rename, as every output of the application.
+        crate::app::output::write_atomic(path, json.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Entry point of `natgrad mpi-train`.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
     let o = parse(args)?;
@@ -233,36 +347,14 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         ("seed", o.seed),
     ];
     if let Some(path) = &o.resume {
-        let ckpt = crate::checkpoint::load(path)?;
-        for (key, want) in identity {
-            let got = ckpt.progress_value(key);
-            if got != Some(want) {
-                return Err(Error::Format {
-                    path: path.clone(),
-                    detail: format!("the checkpoint has {key} {got:?}, this run {want}"),
-                });
-            }
-        }
-        let value = |key: &str| {
-            ckpt.progress_value(key).ok_or_else(|| Error::Format {
-                path: path.clone(),
-                detail: format!("the checkpoint has no {key}"),
-            })
-        };
-        let (c, s, d) = (value("cursor")?, value("shuffles")?, value("steps")?);
-        if !ckpt.net.has_sizes(&net.sizes()) || c as usize > order.len() || s == 0 {
-            return Err(Error::Format {
-                path: path.clone(),
-                detail: "the checkpoint is for another network or data set".into(),
-            });
-        }
-        net = ckpt.net;
-        trainer.load_state(&ckpt.optimizer)?;
-        // Replay the epoch shuffles.
-        for _ in 1..s {
-            rng.shuffle(&mut order);
-        }
-        (cursor, shuffles, done) = (c as usize, s, d);
+        (cursor, shuffles, done) = resume(
+            path,
+            &identity,
+            &mut net,
+            &mut trainer,
+            &mut rng,
+            &mut order,
+        )?;
     }
     let (mut step_secs, mut comm_secs) = (Vec::new(), Vec::new());
     let mut losses = Vec::new();
@@ -324,49 +416,11 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         let mut buf = vec![0.0f32; f * chunk];
         crate::app::race::run::mean_loss(&net, &mut ws, prepared.test, &mut buf)?
     };
-    let step_ms = median(&mut step_secs.clone()) * 1e3;
-    let comm_ms = median(&mut comm_secs) * 1e3;
-    let examples_per_sec = global as f64 / (step_ms / 1e3);
-    let (first, last) = (losses[0], losses[losses.len() - 1]);
-    println!(
-        "{} on {}: {ranks} rank(s) x {} thread(s), global batch {global} ({b} on rank 0), {} steps",
-        o.kind.name(),
-        o.preset,
-        o.threads,
-        o.steps
-    );
-    println!(
-        "median step {step_ms:.1} ms ({examples_per_sec:.0} examples/s), of which communication {comm_ms:.1} ms; \
-         loss {first:.3} -> {last:.3}; test loss {test_loss:.3}"
-    );
-    let phase_ms: Vec<f64> = phases.iter_mut().map(|v| median(v) * 1e3).collect();
-    if trainer.phases().is_some() {
-        println!(
-            "median phases (ms, communication included): loss and gradient {:.1}, \
-             sampled backward and factor sums {:.1}, factorise {:.1}, precondition and \
-             gather {:.1}, apply and LM check {:.1}",
-            phase_ms[0], phase_ms[1], phase_ms[2], phase_ms[3], phase_ms[4]
-        );
-    }
-    if let Some(path) = &o.out {
-        let mut json = crate::app::json::line(&SummaryLine {
-            optimizer: o.kind.name(),
-            preset: &o.preset,
-            ranks,
-            threads_per_rank: o.threads,
-            global_batch: global,
-            steps: o.steps,
-            median_step_ms: round(step_ms, 3),
-            examples_per_sec: round(examples_per_sec, 1),
-            median_comm_ms: round(comm_ms, 3),
-            first_loss: first,
-            last_loss: last,
-            test_loss,
-            median_phase_ms: trainer.phases().is_some().then_some(phase_ms),
-        });
-        json.push('\n');
-        // Temporary file and rename, as every output of the application.
-        crate::app::output::write_atomic(path, json.as_bytes())?;
-    }
-    Ok(())
+    let measured = Measured {
+        step_secs,
+        comm_secs,
+        losses,
+        phases: trainer.phases().is_some().then_some(phases),
+    };
+    report(&o, (ranks, global, b), test_loss, measured)
 }
