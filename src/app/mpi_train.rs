@@ -4,6 +4,7 @@
 //! writing the outputs. Reports the step time, the examples per second and
 //! the time in collective calls (docs/distributed.md).
 
+use crate::app::args::{clap_parser, parse_command, parse_path, parse_positive, parse_seed};
 use crate::app::json::round;
 use crate::app::race::run::prepare;
 use crate::app::settings::{tuned_for, Hyper, OptimizerKind};
@@ -18,86 +19,68 @@ use crate::Error;
 use serde::Serialize;
 use std::time::Instant;
 
-const USAGE: &str = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
-                 [--batch B] [--steps N] [--threads T] [--seed S] [--data DIR]
-                 [--out FILE.json] [--checkpoint FILE] [--resume FILE]
-
+/// What `natgrad mpi-train` does, after the options in `--help`.
+const NOTES: &str = "\
 Trains the preset's autoencoder with the tuned settings (the natural gradient
 in its full form) on a global minibatch of B examples (default: the tuned
-one) split over the R ranks, for N steps (default 20), and prints on rank 0
-the median step time, examples per second, median time in communication and
-the loss before and after, and the test loss. --out: rank 0 writes the same
-as one JSON object. --checkpoint: after the N steps every rank gathers the
-state and rank 0 saves it; --resume: every rank loads it and the run goes
-on bit for bit as if it had not stopped (same R, batch, preset and seed).";
+one) split over the R ranks, for N steps, and prints on rank 0 the median
+step time, examples per second, median time in communication and the loss
+before and after, and the test loss.";
 
+/// The arguments of `natgrad mpi-train`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad mpi-train",
+    about = "Data-parallel training over MPI (run under mpirun)",
+    override_usage = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
+                 [--batch B] [--steps N] [--threads T] [--seed S] [--data DIR]
+                 [--out FILE.json] [--checkpoint FILE] [--resume FILE]",
+    after_help = NOTES,
+    args_override_self = true
+)]
 struct Options {
+    /// The preset: deep or paper.
+    #[arg(long, value_name = "PRESET", default_value = "deep")]
     preset: String,
+    /// The optimizer: ng or sgd (distributed Adam is not implemented).
+    #[arg(long = "optimizer", value_name = "OPTIMIZER", default_value = "ng", value_parser = clap_parser(parse_kind))]
     kind: OptimizerKind,
+    /// The global minibatch, split over the ranks (default: the tuned one).
+    #[arg(long, value_name = "B", value_parser = clap_parser(|v| parse_positive("--batch", v)))]
     batch: Option<usize>,
+    /// Training steps.
+    #[arg(long, value_name = "N", default_value = "20", value_parser = clap_parser(|v| parse_positive("--steps", v)))]
     steps: usize,
+    /// Kernel threads per rank.
+    #[arg(long, value_name = "T", default_value = "1", value_parser = clap_parser(|v| parse_positive("--threads", v)))]
     threads: usize,
+    /// Seed of the initial weights and data order.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = clap_parser(parse_seed))]
     seed: u64,
+    /// An IDX image set instead of the embedded digits.
+    #[arg(long, value_name = "DIR", value_parser = clap_parser(parse_path))]
     data: Option<std::path::PathBuf>,
+    /// Rank 0 writes the figures it prints as one JSON object.
+    #[arg(long, value_name = "FILE.json", value_parser = clap_parser(parse_path))]
     out: Option<std::path::PathBuf>,
+    /// After the N steps every rank gathers the state and rank 0 saves it.
+    #[arg(long, value_name = "FILE", value_parser = clap_parser(parse_path))]
     checkpoint: Option<std::path::PathBuf>,
+    /// Every rank loads the state and the run goes on bit for bit as if it
+    /// had not stopped (same R, batch, preset and seed).
+    #[arg(long, value_name = "FILE", value_parser = clap_parser(parse_path))]
     resume: Option<std::path::PathBuf>,
 }
 
-fn parse(args: &[String]) -> Result<Options, Error> {
-    let mut o = Options {
-        preset: "deep".into(),
-        kind: OptimizerKind::NaturalGradient,
-        batch: None,
-        steps: 20,
-        threads: 1,
-        seed: 1,
-        data: None,
-        out: None,
-        checkpoint: None,
-        resume: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = |it: &mut std::slice::Iter<'_, String>| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| Error::Usage(format!("{flag} needs a value\n{USAGE}")))
-        };
-        let positive = |v: String| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| Error::Usage(format!("{flag} takes a positive integer, got {v:?}")))
-        };
-        match flag.as_str() {
-            "--preset" => o.preset = value(&mut it)?,
-            "--optimizer" => {
-                o.kind = OptimizerKind::parse(&value(&mut it)?)?;
-                if o.kind == OptimizerKind::Adam {
-                    return Err(Error::Usage(
-                        "mpi-train runs ng or sgd (distributed Adam is not implemented)".into(),
-                    ));
-                }
-            }
-            "--batch" => o.batch = Some(positive(value(&mut it)?)?),
-            "--steps" => o.steps = positive(value(&mut it)?)?,
-            "--threads" => o.threads = positive(value(&mut it)?)?,
-            "--seed" => {
-                let v = value(&mut it)?;
-                o.seed = v
-                    .parse()
-                    .map_err(|_| Error::Usage(format!("--seed takes an integer, got {v:?}")))?;
-            }
-            "--data" => o.data = Some(value(&mut it)?.into()),
-            "--out" => o.out = Some(value(&mut it)?.into()),
-            "--checkpoint" => o.checkpoint = Some(value(&mut it)?.into()),
-            "--resume" => o.resume = Some(value(&mut it)?.into()),
-            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
-            _ => return Err(Error::Usage(format!("unknown option {flag:?}\n{USAGE}"))),
-        }
+/// `--optimizer`: ng or sgd.
+fn parse_kind(v: &str) -> Result<OptimizerKind, Error> {
+    let kind = OptimizerKind::parse(v)?;
+    if kind == OptimizerKind::Adam {
+        return Err(Error::Usage(
+            "mpi-train runs ng or sgd (distributed Adam is not implemented)".into(),
+        ));
     }
-    Ok(o)
+    Ok(kind)
 }
 
 /// The distributed optimizer of either kind.
@@ -285,7 +268,9 @@ fn report(
 
 /// Entry point of `natgrad mpi-train`.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
-    let o = parse(args)?;
+    let Some(o) = parse_command::<Options>(args)? else {
+        return Ok(());
+    };
     let universe = mpi::initialize()
         .ok_or_else(|| Error::Distributed("MPI could not be initialised".into()))?;
     let world = universe.world();

@@ -6,6 +6,7 @@
 //! from the race's initial weights for the given budget and is scored by its
 //! final validation loss. A candidate that diverges scores infinity.
 
+use crate::app::args::{clap_parser, parse_budget, parse_command, parse_path, parse_seed};
 use crate::app::json::round;
 use crate::app::race::run::{prepare, run_one, Prepared, RunOptions};
 use crate::app::settings::{Hyper, OptimizerKind};
@@ -284,39 +285,43 @@ pub fn fit_validation<'a>(data: &'a Dataset, net: &Mlp) -> Result<Prepared<'a>, 
     })
 }
 
+/// The arguments of `natgrad tune`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad tune",
+    about = "The hyperparameter search behind the race: one JSON line per candidate",
+    override_usage = "natgrad tune --preset paper|deep|published --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]",
+    args_override_self = true
+)]
+struct TuneArgs {
+    /// The preset whose network is tuned: paper, deep or published.
+    #[arg(long, value_name = "PRESET")]
+    preset: String,
+    /// The optimizer whose grid is searched: ng, sgd or adam.
+    #[arg(long, value_name = "OPTIMIZER", value_parser = clap_parser(OptimizerKind::parse))]
+    optimizer: OptimizerKind,
+    /// Training seconds per candidate (default 20).
+    #[arg(long, value_name = "SECS", default_value = "20", value_parser = clap_parser(|v| parse_budget("--budget", v)))]
+    budget: f64,
+    /// An IDX image set instead of the embedded digits.
+    #[arg(long, value_name = "DIR", value_parser = clap_parser(parse_path))]
+    data: Option<std::path::PathBuf>,
+    /// Seed of the initial weights and data order (default 1).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap_parser(parse_seed))]
+    seed: u64,
+    /// Only the candidates whose settings (as printed) contain every
+    /// `&`-separated part, e.g. "Ng(256&weight_decay: 0.01".
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+}
+
 /// Runs every candidate of `kind` on `preset` and prints one JSON line each.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
-    let usage =
-        "natgrad tune --preset paper|deep|published --optimizer ng|sgd|adam [--budget SECS] [--data DIR] [--seed N] [--filter TEXT[&TEXT..]]";
-    let (mut preset, mut kind, mut budget, mut dir, mut filter) = (None, None, 20.0, None, None);
-    let mut seed = 1u64;
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{usage}");
+    let Some(a) = parse_command::<TuneArgs>(args)? else {
         return Ok(());
-    }
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it
-            .next()
-            .ok_or_else(|| Error::Usage(format!("{a} needs a value\n{usage}")))?;
-        match a.as_str() {
-            "--preset" => preset = Some(v.clone()),
-            "--optimizer" => kind = Some(OptimizerKind::parse(v)?),
-            "--budget" => budget = crate::app::args::parse_budget(a, v)?,
-            "--data" => dir = Some(std::path::PathBuf::from(v)),
-            "--filter" => filter = Some(v.clone()),
-            "--seed" => {
-                seed = v.parse().map_err(|_| {
-                    Error::Usage(format!("--seed takes a non-negative integer, got {v:?}"))
-                })?
-            }
-            _ => return Err(Error::Usage(format!("unknown argument {a:?}\n{usage}"))),
-        }
-    }
-    let (preset, kind) = match (preset, kind) {
-        (Some(p), Some(k)) => (p, k),
-        _ => return Err(Error::Usage(usage.into())),
     };
+    let (preset, kind, budget, dir, filter, seed) =
+        (a.preset, a.optimizer, a.budget, a.data, a.filter, a.seed);
     let data = crate::data::load(dir.as_deref())?;
     let initial = Mlp::preset(&preset, seed)?;
     let split = fit_validation(&data, &initial)?;

@@ -1,11 +1,14 @@
 //! The arguments of `natgrad race`.
 
 use super::run::Clock;
-use crate::app::args::{parse_budget, parse_threads};
+use crate::app::args::{
+    clap_parser, parse_budget, parse_command, parse_path, parse_seed, parse_threads, List,
+};
 use crate::app::settings::OptimizerKind;
 use crate::mlp::Likelihood;
 use crate::Error;
 use natgrad_kernels::Activation;
+use std::path::PathBuf;
 
 /// The most seeds `--seeds` accepts.
 pub const MAX_SEEDS: u64 = 1000;
@@ -46,8 +49,6 @@ pub struct RaceOptions {
     pub checkpoint_every_secs: Option<f64>,
     /// Continue each run from its checkpoint when one exists.
     pub resume: bool,
-    /// `--help` was given: print the usage, run nothing.
-    pub help: bool,
 }
 
 impl Default for RaceOptions {
@@ -77,50 +78,131 @@ impl Default for RaceOptions {
             quiet: false,
             checkpoint_every_secs: None,
             resume: false,
-            help: false,
         }
     }
 }
 
-pub(super) const RACE_USAGE: &str =
+/// The synopsis of `natgrad race` (clap's usage line).
+const RACE_SYNOPSIS: &str =
     "natgrad race [--preset paper|deep|published|all] [--budget SECS] [--data DIR]
              [--out DIR] [--optimizers ng,adam,sgd] [--threads N] [--seed N] [--seeds N]
              [--clock interleaved|sequential] [--sizes N-N-..-N]
              [--activation sigmoid|tanh|relu] [--likelihood bernoulli|gaussian]
-             [--json] [--quiet] [--checkpoint-every SECS] [--resume]
+             [--json] [--quiet] [--checkpoint-every SECS] [--resume]";
 
-Trains the autoencoder of each preset with every optimizer for the same
-wall-clock budget (default 35 s each; the default race takes about 2 minutes),
-from the same initial weights and data order, and writes DIR/curves.csv,
-DIR/race.png and DIR/summary.json (DIR/<preset>/ when racing several presets).
-Without --data it uses the embedded 10,000-digit MNIST subset; --data reads
-any IDX image set (train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz]).
---clock interleaved (the default): the optimizers train in turns of 0.5 s
-(a twentieth of the budget if shorter), each clock counting only its own
-training, so a change in the host's load falls on all alike; sequential: one
-after another. Evaluation is always off the clock.
---seeds N races N times, with seeds N0..N0+N-1 (N0 = --seed, default 1), and
-reports per optimizer the median and range of the final test loss, the time to
-SGD's final loss and the speedup; summary.json keeps every seed's figures.
---sizes 64-32-16-32-64 races an autoencoder of these widths (first = last =
-the images' pixels) instead of the preset's network, with the preset's
-optimizer settings; its hidden layers use --activation (default: the preset's,
-sigmoid for deep, tanh for paper), its output --likelihood (default: the
-preset's, bernoulli for deep, gaussian for paper).
---preset published is the paper's MNIST experiment with its authors' settings
-(paper's network, NG at minibatch 1000 with per-minibatch factors, plain SGD
-at minibatch 20); all races paper and deep.
---checkpoint-every saves each run's network, optimizer state and progress to
-DIR/checkpoints/<preset>-<optimizer>.ckpt (-seed<N>.ckpt with --seeds above 1)
-atomically (a failed save is reported and the run goes on); --resume continues
-every run from its checkpoint (a finished run is not retrained) after checking
-that the checkpoint was saved with the same seed, preset, network, optimizer
-settings and batch.
-Output files are written to temporaries and renamed; DIR is checked before
-any training starts. --threads is at most 4 per available core.";
+/// What the race does, after the options in `--help`.
+const RACE_NOTES: &str = "\
+Every optimizer starts from the same initial weights and data order and gets
+the same wall-clock budget; the default race takes about 2 minutes. Output goes
+to DIR/curves.csv, DIR/race.png and DIR/summary.json (DIR/<preset>/ when racing
+several presets); files are written to temporaries and renamed, and DIR is
+checked before any training starts. Evaluation is always off the clock.";
+
+/// The arguments of `natgrad race`, as clap parses them.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad race",
+    about = "NG vs SGD vs Adam autoencoder race on the wall clock",
+    override_usage = RACE_SYNOPSIS,
+    after_help = RACE_NOTES,
+    args_override_self = true
+)]
+struct RaceArgs {
+    /// Preset to race: paper, deep, published (the paper's MNIST experiment
+    /// with its authors' settings: paper's network, NG at minibatch 1000 with
+    /// per-minibatch factors, plain SGD at minibatch 20) or all (paper and
+    /// deep). Default deep.
+    #[arg(long, value_name = "PRESET", value_parser = clap_parser(parse_presets))]
+    preset: Option<List<String>>,
+    /// Training budget per optimizer, seconds (default 35).
+    #[arg(long, value_name = "SECS", value_parser = clap_parser(|v| parse_budget("--budget", v)))]
+    budget: Option<f64>,
+    /// An IDX image set (train-images-idx3-ubyte[.gz] and
+    /// t10k-images-idx3-ubyte[.gz]); default: the embedded 10,000-digit
+    /// MNIST subset.
+    #[arg(long, value_name = "DIR", value_parser = clap_parser(parse_path))]
+    data: Option<PathBuf>,
+    /// Output directory (default race-out).
+    #[arg(long, value_name = "DIR", value_parser = clap_parser(parse_path))]
+    out: Option<PathBuf>,
+    /// Optimizers, in the order they take their turns (default ng,adam,sgd).
+    #[arg(long, value_name = "LIST", value_parser = clap_parser(parse_optimizers))]
+    optimizers: Option<List<OptimizerKind>>,
+    /// Kernel threads, at most 4 per available core (default: all cores).
+    #[arg(long, value_name = "N", value_parser = clap_parser(parse_threads))]
+    threads: Option<usize>,
+    /// Seed of the initial weights and data order (the first, with --seeds;
+    /// default 1).
+    #[arg(long, value_name = "N", value_parser = clap_parser(parse_seed))]
+    seed: Option<u64>,
+    /// Races N times, with seeds N0..N0+N-1 (N0 = --seed), and reports per
+    /// optimizer the median and range of the final test loss, the time to
+    /// SGD's final loss and the speedup; summary.json keeps every seed's
+    /// figures.
+    #[arg(long, value_name = "N", value_parser = clap_parser(|v| parse_count("--seeds", v, MAX_SEEDS)))]
+    seeds: Option<u64>,
+    /// interleaved (the default): the optimizers train in turns of 0.5 s (a
+    /// twentieth of the budget if shorter), each clock counting only its own
+    /// training, so a change in the host's load falls on all alike;
+    /// sequential: one after another.
+    #[arg(long, value_name = "CLOCK", value_parser = clap_parser(parse_clock))]
+    clock: Option<Clock>,
+    /// Races an autoencoder of these widths (first = last = the images'
+    /// pixels, e.g. 64-32-16-32-64) instead of the preset's network, with the
+    /// preset's optimizer settings.
+    #[arg(long, value_name = "N-N-..-N", value_parser = clap_parser(parse_sizes))]
+    sizes: Option<List<usize>>,
+    /// The hidden layers' activation with --sizes: sigmoid, tanh, relu or
+    /// identity (default: the preset's, sigmoid for deep, tanh for paper).
+    #[arg(long, value_name = "ACTIVATION", value_parser = clap_parser(parse_activation))]
+    activation: Option<Activation>,
+    /// The output likelihood with --sizes: bernoulli or gaussian (default:
+    /// the preset's, bernoulli for deep, gaussian for paper).
+    #[arg(long, value_name = "LIKELIHOOD", value_parser = clap_parser(parse_likelihood))]
+    likelihood: Option<Likelihood>,
+    /// Print the summary as one JSON line on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Save each run's network, optimizer state and progress every SECS
+    /// training seconds to DIR/checkpoints/PRESET-OPTIMIZER.ckpt
+    /// (-seedN.ckpt with --seeds above 1), atomically; a failed save is
+    /// reported and the run goes on.
+    #[arg(long, value_name = "SECS", value_parser = clap_parser(|v| parse_budget("--checkpoint-every", v)))]
+    checkpoint_every: Option<f64>,
+    /// Continue every run from its checkpoint (a finished run is not
+    /// retrained), after checking that it was saved with the same seed,
+    /// preset, network, optimizer settings and batch.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Parses `--preset`'s value: one preset, or `all` for paper and deep.
+fn parse_presets(v: &str) -> Result<List<String>, Error> {
+    match v {
+        "all" => Ok(List(vec!["paper".into(), "deep".into()])),
+        "paper" | "deep" | "published" => Ok(List(vec![v.into()])),
+        _ => Err(Error::Usage(format!(
+            "unknown preset {v:?}; expected paper|deep|published|all"
+        ))),
+    }
+}
+
+/// Parses `--clock`'s value.
+fn parse_clock(v: &str) -> Result<Clock, Error> {
+    match v {
+        "interleaved" => Ok(Clock::Interleaved),
+        "sequential" => Ok(Clock::Sequential),
+        _ => Err(Error::Usage(format!(
+            "--clock takes interleaved or sequential, got {v:?}"
+        ))),
+    }
+}
 
 /// Parses `--sizes`' value: two or more positive widths joined by `-`.
-fn parse_sizes(v: &str) -> Result<Vec<usize>, Error> {
+fn parse_sizes(v: &str) -> Result<List<usize>, Error> {
     let bad = || {
         Error::Usage(format!(
             "--sizes takes two or more positive widths joined by '-', such as \
@@ -135,7 +217,7 @@ fn parse_sizes(v: &str) -> Result<Vec<usize>, Error> {
     if sizes.len() < 2 {
         return Err(bad());
     }
-    Ok(sizes)
+    Ok(List(sizes))
 }
 
 /// The widest layer `--sizes` accepts (a 65,536-wide layer's factor alone
@@ -169,7 +251,7 @@ fn parse_likelihood(v: &str) -> Result<Likelihood, Error> {
     }
 }
 
-fn parse_optimizers(v: &str) -> Result<Vec<OptimizerKind>, Error> {
+fn parse_optimizers(v: &str) -> Result<List<OptimizerKind>, Error> {
     let kinds: Vec<OptimizerKind> = v
         .split(',')
         .map(OptimizerKind::parse)
@@ -184,7 +266,7 @@ fn parse_optimizers(v: &str) -> Result<Vec<OptimizerKind>, Error> {
             k.name()
         )));
     }
-    Ok(kinds)
+    Ok(List(kinds))
 }
 
 fn parse_count(flag: &str, v: &str, max: u64) -> Result<u64, Error> {
@@ -198,69 +280,31 @@ fn parse_count(flag: &str, v: &str, max: u64) -> Result<u64, Error> {
         })
 }
 
-/// Parses the arguments of `natgrad race`.
-pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
-    let mut o = RaceOptions::default();
-    let mut it = args.iter();
-    let value = |it: &mut std::slice::Iter<'_, String>, flag: &str| -> Result<String, Error> {
-        it.next()
-            .cloned()
-            .ok_or_else(|| Error::Usage(format!("{flag} needs a value\n{RACE_USAGE}")))
+/// Parses the arguments of `natgrad race`; `None` when `--help` was
+/// asked for (and printed).
+pub fn parse_args(args: &[String]) -> Result<Option<RaceOptions>, Error> {
+    let Some(a) = parse_command::<RaceArgs>(args)? else {
+        return Ok(None);
     };
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--preset" => {
-                let v = value(&mut it, a)?;
-                o.presets = match v.as_str() {
-                    "all" => vec!["paper".into(), "deep".into()],
-                    "paper" | "deep" | "published" => vec![v],
-                    _ => return Err(Error::Usage(format!("unknown preset {v:?}\n{RACE_USAGE}"))),
-                };
-            }
-            "--budget" => o.budget_secs = parse_budget(a, &value(&mut it, a)?)?,
-            "--data" => o.data = Some(value(&mut it, a)?.into()),
-            "--out" => o.out = value(&mut it, a)?.into(),
-            "--optimizers" => o.kinds = parse_optimizers(&value(&mut it, a)?)?,
-            "--threads" => o.threads = parse_threads(&value(&mut it, a)?)?,
-            "--seed" => {
-                let v = value(&mut it, a)?;
-                o.seed = v
-                    .parse()
-                    .map_err(|_| Error::Usage(format!("--seed takes an integer, got {v:?}")))?;
-            }
-            "--seeds" => o.seeds = parse_count(a, &value(&mut it, a)?, MAX_SEEDS)?,
-            "--clock" => {
-                let v = value(&mut it, a)?;
-                o.clock = match v.as_str() {
-                    "interleaved" => Clock::Interleaved,
-                    "sequential" => Clock::Sequential,
-                    _ => {
-                        return Err(Error::Usage(format!(
-                            "--clock takes interleaved or sequential, got {v:?}"
-                        )))
-                    }
-                };
-            }
-            "--sizes" => o.sizes = Some(parse_sizes(&value(&mut it, a)?)?),
-            "--activation" => o.activation = Some(parse_activation(&value(&mut it, a)?)?),
-            "--likelihood" => o.likelihood = Some(parse_likelihood(&value(&mut it, a)?)?),
-            "--json" => o.json = true,
-            "--quiet" => o.quiet = true,
-            "--resume" => o.resume = true,
-            "--checkpoint-every" => {
-                o.checkpoint_every_secs = Some(parse_budget(a, &value(&mut it, a)?)?);
-            }
-            "-h" | "--help" => {
-                o.help = true;
-                return Ok(o);
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "unknown argument {a:?}\n{RACE_USAGE}"
-                )))
-            }
-        }
-    }
+    let d = RaceOptions::default();
+    let o = RaceOptions {
+        presets: a.preset.map_or(d.presets, |l| l.0),
+        kinds: a.optimizers.map_or(d.kinds, |l| l.0),
+        budget_secs: a.budget.unwrap_or(d.budget_secs),
+        data: a.data,
+        out: a.out.unwrap_or(d.out),
+        threads: a.threads.unwrap_or(d.threads),
+        seed: a.seed.unwrap_or(d.seed),
+        seeds: a.seeds.unwrap_or(d.seeds),
+        clock: a.clock.unwrap_or(d.clock),
+        sizes: a.sizes.map(|l| l.0),
+        activation: a.activation,
+        likelihood: a.likelihood,
+        json: a.json,
+        quiet: a.quiet,
+        checkpoint_every_secs: a.checkpoint_every,
+        resume: a.resume,
+    };
     if o.sizes.is_none() && (o.activation.is_some() || o.likelihood.is_some()) {
         return Err(Error::Usage(
             "--activation and --likelihood shape a network given with --sizes; \
@@ -274,5 +318,5 @@ pub fn parse_args(args: &[String]) -> Result<RaceOptions, Error> {
             o.seed, o.seeds
         )));
     }
-    Ok(o)
+    Ok(Some(o))
 }

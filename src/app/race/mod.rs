@@ -27,7 +27,6 @@ use crate::app::args::max_threads;
 use crate::data::Dataset;
 use crate::mlp::Mlp;
 use crate::Error;
-use args::RACE_USAGE;
 use natgrad_kernels::{Activation, Par};
 use run::load_for_resume;
 use std::time::Duration;
@@ -384,10 +383,8 @@ fn check_resumes(opts: &RaceOptions, data: &Dataset) -> Result<(), Error> {
 
 /// Entry point of `natgrad race`.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
-    let opts = parse_args(args)?;
-    if opts.help {
-        println!("{RACE_USAGE}");
-        return Ok(());
+    match parse_args(args)? {
+        Some(opts) => run_race(&opts).map(|_| ()),
+        None => Ok(()),
     }
-    run_race(&opts).map(|_| ())
 }
