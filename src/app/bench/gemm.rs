@@ -8,7 +8,7 @@
 //! separate bias + activation pass (the same vectorised activation code, so
 //! the difference is the extra pass over memory, not the quality of `exp`).
 
-use super::{comparison_line, measure_interleaved, median, par_for, pool};
+use super::{comparison_line, measure_interleaved, median, par_for, pool, random};
 use crate::app::json::round;
 use natgrad_kernels::gemm::{
     activate_slice_with_isa, fma_peak_loop, gemm, gemm_fused, gemm_scratch, matrixmultiply_gemm,
@@ -19,32 +19,37 @@ use natgrad_kernels::{Activation, Isa, MatMut, MatRef, MemBuffer, MemStack};
 use serde::Serialize;
 use std::time::Instant;
 
+/// Layer sizes of the `paper` autoencoder.
+pub const PAPER: [usize; 9] = [784, 400, 200, 100, 50, 100, 200, 400, 784];
+
 /// Layer sizes of the `deep` autoencoder.
 pub const DEEP: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
 
 /// Seconds each side of one comparison runs for, roughly.
 const TARGET_SECS: f64 = 0.12;
 
-/// `(m, k, n)` of the forward GEMM of every `deep` layer at minibatch `batch`.
-pub fn deep_shapes(batch: usize) -> Vec<(usize, usize, usize)> {
-    DEEP.windows(2).map(|w| (w[1], w[0], batch)).collect()
-}
-
-/// The activation of the `deep` network's layer with `n_out` outputs at
-/// position `layer` (linear code layer, sigmoid elsewhere).
-fn deep_activation(n_out: usize) -> Activation {
-    if n_out == 30 {
-        Activation::Identity
+/// `(m, k, n)` of the forward GEMM of every layer of `preset` (`paper` or
+/// `deep`, anything else gives `deep`) at minibatch `batch`, with the
+/// layer's activation: `deep`'s hidden layers are sigmoid and its 30-wide
+/// code layer linear; `paper`'s hidden layers tanh and its output linear.
+/// `natgrad bench kernels` and the criterion benches measure these shapes.
+pub fn layer_shapes(preset: &str, batch: usize) -> Vec<((usize, usize, usize), Activation)> {
+    let (sizes, hidden) = if preset == "paper" {
+        (PAPER, Activation::Tanh)
     } else {
-        Activation::Sigmoid
-    }
+        (DEEP, Activation::Sigmoid)
+    };
+    sizes
+        .windows(2)
+        .map(|w| {
+            let (n_in, n_out) = (w[0], w[1]);
+            let linear = n_out == 30 || (preset == "paper" && n_out == 784);
+            let act = if linear { Activation::Identity } else { hidden };
+            ((n_out, n_in, batch), act)
+        })
+        .collect()
 }
 
-fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..len).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
-}
-
-/// Times `f` once (after one warm-up call) to pick the repetition count.
 /// The comparison line of a GEMM-shaped kernel (`2 m k n` flops a call).
 fn line(
     kernel: &str,
@@ -288,14 +293,13 @@ pub fn separate_epilogue(
 
 /// One `forward` comparison at shape `(m, k, n)` on the current pool.
 fn forward_line(
-    shape: (usize, usize, usize),
+    (shape, act): ((usize, usize, usize), Activation),
     threads: usize,
     rng: &mut Rng,
     emit: &mut dyn FnMut(String),
 ) {
     let (m, k, n) = shape;
     let par = par_for(threads);
-    let act = deep_activation(m);
     let isa = Isa::detect();
     let w = random(m * k, rng);
     let x = random(k * n, rng);
@@ -364,11 +368,11 @@ pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) {
     }
     for &t in threads {
         let p = pool(t);
-        for shape in deep_shapes(256) {
+        for (shape, act) in layer_shapes("deep", 256) {
             let lines = p.install(|| {
                 let mut lines = Vec::new();
                 gemm_lines(shape, t, &mut rng, false, &mut |l| lines.push(l));
-                forward_line(shape, t, &mut rng, &mut |l| lines.push(l));
+                forward_line((shape, act), t, &mut rng, &mut |l| lines.push(l));
                 lines
             });
             lines.into_iter().for_each(&mut *emit);

@@ -1,6 +1,13 @@
-//! The quick, machine-readable comparisons behind `natgrad bench ... --quick --json`:
-//! ours and the baseline measured in one process, interleaved, median of several
-//! repetitions, printed as one JSON object per line.
+//! The benchmark harness: the quick, machine-readable comparisons behind
+//! `natgrad bench ... --quick --json` (ours and the baseline measured in one
+//! process, interleaved, median of several repetitions, printed as one JSON
+//! object per line), and what the criterion benches in `benches/` share with
+//! them: the thread pools, the inputs, the shapes and the baselines
+//! ([`gemm::layer_shapes`], [`gemm::separate_epilogue`], [`factor::spd`],
+//! [`factor::factor_of`], the race's settings for the step). The kernels'
+//! own benchmark pieces (the FMA peak loop, the allocation counter, the
+//! matrixmultiply and OpenBLAS baselines) are in `natgrad-kernels`' `bench`
+//! feature.
 
 pub mod factor;
 pub mod gemm;
@@ -87,6 +94,11 @@ pub fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("building a rayon thread pool");
     pool.broadcast(|_| ());
     pool
+}
+
+/// `len` values uniform in [-1, 1): the inputs of every kernel measured.
+pub fn random(len: usize, rng: &mut natgrad_kernels::rng::Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
 }
 
 /// `Par::Seq` for one thread, else rayon on `threads`.
