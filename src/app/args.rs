@@ -62,7 +62,10 @@ pub fn parse_command<T: clap::Parser>(args: &[String]) -> Result<Option<T>, Erro
         Ok(parsed) => Ok(Some(parsed)),
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                print!("{}", e.render());
+                // Written, not `print!`ed: a closed pipe (`natgrad race --help
+                // | head`) is not worth a panic.
+                use std::io::Write;
+                let _ = write!(std::io::stdout(), "{}", e.render());
                 Ok(None)
             }
             _ => {
