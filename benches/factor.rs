@@ -20,27 +20,19 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat};
 use natgrad::app::bench::factor::{factor_of, spd};
+use natgrad::app::bench::par_for;
 use natgrad_kernels::cholesky::{
     cholesky_in_place, cholesky_rank_update, cholesky_scratch, cholesky_update_scratch,
 };
 use natgrad_kernels::rng::Rng;
 use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
 use natgrad_kernels::trsm::{solve_llt_left_in_place, solve_scratch};
-use natgrad_kernels::{MemBuffer, MemStack, Par};
-use std::num::NonZeroUsize;
+use natgrad_kernels::{MemBuffer, MemStack};
 use std::time::Duration;
 
 const NS: [usize; 9] = [31, 51, 101, 201, 251, 401, 501, 785, 1001];
 const BS: [usize; 4] = [20, 100, 256, 1000];
 
-fn par_for(threads: usize) -> Par {
-    match NonZeroUsize::new(threads) {
-        Some(t) if threads > 1 => Par::Rayon(t),
-        _ => Par::Seq,
-    }
-}
-
-/// (threads, b) pairs: everything on 2 threads, b = 256 on 1 thread.
 fn cases() -> Vec<(usize, usize)> {
     let mut v: Vec<(usize, usize)> = BS.iter().map(|&b| (2, b)).collect();
     v.push((1, 256));

@@ -12,41 +12,24 @@
 //! Run: `cargo bench --bench gemm` (filter, e.g. `cargo bench --bench gemm -- deep/256`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use natgrad_kernels::gemm::{
-    activate_slice_with_isa, gemm, gemm_fused, gemm_scratch, matrixmultiply_gemm, Epilogue,
-};
+use natgrad::app::bench::gemm::{layer_shapes, separate_epilogue};
+use natgrad::app::bench::{par_for, pool, random};
+use natgrad_kernels::gemm::{gemm, gemm_fused, gemm_scratch, matrixmultiply_gemm, Epilogue};
 use natgrad_kernels::rng::Rng;
-use natgrad_kernels::{Activation, Isa, MatMut, MatRef, MemBuffer, MemStack, Par};
-use std::num::NonZeroUsize;
+use natgrad_kernels::{Activation, Isa, MatMut, MatRef, MemBuffer, MemStack};
 use std::time::Duration;
 
-const PAPER: [usize; 9] = [784, 400, 200, 100, 50, 100, 200, 400, 784];
-const DEEP: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
 const BATCHES: [usize; 4] = [20, 100, 256, 1000];
 
 /// `(label, m, k, n, activation)` for every forward layer of both networks at
-/// every batch size, then 1024^3.
+/// every batch size (the harness's [`layer_shapes`], which `natgrad bench
+/// kernels` measures too), then 1024^3.
 fn shapes() -> Vec<(String, usize, usize, usize, Activation)> {
     let mut out = Vec::new();
-    for (net, sizes, hidden) in [
-        ("paper", PAPER, Activation::Tanh),
-        ("deep", DEEP, Activation::Sigmoid),
-    ] {
+    for net in ["paper", "deep"] {
         for batch in BATCHES {
-            for w in sizes.windows(2) {
-                let (n_in, n_out) = (w[0], w[1]);
-                let act = if n_out == 30 || (net == "paper" && n_out == 784) {
-                    Activation::Identity
-                } else {
-                    hidden
-                };
-                out.push((
-                    format!("{net}/{batch}/{n_out}x{n_in}"),
-                    n_out,
-                    n_in,
-                    batch,
-                    act,
-                ));
+            for ((m, k, n), act) in layer_shapes(net, batch) {
+                out.push((format!("{net}/{batch}/{m}x{k}"), m, k, n, act));
             }
         }
     }
@@ -69,17 +52,6 @@ fn thread_counts() -> Vec<usize> {
     }
 }
 
-fn par_for(threads: usize) -> Par {
-    match NonZeroUsize::new(threads) {
-        Some(t) if threads > 1 => Par::Rayon(t),
-        _ => Par::Seq,
-    }
-}
-
-fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..len).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
-}
-
 fn configure(c: &mut Criterion) -> Criterion {
     std::mem::take(c)
         .sample_size(10)
@@ -91,10 +63,7 @@ fn bench_gemm(c: &mut Criterion) {
     let mut rng = Rng::new(1);
     let mut group = c.benchmark_group("gemm");
     for threads in thread_counts() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
+        let pool = pool(threads);
         let par = par_for(threads);
         for (label, m, k, n, _) in shapes() {
             let w = random(m * k, &mut rng);
@@ -138,10 +107,7 @@ fn bench_forward(c: &mut Criterion) {
     let isa = Isa::detect();
     let mut group = c.benchmark_group("forward");
     for threads in thread_counts() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
+        let pool = pool(threads);
         let par = par_for(threads);
         for (label, m, k, n, act) in shapes() {
             let w = random(m * k, &mut rng);
@@ -178,32 +144,6 @@ fn bench_forward(c: &mut Criterion) {
         }
     }
     group.finish();
-}
-
-/// The unfused baseline's second pass: `Y = act(Y + b 1^T)` column by column
-/// with natgrad's vectorised activation, on `threads` threads (columns split
-/// between them), so the baseline differs from the fused kernel only by the
-/// extra pass over `Y`.
-fn separate_epilogue(
-    y: &mut [f32],
-    m: usize,
-    bias: &[f32],
-    act: Activation,
-    isa: Isa,
-    threads: usize,
-) {
-    let one_column = |col: &mut [f32]| {
-        for (v, b) in col.iter_mut().zip(bias) {
-            *v += b;
-        }
-        activate_slice_with_isa(isa, act, col).expect("detected ISA is available");
-    };
-    if threads > 1 {
-        use rayon::prelude::*;
-        y.par_chunks_exact_mut(m).for_each(one_column);
-    } else {
-        y.chunks_exact_mut(m).for_each(one_column);
-    }
 }
 
 fn benches(c: &mut Criterion) {

@@ -1,5 +1,6 @@
 //! The `natgrad` command line.
 
+use crate::app::args::{clap_parser, parse_command, parse_threads, positive_list, List};
 use crate::Error;
 
 const USAGE: &str = "natgrad: natural gradient on CPU
@@ -38,107 +39,110 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
 }
 
-const BENCH_USAGE: &str = "natgrad bench kernels|step --quick --json [--threads 1,2]
-                      [--preset paper|deep] [--batch 20,100,256,1000] [--phases]
-
+/// What `natgrad bench` measures, after the options in `--help`.
+const BENCH_NOTES: &str = "\
 Measures ours against the baselines (kernels: faer, matrixmultiply, and OpenBLAS
 at 1024^3 when built with --features openblas and run with
 OPENBLAS_THREAD_TIMEOUT=4; steps: SGD) in one process, interleaved, median of
-several repetitions, and prints one JSON object per line. --preset and --batch
-select cells of the step benchmark; --phases also prints the median time of
-each phase of the natural-gradient step.";
+several repetitions, and prints one JSON object per line. For full reports run
+`cargo bench`.";
 
-/// A comma-separated list of positive integers given to `flag`.
-fn positive_list(flag: &str, v: &str, example: &str) -> Result<Vec<usize>, Error> {
+/// The arguments of `natgrad bench`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad bench",
+    about = "Quick machine-readable benchmarks: kernels and training steps against their baselines",
+    override_usage = "natgrad bench kernels|step --quick --json [--threads 1,2]\n                      [--preset paper|deep] [--batch 20,100,256,1000] [--phases]",
+    after_help = BENCH_NOTES,
+    args_override_self = true
+)]
+struct BenchArgs {
+    /// kernels (GEMM, forward, SYRK, Cholesky, solves, FMA peak) or step
+    /// (whole training steps of SGD, Adam and the natural gradient).
+    #[arg(value_name = "WHAT", value_parser = ["kernels", "step"])]
+    what: String,
+    /// The quick mode (the only one built in).
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per line (the only output built in).
+    #[arg(long)]
+    json: bool,
+    /// Thread counts, comma-separated (default 1,2 for kernels, 2 for step).
+    #[arg(long, value_name = "LIST", value_parser = clap_parser(parse_thread_list))]
+    threads: Option<List<usize>>,
+    /// The step benchmark's preset: paper or deep (default both).
+    #[arg(long, value_name = "PRESET", value_parser = clap_parser(parse_bench_preset))]
+    preset: Option<String>,
+    /// The step benchmark's minibatches, comma-separated (default
+    /// 20,100,256,1000).
+    #[arg(long, value_name = "LIST", value_parser = clap_parser(parse_batches))]
+    batch: Option<List<usize>>,
+    /// Also print the median time of each phase of the natural-gradient step.
+    #[arg(long)]
+    phases: bool,
+}
+
+/// `--threads 1,2`: each a thread count [`parse_threads`] accepts.
+fn parse_thread_list(v: &str) -> Result<List<usize>, Error> {
     v.split(',')
-        .map(|t| t.parse::<usize>().ok().filter(|&t| t > 0))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| Error::Usage(format!("{flag} takes a list like {example}, got {v:?}")))
+        .map(parse_threads)
+        .collect::<Result<_, _>>()
+        .map(List)
+}
+
+fn parse_bench_preset(v: &str) -> Result<String, Error> {
+    if v != "paper" && v != "deep" {
+        return Err(Error::Usage(format!(
+            "--preset takes paper or deep, got {v:?}"
+        )));
+    }
+    Ok(v.into())
+}
+
+/// `--batch 256,1000`: positive, and each at most natgrad's largest minibatch.
+fn parse_batches(v: &str) -> Result<List<usize>, Error> {
+    let batches = positive_list("--batch", v, "256,1000")?;
+    let max = crate::workspace::MAX_BATCH;
+    if let Some(b) = batches.iter().find(|&&b| b > max) {
+        return Err(Error::Usage(format!(
+            "--batch {b} is more than natgrad's largest minibatch, {max}"
+        )));
+    }
+    Ok(List(batches))
 }
 
 fn bench_main(args: &[String]) -> Result<(), Error> {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{BENCH_USAGE}");
+    let Some(a) = parse_command::<BenchArgs>(args)? else {
+        return Ok(());
+    };
+    if !a.quick || !a.json {
+        return Err(Error::Usage(
+            "only the quick JSON mode is built in (natgrad bench kernels|step --quick --json); \
+             for full reports run `cargo bench`"
+                .into(),
+        ));
+    }
+    let presets = a
+        .preset
+        .map_or(vec!["paper".to_string(), "deep".to_string()], |p| vec![p]);
+    let batches = a.batch.map_or(vec![20, 100, 256, 1000], |l| l.0);
+    let mut emit = |line: String| println!("{line}");
+    if a.what == "kernels" {
+        let threads = a.threads.map_or(vec![1, 2], |l| l.0);
+        crate::app::bench::gemm::quick_lines(&threads, &mut emit);
+        crate::app::bench::factor::quick_lines(&threads, &mut emit);
         return Ok(());
     }
-    let what = args.first().map(String::as_str);
-    let mut threads = vec![1, 2];
-    let (mut quick, mut json, mut phases) = (false, false, false);
-    let mut presets = vec!["paper".to_string(), "deep".to_string()];
-    let mut batches = vec![20, 100, 256, 1000];
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--json" => json = true,
-            "--phases" => phases = true,
-            "--threads" => {
-                let v = it.next().ok_or_else(|| {
-                    Error::Usage(format!("--threads needs a value\n{BENCH_USAGE}"))
-                })?;
-                threads = v
-                    .split(',')
-                    .map(crate::app::race::parse_threads)
-                    .collect::<Result<_, _>>()?;
-            }
-            "--preset" => {
-                let v = it.next().ok_or_else(|| {
-                    Error::Usage(format!("--preset needs a value\n{BENCH_USAGE}"))
-                })?;
-                if v != "paper" && v != "deep" {
-                    return Err(Error::Usage(format!(
-                        "--preset takes paper or deep, got {v:?}"
-                    )));
+    let threads = a.threads.map_or(vec![2], |l| l.0);
+    crate::app::bench::step::quick_lines(&threads, &presets, &batches, &mut emit)?;
+    if a.phases {
+        for &threads in &threads {
+            for preset in &presets {
+                for &batch in &batches {
+                    crate::app::bench::step::phase_lines(preset, batch, threads, 9, &mut emit)?;
                 }
-                presets = vec![v.clone()];
-            }
-            "--batch" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| Error::Usage(format!("--batch needs a value\n{BENCH_USAGE}")))?;
-                batches = positive_list("--batch", v, "256,1000")?;
-                let max = crate::workspace::MAX_BATCH;
-                if let Some(b) = batches.iter().find(|&&b| b > max) {
-                    return Err(Error::Usage(format!(
-                        "--batch {b} is more than natgrad's largest minibatch, {max}"
-                    )));
-                }
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "unknown argument {a:?}\n{BENCH_USAGE}"
-                )))
             }
         }
     }
-    if !quick || !json {
-        return Err(Error::Usage(format!(
-            "only the quick JSON mode is built in; for full reports run `cargo bench`\n{BENCH_USAGE}"
-        )));
-    }
-    let mut emit = |line: String| println!("{line}");
-    match what {
-        Some("kernels") => {
-            crate::app::bench::gemm::quick_lines(&threads, &mut emit);
-            crate::app::bench::factor::quick_lines(&threads, &mut emit);
-            Ok(())
-        }
-        Some("step") => {
-            let t = if threads == [1, 2] { vec![2] } else { threads };
-            crate::app::bench::step::quick_lines(&t, &presets, &batches, &mut emit)?;
-            if phases {
-                for &threads in &t {
-                    for preset in &presets {
-                        for &batch in &batches {
-                            crate::app::bench::step::phase_lines(
-                                preset, batch, threads, 9, &mut emit,
-                            )?;
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
-        _ => Err(Error::Usage(BENCH_USAGE.into())),
-    }
+    Ok(())
 }

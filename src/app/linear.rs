@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::app::args::{clap_parser, parse_command, parse_path};
 use crate::app::plot::{charts_png, Chart, Series, PALETTE};
 use crate::linear::{
     fisher_check_json, is_exact_profile, run_experiment, write_csv, Damping, ExperimentConfig,
@@ -10,51 +11,39 @@ use crate::linear::{
 };
 use crate::Error;
 
-const USAGE: &str = "natgrad linear [--out DIR] [--json] [--quick]
-    Runs the deep-linear natural-gradient experiment (docs/math.md section 1).
-    --out DIR   where to write linear.csv and linear.png (default linear-out/)
-    --json      print one JSON line per run and per brute-force Fisher check
-    --quick     the reduced experiment of the test suite (no bottleneck)
-natgrad linear --online [--out DIR] [--examples N] [--json] [--quick]
-    The paper's simulations online: natural gradient vs SGD from a training
-    set, test error against time and examples (`linear --online --help`).";
+/// The arguments of `natgrad linear` (without `--online`; see
+/// [`crate::app::linear_online`] for those with it).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad linear",
+    about = "The deep-linear natural-gradient experiment (docs/math.md section 1)",
+    override_usage = "natgrad linear [--out DIR] [--json] [--quick]
+       natgrad linear --online [--out DIR] [--examples N] [--json] [--quick]",
+    after_help = "natgrad linear --online runs the paper's simulations online: natural \
+gradient vs SGD from a training set, test error against time and examples \
+(`natgrad linear --online --help`).",
+    args_override_self = true
+)]
+struct LinearArgs {
+    /// Where to write linear.csv and linear.png.
+    #[arg(long, value_name = "DIR", default_value = "linear-out", value_parser = clap_parser(parse_path))]
+    out: PathBuf,
+    /// Print one JSON line per run and per brute-force Fisher check.
+    #[arg(long)]
+    json: bool,
+    /// The reduced experiment of the test suite (no bottleneck).
+    #[arg(long)]
+    quick: bool,
+}
 
 /// Entry point of `natgrad linear`.
 pub fn cli_main(args: &[String]) -> Result<(), crate::Error> {
     if args.iter().any(|a| a == "--online") {
         return crate::app::linear_online::cli_main(args);
     }
-    let mut out = PathBuf::from("linear-out");
-    let mut json = false;
-    let mut quick = false;
-    let mut k = 0;
-    while k < args.len() {
-        match args[k].as_str() {
-            "--out" => {
-                let dir = args
-                    .get(k + 1)
-                    .filter(|d| !d.starts_with("--"))
-                    .ok_or_else(|| Error::Usage(format!("--out needs a directory\n{USAGE}")))?;
-                out = PathBuf::from(dir);
-                k += 2;
-            }
-            "--json" => {
-                json = true;
-                k += 1;
-            }
-            "--quick" => {
-                quick = true;
-                k += 1;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => {
-                return Err(Error::Usage(format!("unknown argument `{other}`\n{USAGE}")));
-            }
-        }
-    }
+    let Some(LinearArgs { out, json, quick }) = parse_command::<LinearArgs>(args)? else {
+        return Ok(());
+    };
     // Checked before the experiment runs, not after.
     crate::app::output::check_out_dir(&out, "--out")?;
     for stale in crate::app::output::remove_stale_temporaries(&out) {

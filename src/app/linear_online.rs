@@ -3,100 +3,74 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::app::args::{clap_parser, parse_command, parse_path};
 use crate::app::plot::{charts_png, Chart, Series, PALETTE};
 use crate::linear::{run_online_experiment, OnlineConfig, OnlineMethod, OnlineReport, OnlineRun};
 use crate::Error;
 
-/// The usage text of `natgrad linear --online`.
-pub const ONLINE_USAGE: &str =
-    "natgrad linear --online [--out DIR] [--examples N] [--sgd-lr X] [--json] [--quick]
-    The paper's deep-linear simulations, online (docs/linear.md): the authors'
-    square 20-unit, widening-then-narrowing and 200-80-..-2-..-80-200 bottleneck
-    networks, correlated inputs and a noisy random teacher; the online natural
-    gradient (minibatch 1000) against SGD (minibatch 20), with the exact closed
-    form on the population statistics beside them. About 30 s.
-    --out DIR     where to write linear-online.csv, linear-online.png and
-                  linear-online.json (default linear-online-out/)
-    --examples N  examples each online method trains on (default 400000, the
-                  authors'), at most 10000000
-    --sgd-lr X    SGD's step on every network (default, from a sweep: 0.01
-                  square, 0.005 wide, 0.002 bottleneck; docs/linear.md)
-    --json        print the summary JSON instead of the table
-    --quick       the reduced experiment of the test suite (a few seconds)";
-
 /// The largest `--examples`.
 const MAX_EXAMPLES: usize = 10_000_000;
 
+/// The arguments of `natgrad linear --online`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad linear --online",
+    about = "The paper's deep-linear simulations, online (docs/linear.md)",
+    long_about = "The paper's deep-linear simulations, online (docs/linear.md): the authors' \
+square 20-unit, widening-then-narrowing and 200-80-..-2-..-80-200 bottleneck \
+networks, correlated inputs and a noisy random teacher; the online natural \
+gradient (minibatch 1000) against SGD (minibatch 20), with the exact closed \
+form on the population statistics beside them. About 30 s.",
+    override_usage = "natgrad linear --online [--out DIR] [--examples N] [--sgd-lr X] [--json] [--quick]",
+    args_override_self = true
+)]
 struct OnlineArgs {
+    /// The online experiment (this command).
+    #[arg(long, hide = true)]
+    online: bool,
+    /// Where to write linear-online.csv, linear-online.png and
+    /// linear-online.json.
+    #[arg(long, value_name = "DIR", default_value = "linear-online-out", value_parser = clap_parser(parse_path))]
     out: PathBuf,
+    /// Examples each online method trains on (default 400000, the authors'),
+    /// at most 10000000.
+    #[arg(long, value_name = "N", value_parser = clap_parser(parse_examples))]
     examples: Option<usize>,
+    /// SGD's step on every network (default, from a sweep: 0.01 square,
+    /// 0.005 wide, 0.002 bottleneck; docs/linear.md).
+    #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = clap_parser(parse_sgd_lr))]
     sgd_lr: Option<f32>,
+    /// Print the summary JSON instead of the table.
+    #[arg(long)]
     json: bool,
+    /// The reduced experiment of the test suite (a few seconds).
+    #[arg(long)]
     quick: bool,
-    help: bool,
 }
 
-fn parse(args: &[String]) -> Result<OnlineArgs, Error> {
-    let mut o = OnlineArgs {
-        out: PathBuf::from("linear-online-out"),
-        examples: None,
-        sgd_lr: None,
-        json: false,
-        quick: false,
-        help: false,
-    };
-    let usage = |msg: String| Error::Usage(format!("{msg}\n{ONLINE_USAGE}"));
-    let mut k = 0;
-    while k < args.len() {
-        let value = || args.get(k + 1).filter(|v| !v.starts_with("--"));
-        match args[k].as_str() {
-            "--online" => {}
-            "--out" => {
-                let dir = value().ok_or_else(|| usage("--out needs a directory".into()))?;
-                o.out = PathBuf::from(dir);
-                k += 1;
-            }
-            "--examples" => {
-                let v = value().ok_or_else(|| usage("--examples needs a number".into()))?;
-                let n = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&n| (1..=MAX_EXAMPLES).contains(&n))
-                    .ok_or_else(|| {
-                        usage(format!(
-                            "--examples takes a whole number from 1 to {MAX_EXAMPLES}, got {v:?}"
-                        ))
-                    })?;
-                o.examples = Some(n);
-                k += 1;
-            }
-            "--sgd-lr" => {
-                let v = value().ok_or_else(|| usage("--sgd-lr needs a step size".into()))?;
-                let lr = v
-                    .parse::<f32>()
-                    .ok()
-                    .filter(|&x| x.is_finite() && x > 0.0 && x <= 10.0)
-                    .ok_or_else(|| usage(format!("--sgd-lr takes a step in (0, 10], got {v:?}")))?;
-                o.sgd_lr = Some(lr);
-                k += 1;
-            }
-            "--json" => o.json = true,
-            "--quick" => o.quick = true,
-            "-h" | "--help" => o.help = true,
-            other => return Err(usage(format!("unknown argument `{other}`"))),
-        }
-        k += 1;
-    }
-    Ok(o)
+fn parse_examples(v: &str) -> Result<usize, Error> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|&n| (1..=MAX_EXAMPLES).contains(&n))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--examples takes a whole number from 1 to {MAX_EXAMPLES}, got {v:?}"
+            ))
+        })
+}
+
+fn parse_sgd_lr(v: &str) -> Result<f32, Error> {
+    v.parse::<f32>()
+        .ok()
+        .filter(|&x| x.is_finite() && x > 0.0 && x <= 10.0)
+        .ok_or_else(|| Error::Usage(format!("--sgd-lr takes a step in (0, 10], got {v:?}")))
 }
 
 /// Entry point of `natgrad linear --online` (`args` may contain `--online`).
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
-    let o = parse(args)?;
-    if o.help {
-        println!("{ONLINE_USAGE}");
+    let Some(o) = parse_command::<OnlineArgs>(args)? else {
         return Ok(());
-    }
+    };
     let mut config = if o.quick {
         OnlineConfig::quick()
     } else {

@@ -4,7 +4,10 @@
 //! writing the outputs. Reports the step time, the examples per second and
 //! the time in collective calls (docs/distributed.md).
 
-use crate::app::race::{prepare, tuned_for, Hyper, OptimizerKind};
+use crate::app::args::{clap_parser, parse_command, parse_path, parse_positive, parse_seed};
+use crate::app::json::round;
+use crate::app::race::run::prepare;
+use crate::app::settings::{tuned_for, Hyper, OptimizerKind};
 use crate::checkpoint::Checkpoint;
 use crate::distributed::{Communicator, DistributedNaturalGradient, DistributedSgd};
 use crate::kernels::rng::Rng;
@@ -13,88 +16,71 @@ use crate::mlp::Mlp;
 use crate::optim::{OptimizerState, PhaseSecs, StepStats};
 use crate::workspace::Workspace;
 use crate::Error;
+use serde::Serialize;
 use std::time::Instant;
 
-const USAGE: &str = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
-                 [--batch B] [--steps N] [--threads T] [--seed S] [--data DIR]
-                 [--out FILE.json] [--checkpoint FILE] [--resume FILE]
-
+/// What `natgrad mpi-train` does, after the options in `--help`.
+const NOTES: &str = "\
 Trains the preset's autoencoder with the tuned settings (the natural gradient
 in its full form) on a global minibatch of B examples (default: the tuned
-one) split over the R ranks, for N steps (default 20), and prints on rank 0
-the median step time, examples per second, median time in communication and
-the loss before and after, and the test loss. --out: rank 0 writes the same
-as one JSON object. --checkpoint: after the N steps every rank gathers the
-state and rank 0 saves it; --resume: every rank loads it and the run goes
-on bit for bit as if it had not stopped (same R, batch, preset and seed).";
+one) split over the R ranks, for N steps, and prints on rank 0 the median
+step time, examples per second, median time in communication and the loss
+before and after, and the test loss.";
 
+/// The arguments of `natgrad mpi-train`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "natgrad mpi-train",
+    about = "Data-parallel training over MPI (run under mpirun)",
+    override_usage = "mpirun -np R natgrad mpi-train [--preset deep|paper] [--optimizer ng|sgd]
+                 [--batch B] [--steps N] [--threads T] [--seed S] [--data DIR]
+                 [--out FILE.json] [--checkpoint FILE] [--resume FILE]",
+    after_help = NOTES,
+    args_override_self = true
+)]
 struct Options {
+    /// The preset: deep or paper.
+    #[arg(long, value_name = "PRESET", default_value = "deep")]
     preset: String,
+    /// The optimizer: ng or sgd (distributed Adam is not implemented).
+    #[arg(long = "optimizer", value_name = "OPTIMIZER", default_value = "ng", value_parser = clap_parser(parse_kind))]
     kind: OptimizerKind,
+    /// The global minibatch, split over the ranks (default: the tuned one).
+    #[arg(long, value_name = "B", value_parser = clap_parser(|v| parse_positive("--batch", v)))]
     batch: Option<usize>,
+    /// Training steps.
+    #[arg(long, value_name = "N", default_value = "20", value_parser = clap_parser(|v| parse_positive("--steps", v)))]
     steps: usize,
+    /// Kernel threads per rank.
+    #[arg(long, value_name = "T", default_value = "1", value_parser = clap_parser(|v| parse_positive("--threads", v)))]
     threads: usize,
+    /// Seed of the initial weights and data order.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = clap_parser(parse_seed))]
     seed: u64,
+    /// An IDX image set instead of the embedded digits.
+    #[arg(long, value_name = "DIR", value_parser = clap_parser(parse_path))]
     data: Option<std::path::PathBuf>,
+    /// Rank 0 writes the figures it prints as one JSON object.
+    #[arg(long, value_name = "FILE.json", value_parser = clap_parser(parse_path))]
     out: Option<std::path::PathBuf>,
+    /// After the N steps every rank gathers the state and rank 0 saves it.
+    #[arg(long, value_name = "FILE", value_parser = clap_parser(parse_path))]
     checkpoint: Option<std::path::PathBuf>,
+    /// Every rank loads the state and the run goes on bit for bit as if it
+    /// had not stopped (same R, batch, preset and seed).
+    #[arg(long, value_name = "FILE", value_parser = clap_parser(parse_path))]
     resume: Option<std::path::PathBuf>,
 }
 
-fn parse(args: &[String]) -> Result<Options, Error> {
-    let mut o = Options {
-        preset: "deep".into(),
-        kind: OptimizerKind::NaturalGradient,
-        batch: None,
-        steps: 20,
-        threads: 1,
-        seed: 1,
-        data: None,
-        out: None,
-        checkpoint: None,
-        resume: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = |it: &mut std::slice::Iter<'_, String>| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| Error::Usage(format!("{flag} needs a value\n{USAGE}")))
-        };
-        let positive = |v: String| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| Error::Usage(format!("{flag} takes a positive integer, got {v:?}")))
-        };
-        match flag.as_str() {
-            "--preset" => o.preset = value(&mut it)?,
-            "--optimizer" => {
-                o.kind = OptimizerKind::parse(&value(&mut it)?)?;
-                if o.kind == OptimizerKind::Adam {
-                    return Err(Error::Usage(
-                        "mpi-train runs ng or sgd (distributed Adam is not implemented)".into(),
-                    ));
-                }
-            }
-            "--batch" => o.batch = Some(positive(value(&mut it)?)?),
-            "--steps" => o.steps = positive(value(&mut it)?)?,
-            "--threads" => o.threads = positive(value(&mut it)?)?,
-            "--seed" => {
-                let v = value(&mut it)?;
-                o.seed = v
-                    .parse()
-                    .map_err(|_| Error::Usage(format!("--seed takes an integer, got {v:?}")))?;
-            }
-            "--data" => o.data = Some(value(&mut it)?.into()),
-            "--out" => o.out = Some(value(&mut it)?.into()),
-            "--checkpoint" => o.checkpoint = Some(value(&mut it)?.into()),
-            "--resume" => o.resume = Some(value(&mut it)?.into()),
-            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
-            _ => return Err(Error::Usage(format!("unknown option {flag:?}\n{USAGE}"))),
-        }
+/// `--optimizer`: ng or sgd.
+fn parse_kind(v: &str) -> Result<OptimizerKind, Error> {
+    let kind = OptimizerKind::parse(v)?;
+    if kind == OptimizerKind::Adam {
+        return Err(Error::Usage(
+            "mpi-train runs ng or sgd (distributed Adam is not implemented)".into(),
+        ));
     }
-    Ok(o)
+    Ok(kind)
 }
 
 /// The distributed optimizer of either kind.
@@ -147,9 +133,144 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The `--out` file: the run's settings and figures.
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    optimizer: &'static str,
+    preset: &'a str,
+    ranks: usize,
+    threads_per_rank: usize,
+    global_batch: usize,
+    steps: usize,
+    median_step_ms: f64,
+    examples_per_sec: f64,
+    median_comm_ms: f64,
+    first_loss: f64,
+    last_loss: f64,
+    test_loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    median_phase_ms: Option<Vec<f64>>,
+}
+
+/// Continues from the checkpoint at `path`: checks that it was saved by a
+/// run with the same `identity` (ranks, global batch, seed) and network,
+/// loads the network and the optimizer's state, replays the epoch shuffles
+/// and returns the (cursor, shuffles, steps done) saved with it.
+fn resume<C: Communicator>(
+    path: &std::path::Path,
+    identity: &[(&str, u64)],
+    net: &mut Mlp,
+    trainer: &mut Trainer<C>,
+    rng: &mut Rng,
+    order: &mut [usize],
+) -> Result<(usize, u64, u64), Error> {
+    let ckpt = crate::checkpoint::load(path)?;
+    for &(key, want) in identity {
+        let got = ckpt.progress_value(key);
+        if got != Some(want) {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                detail: format!("the checkpoint has {key} {got:?}, this run {want}"),
+            });
+        }
+    }
+    let value = |key: &str| {
+        ckpt.progress_value(key).ok_or_else(|| Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("the checkpoint has no {key}"),
+        })
+    };
+    let (c, s, d) = (value("cursor")?, value("shuffles")?, value("steps")?);
+    if !ckpt.net.has_sizes(&net.sizes()) || c as usize > order.len() || s == 0 {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            detail: "the checkpoint is for another network or data set".into(),
+        });
+    }
+    *net = ckpt.net;
+    trainer.load_state(&ckpt.optimizer)?;
+    // Replay the epoch shuffles.
+    for _ in 1..s {
+        rng.shuffle(order);
+    }
+    Ok((c as usize, s, d))
+}
+
+/// What rank 0 measured over the run.
+struct Measured {
+    /// Seconds of each step.
+    step_secs: Vec<f64>,
+    /// Seconds of each step's communication.
+    comm_secs: Vec<f64>,
+    /// Each step's training loss.
+    losses: Vec<f64>,
+    /// Seconds of each phase of each step (the natural gradient's).
+    phases: Option<[Vec<f64>; 5]>,
+}
+
+/// Prints rank 0's figures and writes `--out`: `(ranks, global batch,
+/// rank 0's share)` of the run, the final test loss and the measurements.
+fn report(
+    o: &Options,
+    (ranks, global, b): (usize, usize, usize),
+    test_loss: f64,
+    mut m: Measured,
+) -> Result<(), Error> {
+    let step_ms = median(&mut m.step_secs) * 1e3;
+    let comm_ms = median(&mut m.comm_secs) * 1e3;
+    let examples_per_sec = global as f64 / (step_ms / 1e3);
+    let (first, last) = (m.losses[0], m.losses[m.losses.len() - 1]);
+    println!(
+        "{} on {}: {ranks} rank(s) x {} thread(s), global batch {global} ({b} on rank 0), {} steps",
+        o.kind.name(),
+        o.preset,
+        o.threads,
+        o.steps
+    );
+    println!(
+        "median step {step_ms:.1} ms ({examples_per_sec:.0} examples/s), of which communication {comm_ms:.1} ms; \
+         loss {first:.3} -> {last:.3}; test loss {test_loss:.3}"
+    );
+    let phase_ms: Option<Vec<f64>> = m
+        .phases
+        .as_mut()
+        .map(|p| p.iter_mut().map(|v| median(v) * 1e3).collect());
+    if let Some(phase_ms) = &phase_ms {
+        println!(
+            "median phases (ms, communication included): loss and gradient {:.1}, \
+             sampled backward and factor sums {:.1}, factorise {:.1}, precondition and \
+             gather {:.1}, apply and LM check {:.1}",
+            phase_ms[0], phase_ms[1], phase_ms[2], phase_ms[3], phase_ms[4]
+        );
+    }
+    if let Some(path) = &o.out {
+        let mut json = crate::app::json::line(&SummaryLine {
+            optimizer: o.kind.name(),
+            preset: &o.preset,
+            ranks,
+            threads_per_rank: o.threads,
+            global_batch: global,
+            steps: o.steps,
+            median_step_ms: round(step_ms, 3),
+            examples_per_sec: round(examples_per_sec, 1),
+            median_comm_ms: round(comm_ms, 3),
+            first_loss: first,
+            last_loss: last,
+            test_loss,
+            median_phase_ms: phase_ms,
+        });
+        json.push('\n');
+        // Temporary file and rename, as every output of the application.
+        crate::app::output::write_atomic(path, json.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Entry point of `natgrad mpi-train`.
 pub fn cli_main(args: &[String]) -> Result<(), Error> {
-    let o = parse(args)?;
+    let Some(o) = parse_command::<Options>(args)? else {
+        return Ok(());
+    };
     let universe = mpi::initialize()
         .ok_or_else(|| Error::Distributed("MPI could not be initialised".into()))?;
     let world = universe.world();
@@ -211,36 +332,14 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         ("seed", o.seed),
     ];
     if let Some(path) = &o.resume {
-        let ckpt = crate::checkpoint::load(path)?;
-        for (key, want) in identity {
-            let got = ckpt.progress_value(key);
-            if got != Some(want) {
-                return Err(Error::Format {
-                    path: path.clone(),
-                    detail: format!("the checkpoint has {key} {got:?}, this run {want}"),
-                });
-            }
-        }
-        let value = |key: &str| {
-            ckpt.progress_value(key).ok_or_else(|| Error::Format {
-                path: path.clone(),
-                detail: format!("the checkpoint has no {key}"),
-            })
-        };
-        let (c, s, d) = (value("cursor")?, value("shuffles")?, value("steps")?);
-        if !ckpt.net.has_sizes(&net.sizes()) || c as usize > order.len() || s == 0 {
-            return Err(Error::Format {
-                path: path.clone(),
-                detail: "the checkpoint is for another network or data set".into(),
-            });
-        }
-        net = ckpt.net;
-        trainer.load_state(&ckpt.optimizer)?;
-        // Replay the epoch shuffles.
-        for _ in 1..s {
-            rng.shuffle(&mut order);
-        }
-        (cursor, shuffles, done) = (c as usize, s, d);
+        (cursor, shuffles, done) = resume(
+            path,
+            &identity,
+            &mut net,
+            &mut trainer,
+            &mut rng,
+            &mut order,
+        )?;
     }
     let (mut step_secs, mut comm_secs) = (Vec::new(), Vec::new());
     let mut losses = Vec::new();
@@ -300,50 +399,13 @@ pub fn cli_main(args: &[String]) -> Result<(), Error> {
         let chunk = 1000.min(prepared.test_count.max(1));
         let mut ws = Workspace::new(&net, chunk, par)?;
         let mut buf = vec![0.0f32; f * chunk];
-        crate::app::race::mean_loss(&net, &mut ws, prepared.test, &mut buf)?
+        crate::app::race::run::mean_loss(&net, &mut ws, prepared.test, &mut buf)?
     };
-    let step_ms = median(&mut step_secs.clone()) * 1e3;
-    let comm_ms = median(&mut comm_secs) * 1e3;
-    let examples_per_sec = global as f64 / (step_ms / 1e3);
-    let (first, last) = (losses[0], losses[losses.len() - 1]);
-    println!(
-        "{} on {}: {ranks} rank(s) x {} thread(s), global batch {global} ({b} on rank 0), {} steps",
-        o.kind.name(),
-        o.preset,
-        o.threads,
-        o.steps
-    );
-    println!(
-        "median step {step_ms:.1} ms ({examples_per_sec:.0} examples/s), of which communication {comm_ms:.1} ms; \
-         loss {first:.3} -> {last:.3}; test loss {test_loss:.3}"
-    );
-    let phase_ms: Vec<f64> = phases.iter_mut().map(|v| median(v) * 1e3).collect();
-    if trainer.phases().is_some() {
-        println!(
-            "median phases (ms, communication included): loss and gradient {:.1}, \
-             sampled backward and factor sums {:.1}, factorise {:.1}, precondition and \
-             gather {:.1}, apply and LM check {:.1}",
-            phase_ms[0], phase_ms[1], phase_ms[2], phase_ms[3], phase_ms[4]
-        );
-    }
-    let phase_json = if trainer.phases().is_some() {
-        format!(", \"median_phase_ms\": {phase_ms:?}")
-    } else {
-        String::new()
+    let measured = Measured {
+        step_secs,
+        comm_secs,
+        losses,
+        phases: trainer.phases().is_some().then_some(phases),
     };
-    if let Some(path) = &o.out {
-        let json = format!(
-            "{{\"optimizer\": \"{}\", \"preset\": \"{}\", \"ranks\": {ranks}, \"threads_per_rank\": {}, \
-             \"global_batch\": {global}, \"steps\": {}, \"median_step_ms\": {step_ms:.3}, \
-             \"examples_per_sec\": {examples_per_sec:.1}, \"median_comm_ms\": {comm_ms:.3}, \
-             \"first_loss\": {first}, \"last_loss\": {last}, \"test_loss\": {test_loss}{phase_json}}}\n",
-            o.kind.name(),
-            o.preset,
-            o.threads,
-            o.steps
-        );
-        // Temporary file and rename, as every output of the application.
-        crate::app::output::write_atomic(path, json.as_bytes())?;
-    }
-    Ok(())
+    report(&o, (ranks, global, b), test_loss, measured)
 }

@@ -18,7 +18,7 @@
 //! Inputs are restored before every call on both sides (the kernels work in
 //! place), so both timings include the same copy.
 
-use super::{measure_interleaved, reps_for};
+use super::{comparison_line, measure_interleaved, par_for};
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat};
 use natgrad_kernels::cholesky::{
@@ -28,44 +28,9 @@ use natgrad_kernels::rng::Rng;
 use natgrad_kernels::syrk::{syrk_lower, syrk_scratch};
 use natgrad_kernels::trsm::{solve_llt_left_in_place, solve_scratch};
 use natgrad_kernels::{MemBuffer, MemStack, Par};
-use std::num::NonZeroUsize;
-use std::time::Instant;
 
 /// Seconds each side of one comparison runs for, roughly.
 const TARGET_SECS: f64 = 0.15;
-
-fn par_for(threads: usize) -> Par {
-    match NonZeroUsize::new(threads) {
-        Some(t) if threads > 1 => Par::Rayon(t),
-        _ => Par::Seq,
-    }
-}
-
-fn reps_for_call(mut f: impl FnMut()) -> usize {
-    f();
-    let t = Instant::now();
-    f();
-    reps_for(t.elapsed().as_secs_f64(), TARGET_SECS)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn line(
-    kernel: &str,
-    (m, k, n): (usize, usize, usize),
-    threads: usize,
-    flops: f64,
-    ours: f64,
-    baseline: &str,
-    base: f64,
-) -> String {
-    let (g_ours, g_base) = (flops / ours * 1e-9, flops / base * 1e-9);
-    format!(
-        "{{\"kernel\": \"{kernel}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"threads\": {threads}, \
-         \"ours_gflops\": {g_ours:.1}, \"baseline\": \"{baseline}\", \"baseline_gflops\": {g_base:.1}, \
-         \"ratio\": {:.3}}}",
-        g_ours / g_base
-    )
-}
 
 /// A random symmetric positive definite matrix (eigenvalues in about [0.1, 2]),
 /// full storage.
@@ -130,7 +95,7 @@ pub fn syrk_lines(n: usize, b: usize, threads: usize, rng: &mut Rng, emit: &mut 
         )
         .expect("shapes agree");
     };
-    let reps = reps_for_call(&mut ours);
+    let reps = super::reps_for_call(TARGET_SECS, &mut ours);
     let flops = (n * (n + 1) * b) as f64;
     let shape = (n, b, n);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
@@ -146,7 +111,9 @@ pub fn syrk_lines(n: usize, b: usize, threads: usize, rng: &mut Rng, emit: &mut 
             par,
         )
     });
-    emit(line("syrk", shape, threads, flops, t_ours, "faer", t_base));
+    emit(comparison_line(
+        "syrk", shape, threads, flops, t_ours, "faer", t_base,
+    ));
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
         faer::linalg::matmul::matmul(
             c_base.as_mut(),
@@ -157,7 +124,7 @@ pub fn syrk_lines(n: usize, b: usize, threads: usize, rng: &mut Rng, emit: &mut 
             par,
         )
     });
-    emit(line(
+    emit(comparison_line(
         "syrk",
         shape,
         threads,
@@ -186,7 +153,7 @@ pub fn cholesky_line(n: usize, threads: usize, rng: &mut Rng, emit: &mut dyn FnM
         work.copy_from(a.as_ref());
         cholesky_in_place(work.as_mut(), 0.1, par, MemStack::new(&mut buf)).expect("spd");
     };
-    let reps = reps_for_call(&mut ours);
+    let reps = super::reps_for_call(TARGET_SECS, &mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
         work_base.copy_from(a.as_ref());
         for i in 0..n {
@@ -202,7 +169,7 @@ pub fn cholesky_line(n: usize, threads: usize, rng: &mut Rng, emit: &mut dyn FnM
         .expect("spd");
     });
     let flops = (n * n * n) as f64 / 3.0;
-    emit(line(
+    emit(comparison_line(
         "cholesky",
         (n, n, n),
         threads,
@@ -226,7 +193,7 @@ pub fn solve_line(n: usize, m: usize, threads: usize, rng: &mut Rng, emit: &mut 
         solve_llt_left_in_place(l.as_ref(), x.as_mut(), par, MemStack::new(&mut buf))
             .expect("shapes agree");
     };
-    let reps = reps_for_call(&mut ours);
+    let reps = super::reps_for_call(TARGET_SECS, &mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
         x_base.copy_from(b.as_ref());
         faer::linalg::cholesky::llt::solve::solve_in_place(
@@ -237,7 +204,7 @@ pub fn solve_line(n: usize, m: usize, threads: usize, rng: &mut Rng, emit: &mut 
         );
     });
     let flops = 2.0 * (n * n * m) as f64;
-    emit(line(
+    emit(comparison_line(
         "solve",
         (n, n, m),
         threads,
@@ -269,7 +236,7 @@ pub fn update_line(
         cholesky_rank_update(l.as_mut(), w.as_mut(), &alpha, par, MemStack::new(&mut buf))
             .expect("update");
     };
-    let reps = reps_for_call(&mut ours);
+    let reps = super::reps_for_call(TARGET_SECS, &mut ours);
     let mut d = faer::diag::Diag::<f32>::zeros(k);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || {
         l_base.copy_from(l0.as_ref());
@@ -285,7 +252,7 @@ pub fn update_line(
         .expect("update");
     });
     let flops = 2.0 * (n * n * k) as f64;
-    emit(line(
+    emit(comparison_line(
         "chol_update",
         (n, k, n),
         threads,

@@ -8,15 +8,19 @@
 //! separate bias + activation pass (the same vectorised activation code, so
 //! the difference is the extra pass over memory, not the quality of `exp`).
 
-use super::{measure_interleaved, median, pool, reps_for};
+use super::{comparison_line, measure_interleaved, median, par_for, pool, random};
+use crate::app::json::round;
 use natgrad_kernels::gemm::{
     activate_slice_with_isa, fma_peak_loop, gemm, gemm_fused, gemm_scratch, matrixmultiply_gemm,
     Epilogue,
 };
 use natgrad_kernels::rng::Rng;
-use natgrad_kernels::{Activation, Isa, MatMut, MatRef, MemBuffer, MemStack, Par};
-use std::num::NonZeroUsize;
+use natgrad_kernels::{Activation, Isa, MatMut, MatRef, MemBuffer, MemStack};
+use serde::Serialize;
 use std::time::Instant;
+
+/// Layer sizes of the `paper` autoencoder.
+pub const PAPER: [usize; 9] = [784, 400, 200, 100, 50, 100, 200, 400, 784];
 
 /// Layer sizes of the `deep` autoencoder.
 pub const DEEP: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
@@ -24,40 +28,29 @@ pub const DEEP: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
 /// Seconds each side of one comparison runs for, roughly.
 const TARGET_SECS: f64 = 0.12;
 
-/// `(m, k, n)` of the forward GEMM of every `deep` layer at minibatch `batch`.
-pub fn deep_shapes(batch: usize) -> Vec<(usize, usize, usize)> {
-    DEEP.windows(2).map(|w| (w[1], w[0], batch)).collect()
-}
-
-/// The activation of the `deep` network's layer with `n_out` outputs at
-/// position `layer` (linear code layer, sigmoid elsewhere).
-fn deep_activation(n_out: usize) -> Activation {
-    if n_out == 30 {
-        Activation::Identity
+/// `(m, k, n)` of the forward GEMM of every layer of `preset` (`paper` or
+/// `deep`, anything else gives `deep`) at minibatch `batch`, with the
+/// layer's activation: `deep`'s hidden layers are sigmoid and its 30-wide
+/// code layer linear; `paper`'s hidden layers tanh and its output linear.
+/// `natgrad bench kernels` and the criterion benches measure these shapes.
+pub fn layer_shapes(preset: &str, batch: usize) -> Vec<((usize, usize, usize), Activation)> {
+    let (sizes, hidden) = if preset == "paper" {
+        (PAPER, Activation::Tanh)
     } else {
-        Activation::Sigmoid
-    }
+        (DEEP, Activation::Sigmoid)
+    };
+    sizes
+        .windows(2)
+        .map(|w| {
+            let (n_in, n_out) = (w[0], w[1]);
+            let linear = n_out == 30 || (preset == "paper" && n_out == 784);
+            let act = if linear { Activation::Identity } else { hidden };
+            ((n_out, n_in, batch), act)
+        })
+        .collect()
 }
 
-fn par_for(threads: usize) -> Par {
-    match NonZeroUsize::new(threads) {
-        Some(t) if threads > 1 => Par::Rayon(t),
-        _ => Par::Seq,
-    }
-}
-
-fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..len).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
-}
-
-/// Times `f` once (after one warm-up call) to pick the repetition count.
-fn reps_for_call(mut f: impl FnMut()) -> usize {
-    f();
-    let t = Instant::now();
-    f();
-    reps_for(t.elapsed().as_secs_f64(), TARGET_SECS)
-}
-
+/// The comparison line of a GEMM-shaped kernel (`2 m k n` flops a call).
 fn line(
     kernel: &str,
     (m, k, n): (usize, usize, usize),
@@ -67,13 +60,30 @@ fn line(
     base: f64,
 ) -> String {
     let flops = 2.0 * (m * k * n) as f64;
-    let (g_ours, g_base) = (flops / ours * 1e-9, flops / base * 1e-9);
-    format!(
-        "{{\"kernel\": \"{kernel}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"threads\": {threads}, \
-         \"ours_gflops\": {g_ours:.1}, \"baseline\": \"{baseline}\", \"baseline_gflops\": {g_base:.1}, \
-         \"ratio\": {:.3}}}",
-        g_ours / g_base
-    )
+    comparison_line(kernel, (m, k, n), threads, flops, ours, baseline, base)
+}
+
+/// The `peak_fraction` line: a GEMM's rate as a fraction of the FMA peak
+/// measured next to it in time.
+#[derive(Serialize)]
+struct PeakFractionLine<'a> {
+    kernel: &'static str,
+    of: &'a str,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    ours_gflops: f64,
+    peak_gflops: f64,
+    fraction: f64,
+}
+
+/// The `peak` line: the FMA loop's rate on `threads` threads.
+#[derive(Serialize)]
+struct PeakLine {
+    kernel: &'static str,
+    threads: usize,
+    gflops: f64,
 }
 
 /// Measures the FMA peak in GFLOP/s on `threads` threads: every thread runs
@@ -146,13 +156,17 @@ fn peak_fraction_line(
         p.push(peak_rate);
         r.push(gemm_rate / peak_rate);
     }
-    format!(
-        "{{\"kernel\": \"peak_fraction\", \"of\": \"{of}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \
-         \"threads\": {threads}, \"ours_gflops\": {:.1}, \"peak_gflops\": {:.1}, \"fraction\": {:.3}}}",
-        median(&mut g),
-        median(&mut p),
-        median(&mut r)
-    )
+    crate::app::json::line(&PeakFractionLine {
+        kernel: "peak_fraction",
+        of,
+        m,
+        k,
+        n,
+        threads,
+        ours_gflops: round(median(&mut g), 1),
+        peak_gflops: round(median(&mut p), 1),
+        fraction: round(median(&mut r), 3),
+    })
 }
 
 /// One `gemm` comparison per baseline at shape `(m, k, n)` on the current
@@ -183,7 +197,7 @@ fn gemm_lines(
         let c = MatMut::from_column_major_slice_mut(out, m, n);
         faer::linalg::matmul::matmul(c, faer::Accum::Replace, wv, xv, 1.0, par);
     };
-    let reps = reps_for_call(&mut ours);
+    let reps = super::reps_for_call(TARGET_SECS, &mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, || faer_mm(&mut y_base));
     emit(line("gemm", shape, threads, t_ours, "faer", t_base));
     if threads == matrixmultiply_threads() {
@@ -279,14 +293,13 @@ pub fn separate_epilogue(
 
 /// One `forward` comparison at shape `(m, k, n)` on the current pool.
 fn forward_line(
-    shape: (usize, usize, usize),
+    (shape, act): ((usize, usize, usize), Activation),
     threads: usize,
     rng: &mut Rng,
     emit: &mut dyn FnMut(String),
 ) {
     let (m, k, n) = shape;
     let par = par_for(threads);
-    let act = deep_activation(m);
     let isa = Isa::detect();
     let w = random(m * k, rng);
     let x = random(k * n, rng);
@@ -310,7 +323,7 @@ fn forward_line(
         faer::linalg::matmul::matmul(c, faer::Accum::Replace, wv, xv, 1.0, par);
         separate_epilogue(&mut y_base, m, &bias, act, isa, threads);
     };
-    let reps = reps_for_call(&mut ours);
+    let reps = super::reps_for_call(TARGET_SECS, &mut ours);
     let (t_ours, t_base) = measure_interleaved(reps, &mut ours, &mut baseline);
     emit(line(
         "forward",
@@ -347,18 +360,19 @@ pub fn matrixmultiply_threads() -> usize {
 pub fn quick_lines(threads: &[usize], emit: &mut dyn FnMut(String)) {
     let mut rng = Rng::new(20181203);
     for &t in threads {
-        emit(format!(
-            "{{\"kernel\": \"peak\", \"threads\": {t}, \"gflops\": {:.1}}}",
-            fma_peak_gflops(t)
-        ));
+        emit(crate::app::json::line(&PeakLine {
+            kernel: "peak",
+            threads: t,
+            gflops: round(fma_peak_gflops(t), 1),
+        }));
     }
     for &t in threads {
         let p = pool(t);
-        for shape in deep_shapes(256) {
+        for (shape, act) in layer_shapes("deep", 256) {
             let lines = p.install(|| {
                 let mut lines = Vec::new();
                 gemm_lines(shape, t, &mut rng, false, &mut |l| lines.push(l));
-                forward_line(shape, t, &mut rng, &mut |l| lines.push(l));
+                forward_line((shape, act), t, &mut rng, &mut |l| lines.push(l));
                 lines
             });
             lines.into_iter().for_each(&mut *emit);

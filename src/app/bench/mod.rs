@@ -1,11 +1,22 @@
-//! The quick, machine-readable comparisons behind `natgrad bench ... --quick --json`:
-//! ours and the baseline measured in one process, interleaved, median of several
-//! repetitions, printed as one JSON object per line.
+//! The benchmark harness: the quick, machine-readable comparisons behind
+//! `natgrad bench ... --quick --json` (ours and the baseline measured in one
+//! process, interleaved, median of several repetitions, printed as one JSON
+//! object per line), and what the criterion benches in `benches/` share with
+//! them: the thread pools, the inputs, the shapes and the baselines
+//! ([`gemm::layer_shapes`], [`gemm::separate_epilogue`], [`factor::spd`],
+//! [`factor::factor_of`], the race's settings for the step). The kernels'
+//! own benchmark pieces (the FMA peak loop, the allocation counter, the
+//! matrixmultiply and OpenBLAS baselines) are in `natgrad-kernels`' `bench`
+//! feature.
 
 pub mod factor;
 pub mod gemm;
 pub mod step;
 
+use crate::app::json::{line, round};
+use natgrad_kernels::Par;
+use serde::Serialize;
+use std::num::NonZeroUsize;
 use std::time::Instant;
 
 /// A batch of back-to-back calls lasts at least this long (see
@@ -83,4 +94,67 @@ pub fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("building a rayon thread pool");
     pool.broadcast(|_| ());
     pool
+}
+
+/// `len` values uniform in [-1, 1): the inputs of every kernel measured.
+pub fn random(len: usize, rng: &mut natgrad_kernels::rng::Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
+}
+
+/// `Par::Seq` for one thread, else rayon on `threads`.
+pub fn par_for(threads: usize) -> Par {
+    match NonZeroUsize::new(threads) {
+        Some(t) if threads > 1 => Par::Rayon(t),
+        _ => Par::Seq,
+    }
+}
+
+/// [`reps_for`] a side of about `target_secs`, from the second of two calls
+/// of `f` (the first warms caches and pools).
+pub fn reps_for_call(target_secs: f64, mut f: impl FnMut()) -> usize {
+    f();
+    let t = Instant::now();
+    f();
+    reps_for(t.elapsed().as_secs_f64(), target_secs)
+}
+
+/// One kernel comparison line (`bench kernels`): GFLOP/s of ours and of the
+/// baseline, 0.1 apart, and their ratio.
+#[derive(Serialize)]
+struct ComparisonLine<'a> {
+    kernel: &'a str,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    ours_gflops: f64,
+    baseline: &'a str,
+    baseline_gflops: f64,
+    ratio: f64,
+}
+
+/// The JSON line comparing `kernel` (`flops` per call, shape `(m, k, n)`
+/// named as the kernel's docs say) with `baseline`, from their seconds per
+/// call.
+pub fn comparison_line(
+    kernel: &str,
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+    flops: f64,
+    ours_secs: f64,
+    baseline: &str,
+    base_secs: f64,
+) -> String {
+    let (g_ours, g_base) = (flops / ours_secs * 1e-9, flops / base_secs * 1e-9);
+    line(&ComparisonLine {
+        kernel,
+        m,
+        k,
+        n,
+        threads,
+        ours_gflops: round(g_ours, 1),
+        baseline,
+        baseline_gflops: round(g_base, 1),
+        ratio: round(g_ours / g_base, 3),
+    })
 }

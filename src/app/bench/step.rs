@@ -4,12 +4,15 @@
 
 use crate::mlp::Mlp;
 
-use crate::app::race::{tuned, OptimizerKind};
+use super::par_for;
+use crate::app::json::{line, round};
+use crate::app::settings::{tuned, OptimizerKind};
 use crate::optim::{NaturalGradient, Optimizer};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
 use natgrad_kernels::rng::Rng;
-use natgrad_kernels::{MatRef, Par};
+use natgrad_kernels::MatRef;
+use serde::Serialize;
 use std::time::Instant;
 
 /// The optimizers measured, SGD first (the ratios' denominator).
@@ -18,6 +21,32 @@ const KINDS: [OptimizerKind; 3] = [
     OptimizerKind::Adam,
     OptimizerKind::NaturalGradient,
 ];
+
+/// One optimizer's line of a step cell: median and mean step times and
+/// their ratios to SGD's, allocations per step.
+#[derive(Serialize)]
+struct StepLine<'a> {
+    preset: &'a str,
+    batch: usize,
+    optimizer: &'static str,
+    threads: usize,
+    step_ms: f64,
+    ratio_to_sgd: f64,
+    mean_step_ms: f64,
+    mean_ratio_to_sgd: f64,
+    allocs_per_step: f64,
+}
+
+/// One phase's line of the natural-gradient step (`--phases`).
+#[derive(Serialize)]
+struct PhaseLine<'a> {
+    preset: &'a str,
+    batch: usize,
+    optimizer: &'static str,
+    threads: usize,
+    phase: &'a str,
+    median_ms: f64,
+}
 
 /// Measures one (preset, batch) cell at `threads` threads and emits one line
 /// per optimizer. `allocs_per_step` is only meaningful when the binary installs
@@ -67,13 +96,17 @@ pub fn measure_cell(
             // schedule (factor refreshes every few steps), the mean counts them.
             let mean_ms = mean(times);
             let ms = 1e3 * super::median(times);
-            lines.push(format!(
-                "{{\"preset\": \"{preset}\", \"batch\": {batch}, \"optimizer\": \"{}\", \"threads\": {threads}, \"step_ms\": {ms:.3}, \"ratio_to_sgd\": {:.3}, \"mean_step_ms\": {mean_ms:.3}, \"mean_ratio_to_sgd\": {:.3}, \"allocs_per_step\": {}}}",
-                kind.name(),
-                ms / sgd_ms,
-                mean_ms / sgd_mean_ms,
-                *allocs as f64 / reps as f64
-            ));
+            lines.push(line(&StepLine {
+                preset,
+                batch,
+                optimizer: kind.name(),
+                threads,
+                step_ms: round(ms, 3),
+                ratio_to_sgd: round(ms / sgd_ms, 3),
+                mean_step_ms: round(mean_ms, 3),
+                mean_ratio_to_sgd: round(mean_ms / sgd_mean_ms, 3),
+                allocs_per_step: *allocs as f64 / reps as f64,
+            }));
         }
         Ok(())
     })?;
@@ -103,14 +136,6 @@ fn cell_input(preset: &str, batch: usize) -> Result<(Mlp, Vec<f32>), crate::Erro
     Ok((proto, x))
 }
 
-fn par_for(threads: usize) -> Par {
-    if threads == 1 {
-        Par::Seq
-    } else {
-        Par::rayon(threads)
-    }
-}
-
 /// Median milliseconds of each phase of the natural-gradient step (the race's
 /// settings) at one (preset, batch) cell, one JSON line per phase and one for
 /// the whole step, on the same inputs as [`measure_cell`].
@@ -125,7 +150,7 @@ pub fn phase_lines(
     let xm = MatRef::from_column_major_slice(&x, proto.input_size(), batch);
     let par = par_for(threads);
     let cfg = match tuned(preset, OptimizerKind::NaturalGradient)? {
-        crate::app::race::Hyper::Ng(_, cfg) => cfg,
+        crate::app::settings::Hyper::Ng(_, cfg) => cfg,
         _ => unreachable!("tuned(NaturalGradient) is a natural-gradient setting"),
     };
     let pool = super::pool(threads);
@@ -161,10 +186,14 @@ pub fn phase_lines(
             "total",
         ];
         for (name, c) in names.iter().zip(cols.iter_mut()) {
-            lines.push(format!(
-                "{{\"preset\": \"{preset}\", \"batch\": {batch}, \"optimizer\": \"ng\", \"threads\": {threads}, \"phase\": \"{name}\", \"median_ms\": {:.3}}}",
-                1e3 * super::median(c)
-            ));
+            lines.push(line(&PhaseLine {
+                preset,
+                batch,
+                optimizer: "ng",
+                threads,
+                phase: name,
+                median_ms: round(1e3 * super::median(c), 3),
+            }));
         }
         Ok(())
     })?;

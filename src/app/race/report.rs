@@ -1,8 +1,11 @@
 //! The race's report: the terminal tables, `summary.json`, `curves.csv` and
 //! `race.png`, for one seed or several (the median and range across seeds).
 
-use crate::app::race::{CurvePoint, OptimizerKind, RaceResult};
+use super::run::{CurvePoint, RaceResult};
+use crate::app::json::Ordered;
+use crate::app::settings::OptimizerKind;
 use crate::Error;
+use serde::Serialize;
 
 /// The optimizers in the order the report lists them.
 const KINDS: [OptimizerKind; 3] = [
@@ -12,7 +15,7 @@ const KINDS: [OptimizerKind; 3] = [
 ];
 
 /// The median, smallest and largest of some seeds' figures.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Spread {
     /// The median (the mean of the middle two for an even count).
     pub median: f64,
@@ -89,131 +92,136 @@ pub fn seed_figures(races: &[RaceResult], kind: OptimizerKind) -> Option<SeedFig
     })
 }
 
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.6}")
-    } else {
-        "null".into()
-    }
+/// A figure as `summary.json` writes it: six decimals, `null` if non-finite.
+fn figure(x: f64) -> f64 {
+    crate::app::json::round(x, 6)
 }
 
-fn json_opt(v: Option<f64>) -> String {
-    v.map_or("null".into(), json_num)
+/// One run of one seed's race, in `summary.json`.
+#[derive(Serialize)]
+struct RunJson {
+    optimizer: &'static str,
+    batch: usize,
+    steps: u64,
+    examples: u64,
+    final_train_loss: f64,
+    final_test_loss: f64,
+    median_step_ms: f64,
+    failed_steps: u64,
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// One seed's race in `summary.json`: its runs, SGD's final test loss (the
+/// target), each optimizer's time to it and speedup.
+#[derive(Serialize)]
+struct RaceJson {
+    seed: u64,
+    runs: Vec<RunJson>,
+    target_loss: Option<f64>,
+    time_to_target_secs: Ordered<Option<f64>>,
+    speedup_vs_sgd: Ordered<Option<f64>>,
+}
+
+impl RaceJson {
+    fn of(r: &RaceResult) -> RaceJson {
+        let runs = r
+            .runs
+            .iter()
+            .map(|run| {
+                let l = run.last();
+                RunJson {
+                    optimizer: run.kind.name(),
+                    batch: run.hyper.batch(),
+                    steps: l.step,
+                    examples: l.examples,
+                    final_train_loss: figure(l.train_loss),
+                    final_test_loss: figure(l.test_loss),
+                    median_step_ms: figure(run.median_step_ms),
+                    failed_steps: run.failed_steps,
+                }
+            })
+            .collect();
+        let per_kind = |kinds: &[OptimizerKind], f: &dyn Fn(OptimizerKind) -> Option<f64>| {
+            Ordered(
+                kinds
+                    .iter()
+                    .map(|&k| (k.name(), f(k).map(figure)))
+                    .collect(),
+            )
+        };
+        RaceJson {
+            seed: r.seed,
+            runs,
+            target_loss: r.target_loss().map(figure),
+            time_to_target_secs: per_kind(&KINDS, &|k| r.time_to_target(k)),
+            speedup_vs_sgd: per_kind(&KINDS[..2], &|k| r.speedup_vs_sgd(k)),
         }
     }
-    out.push('"');
-    out
 }
 
-/// One seed's race as a JSON object: its runs, SGD's final test loss (the
-/// target), each optimizer's time to it and speedup.
-fn race_json(r: &RaceResult) -> String {
-    let runs: Vec<String> = r
-        .runs
-        .iter()
-        .map(|run| {
-            let l = run.last();
-            format!(
-                "{{\"optimizer\": \"{}\", \"batch\": {}, \"steps\": {}, \"examples\": {}, \
-                 \"final_train_loss\": {}, \"final_test_loss\": {}, \"median_step_ms\": {}, \
-                 \"failed_steps\": {}}}",
-                run.kind.name(),
-                run.hyper.batch(),
-                l.step,
-                l.examples,
-                json_num(l.train_loss),
-                json_num(l.test_loss),
-                json_num(run.median_step_ms),
-                run.failed_steps
-            )
-        })
-        .collect();
-    let ttt: Vec<String> = KINDS
-        .iter()
-        .map(|&k| format!("\"{}\": {}", k.name(), json_opt(r.time_to_target(k))))
-        .collect();
-    let speed: Vec<String> = KINDS[..2]
-        .iter()
-        .map(|&k| format!("\"{}\": {}", k.name(), json_opt(r.speedup_vs_sgd(k))))
-        .collect();
-    format!(
-        "{{\"seed\": {}, \"runs\": [{}], \"target_loss\": {}, \"time_to_target_secs\": {{{}}}, \
-         \"speedup_vs_sgd\": {{{}}}}}",
-        r.seed,
-        runs.join(", "),
-        json_opt(r.target_loss()),
-        ttt.join(", "),
-        speed.join(", ")
-    )
+/// One optimizer's figures across seeds, in `summary.json`.
+#[derive(Serialize)]
+struct AcrossJson {
+    final_test_loss: Spread,
+    time_to_target_secs: Option<Spread>,
+    speedup_vs_sgd: Option<Spread>,
 }
 
-fn spread_json(s: Option<Spread>) -> String {
-    s.map_or("null".into(), |s| {
-        format!(
-            "{{\"median\": {}, \"min\": {}, \"max\": {}}}",
-            json_num(s.median),
-            json_num(s.min),
-            json_num(s.max)
-        )
-    })
+/// `summary.json`: the settings, how the clocks were taken, the figures
+/// across seeds and every seed's race.
+#[derive(Serialize)]
+struct SummaryJson<'a> {
+    preset: &'a str,
+    network: &'a str,
+    dataset: &'a str,
+    budget_secs: f64,
+    threads: usize,
+    clock: &'static str,
+    slice_secs: f64,
+    clock_note: String,
+    seeds: Vec<u64>,
+    across_seeds: Ordered<AcrossJson>,
+    races: Vec<RaceJson>,
 }
 
 /// `summary.json` of a race series (one race per seed, same preset), on one
 /// line: the settings, how the clocks were taken, per optimizer the median
 /// and range across seeds (`null` where a run never reached SGD's final
-/// loss, or for a range's infinite end), and every seed's race.
-///
-/// # Panics
-/// Never for a non-empty `races`; an empty slice gives a summary without
-/// races.
+/// loss, or for a range's infinite end), and every seed's race. An empty
+/// `races` gives a summary without races.
 pub fn summary_json(races: &[RaceResult]) -> String {
     let Some(first) = races.first() else {
         return "{\"races\": []}".into();
     };
-    let across: Vec<String> = KINDS
+    let rounded = |s: Spread| Spread {
+        median: figure(s.median),
+        min: figure(s.min),
+        max: figure(s.max),
+    };
+    let across = KINDS
         .iter()
         .filter_map(|&k| seed_figures(races, k))
         .map(|f| {
-            format!(
-                "\"{}\": {{\"final_test_loss\": {}, \"time_to_target_secs\": {}, \
-                 \"speedup_vs_sgd\": {}}}",
-                f.kind.name(),
-                spread_json(Some(f.final_test_loss)),
-                spread_json(f.time_to_target),
-                spread_json(f.speedup)
-            )
+            let figures = AcrossJson {
+                final_test_loss: rounded(f.final_test_loss),
+                time_to_target_secs: f.time_to_target.map(rounded),
+                speedup_vs_sgd: f.speedup.map(rounded),
+            };
+            (f.kind.name(), figures)
         })
         .collect();
-    format!(
-        "{{\"preset\": {}, \"network\": {}, \"dataset\": {}, \"budget_secs\": {}, \"threads\": {}, \"clock\": {}, \
-         \"slice_secs\": {}, \"clock_note\": {}, \"seeds\": [{}], \"across_seeds\": {{{}}}, \
-         \"races\": [{}]}}",
-        json_str(&first.preset),
-        json_str(&first.network),
-        json_str(&first.dataset),
-        first.budget_secs,
-        first.threads,
-        json_str(first.clock.name()),
-        json_num(first.clock.slice_secs(first.budget_secs)),
-        json_str(&first.clock.description(first.budget_secs)),
-        races
-            .iter()
-            .map(|r| r.seed.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        across.join(", "),
-        races.iter().map(race_json).collect::<Vec<_>>().join(", ")
-    )
+    crate::app::json::line(&SummaryJson {
+        preset: &first.preset,
+        network: &first.network,
+        dataset: &first.dataset,
+        budget_secs: first.budget_secs,
+        threads: first.threads,
+        clock: first.clock.name(),
+        slice_secs: figure(first.clock.slice_secs(first.budget_secs)),
+        clock_note: first.clock.description(first.budget_secs),
+        seeds: races.iter().map(|r| r.seed).collect(),
+        across_seeds: Ordered(across),
+        races: races.iter().map(RaceJson::of).collect(),
+    })
 }
 
 /// The terminal table of one seed's race.
