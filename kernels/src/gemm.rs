@@ -1022,6 +1022,7 @@ impl Driver {
     /// Packs one row block's `A` (or leaves the packing to its first column
     /// panel, or to an earlier block when `reuse`) and runs LOOPS 2 and 1
     /// (`microkernel::compute_block`) over its column panels.
+    #[inline(always)]
     fn multiply_row_block(&self, block: RowBlock, a_buf: &mut [MaybeUninit<f32>], b_base: SendPtr) {
         let (mr, nr) = (self.mr, self.nr);
         let RowBlock {
@@ -1073,6 +1074,7 @@ impl Driver {
     /// The packed `A` of rows `i0 .. i0 + mc`, inner steps `p0 .. p0 + kcb`:
     /// packed into `a_buf` now, or (column-major `A`) marked to be packed by
     /// the first column panel, or (`reuse`) already there.
+    #[inline(always)]
     fn a_block(
         &self,
         a_buf: &mut [MaybeUninit<f32>],
@@ -1128,6 +1130,7 @@ impl Driver {
     /// Where the column panels of `B` from column `j` (panel `panel0` of the
     /// column block), inner steps `p0 .. p0 + kcb`, are read: `B` itself
     /// when read in place, else the packed block at `b_base`.
+    #[inline(always)]
     fn b_block(
         &self,
         b_base: SendPtr,
