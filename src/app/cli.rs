@@ -52,7 +52,7 @@ several repetitions, and prints one JSON object per line. For full reports run
 #[command(
     name = "natgrad bench",
     about = "Quick machine-readable benchmarks: kernels and training steps against their baselines",
-    override_usage = "natgrad bench kernels|step --quick --json [--threads 1,2]\n                      [--preset paper|deep] [--batch 20,100,256,1000] [--phases]",
+    override_usage = "natgrad bench kernels|step --quick --json [--threads 1,2]\n                      [--preset paper|deep] [--batch 20,100,256,1000] [--phases]\n                      [--only layer]",
     after_help = BENCH_NOTES,
     args_override_self = true
 )]
@@ -80,6 +80,12 @@ struct BenchArgs {
     /// Also print the median time of each phase of the natural-gradient step.
     #[arg(long)]
     phases: bool,
+    /// kernels: print only these lines. `layer`: the three GEMMs of every
+    /// layer of `deep` and `paper` (forward, input_grad, weight_grad) at
+    /// minibatches 100, 256 and 1000, each with its fraction of the FMA
+    /// peak measured next to it.
+    #[arg(long, value_name = "LINES", value_parser = ["layer"])]
+    only: Option<String>,
 }
 
 /// `--threads 1,2`: each a thread count [`parse_threads`] accepts.
@@ -129,8 +135,11 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
     let mut emit = |line: String| println!("{line}");
     if a.what == "kernels" {
         let threads = a.threads.map_or(vec![1, 2], |l| l.0);
-        crate::app::bench::gemm::quick_lines(&threads, &mut emit);
-        crate::app::bench::factor::quick_lines(&threads, &mut emit);
+        if a.only.is_none() {
+            crate::app::bench::gemm::quick_lines(&threads, &mut emit);
+            crate::app::bench::factor::quick_lines(&threads, &mut emit);
+        }
+        crate::app::bench::layer::quick_lines(&threads, &mut emit)?;
         return Ok(());
     }
     let threads = a.threads.map_or(vec![2], |l| l.0);

@@ -134,28 +134,8 @@ fn peak_fraction_line(
     of: &str,
     ours: &mut dyn FnMut(),
 ) -> String {
-    let isa = Isa::detect();
     let flops = 2.0 * (m * k * n) as f64;
-    let mut timed = || {
-        let t = Instant::now();
-        ours();
-        t.elapsed().as_secs_f64()
-    };
-    // Iterations of the peak loop so that a run lasts as long as a call.
-    let mut iterations = 10_000;
-    for _ in 0..3 {
-        let secs = timed();
-        let (_, peak_secs) = peak_run(isa, iterations);
-        iterations = ((iterations as f64 * secs / peak_secs) as usize).max(1000);
-    }
-    let (mut g, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..PEAK_PAIRS {
-        let gemm_rate = flops / timed() * 1e-9;
-        let (peak_rate, _) = peak_run(isa, iterations);
-        g.push(gemm_rate);
-        p.push(peak_rate);
-        r.push(gemm_rate / peak_rate);
-    }
+    let p = paired_with_peak(flops, PEAK_PAIRS, 1, ours);
     crate::app::json::line(&PeakFractionLine {
         kernel: "peak_fraction",
         of,
@@ -163,10 +143,58 @@ fn peak_fraction_line(
         k,
         n,
         threads,
-        ours_gflops: round(median(&mut g), 1),
-        peak_gflops: round(median(&mut p), 1),
-        fraction: round(median(&mut r), 3),
+        ours_gflops: round(p.gflops, 1),
+        peak_gflops: round(p.peak_gflops, 1),
+        fraction: round(p.fraction, 3),
     })
+}
+
+/// What [`paired_with_peak`] measured: medians over the pairs.
+#[derive(Clone, Copy, Debug)]
+pub struct Paired {
+    /// Median GFLOP/s of the measured calls.
+    pub gflops: f64,
+    /// Median GFLOP/s of the FMA runs paired with them.
+    pub peak_gflops: f64,
+    /// Median of the pairs' ratios (call rate over peak rate).
+    pub fraction: f64,
+}
+
+/// `pairs` pairs of (`calls` back-to-back calls of `ours`, `flops` each;
+/// then at once the FMA peak loop on every thread of the current pool for
+/// as long as those calls took, its length set from three warm-up pairs):
+/// the method of [`peak_fraction_line`], with `calls` > 1 for calls too
+/// short to time one by one.
+pub fn paired_with_peak(flops: f64, pairs: usize, calls: usize, ours: &mut dyn FnMut()) -> Paired {
+    let isa = Isa::detect();
+    let calls = calls.max(1);
+    let mut timed = || {
+        let t = Instant::now();
+        for _ in 0..calls {
+            ours();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    // Iterations of the peak loop so that a run lasts as long as the calls.
+    let mut iterations = 10_000;
+    for _ in 0..3 {
+        let secs = timed();
+        let (_, peak_secs) = peak_run(isa, iterations);
+        iterations = ((iterations as f64 * secs / peak_secs) as usize).max(1000);
+    }
+    let (mut g, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..pairs.max(1) {
+        let gemm_rate = flops * calls as f64 / timed() * 1e-9;
+        let (peak_rate, _) = peak_run(isa, iterations);
+        g.push(gemm_rate);
+        p.push(peak_rate);
+        r.push(gemm_rate / peak_rate);
+    }
+    Paired {
+        gflops: median(&mut g),
+        peak_gflops: median(&mut p),
+        fraction: median(&mut r),
+    }
 }
 
 /// One `gemm` comparison per baseline at shape `(m, k, n)` on the current
@@ -250,7 +278,7 @@ fn gemm_lines(
 /// it must come from the environment of the process; when it is missing
 /// or above 10 the OpenBLAS lines are left out with a note on stderr.
 #[cfg(feature = "openblas")]
-fn openblas_sleeps(threads: usize) -> bool {
+pub(super) fn openblas_sleeps(threads: usize) -> bool {
     const VAR: &str = "OPENBLAS_THREAD_TIMEOUT";
     let ok = std::env::var(VAR)
         .ok()

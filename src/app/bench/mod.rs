@@ -11,6 +11,7 @@
 
 pub mod factor;
 pub mod gemm;
+pub mod layer;
 pub mod step;
 
 use crate::app::json::{line, round};
