@@ -77,7 +77,8 @@ struct BenchArgs {
     /// 20,100,256,1000).
     #[arg(long, value_name = "LIST", value_parser = clap_parser(parse_batches))]
     batch: Option<List<usize>>,
-    /// Also print the median time of each phase of the natural-gradient step.
+    /// Also print the median time of each phase of every optimizer's step
+    /// (sgd, adam, ng, ng_every), with its GFLOP/s and fraction of the FMA peak.
     #[arg(long)]
     phases: bool,
     /// kernels: print only these lines. `layer`: the three GEMMs of every
@@ -148,7 +149,11 @@ fn bench_main(args: &[String]) -> Result<(), Error> {
         for &threads in &threads {
             for preset in &presets {
                 for &batch in &batches {
-                    crate::app::bench::step::phase_lines(preset, batch, threads, 9, &mut emit)?;
+                    for optimizer in crate::app::bench::step::NAMES {
+                        crate::app::bench::step::phase_lines(
+                            preset, optimizer, batch, threads, 9, &mut emit,
+                        )?;
+                    }
                 }
             }
         }
