@@ -635,3 +635,20 @@ fn a_run_advances_one_slice_at_a_time() {
     assert!(result.last().seconds >= 0.6 && result.last().step > 0);
     assert!(result.curve.len() >= 6, "{}", result.curve.len());
 }
+
+/// `bench --only` is documented in `--help` and takes only `layer`.
+#[test]
+fn bench_only_is_documented_and_checked() {
+    let (out, _) = natgrad(&["bench", "--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    assert!(help.contains("--only"), "{help}");
+    assert!(help.contains("input_grad"), "{help}");
+    let (out, took) = natgrad(&["bench", "kernels", "--quick", "--json", "--only", "gemm"]);
+    assert!(!out.status.success(), "--only gemm was accepted");
+    assert!(stderr(&out).contains("layer"), "{}", stderr(&out));
+    assert!(
+        took < Duration::from_secs(10),
+        "--only gemm ran a benchmark"
+    );
+}

@@ -163,7 +163,7 @@ pub struct Paired {
 /// `pairs` pairs of (`calls` back-to-back calls of `ours`, `flops` each;
 /// then at once the FMA peak loop on every thread of the current pool for
 /// as long as those calls took, its length set from three warm-up pairs):
-/// the method of [`peak_fraction_line`], with `calls` > 1 for calls too
+/// the method of the 1024^3 `peak_fraction` line, with `calls` > 1 for calls too
 /// short to time one by one.
 pub fn paired_with_peak(flops: f64, pairs: usize, calls: usize, ours: &mut dyn FnMut()) -> Paired {
     let isa = Isa::detect();
