@@ -295,7 +295,7 @@ impl<C: Communicator> DistributedSgd<C> {
             y,
             &mut self.comm_secs,
         )?;
-        self.sgd.apply_gradient(net, ws.grads());
+        self.sgd.apply_gradient(net, ws.grads(), ws.par());
         Ok(StepStats { loss })
     }
 

@@ -756,16 +756,35 @@ fn column_loss(
             })
         }
         Likelihood::Bernoulli => {
-            if write_error {
-                for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
-                    *e = Activation::Sigmoid.apply(s) - y(i);
-                }
+            if !write_error {
+                // softplus(s) - y s, computed without overflow.
+                return sum8(n, |i| {
+                    let (si, yi) = (s[i], y(i));
+                    (si.max(0.0) + (-si.abs()).exp().ln_1p() - yi * si) as f64
+                });
             }
-            // softplus(s) - y s, computed without overflow.
-            sum8(n, |i| {
+            // One exponential per entry for both the loss and the error:
+            // t = exp(-|s|) is parked in `e`, then softplus(s) = max(s, 0) +
+            // ln(1 + t) and sigmoid(s) = 1 / (1 + t) for s >= 0, t / (1 + t)
+            // below (the same loss to the bit; the error within an ulp of
+            // `Activation::Sigmoid.apply`, closer for very negative s).
+            for (e, &s) in e.iter_mut().zip(s) {
+                *e = (-s.abs()).exp();
+            }
+            let total = sum8(n, |i| {
                 let (si, yi) = (s[i], y(i));
-                (si.max(0.0) + (-si.abs()).exp().ln_1p() - yi * si) as f64
-            })
+                (si.max(0.0) + e[i].ln_1p() - yi * si) as f64
+            });
+            for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
+                let t = *e;
+                let sigmoid = if s >= 0.0 {
+                    1.0 / (1.0 + t)
+                } else {
+                    t / (1.0 + t)
+                };
+                *e = sigmoid - y(i);
+            }
+            total
         }
         Likelihood::Categorical => {
             let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -4,7 +4,12 @@ use super::{
 use crate::mlp::Mlp;
 use crate::workspace::Workspace;
 use crate::Error;
-use natgrad_kernels::MatRef;
+use natgrad_kernels::{MatRef, Par};
+use rayon::prelude::*;
+
+/// Parameters per task of the parallel update: large enough that a task
+/// outlasts rayon's hand-off, small enough that 2 threads share a layer evenly.
+const UPDATE_CHUNK: usize = 1 << 15;
 
 /// Settings of [`Sgd`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,35 +108,76 @@ impl Optimizer for Sgd {
         check_net_shapes(net, &self.sizes)?;
         let loss = net.loss_and_gradient(ws, x, y)?;
         check_grads_finite(ws.grads())?;
-        self.apply_gradient(net, ws.grads());
+        self.apply_gradient(net, ws.grads(), ws.par());
         Ok(StepStats { loss })
     }
 }
 
 impl Sgd {
     /// The update from the gradients `grads` (one per layer, as
-    /// `Workspace::grads`), already checked finite.
-    pub(crate) fn apply_gradient(&mut self, net: &mut Mlp, grads: &[Vec<f32>]) {
+    /// `Workspace::grads`), already checked finite, with each layer cut into
+    /// chunks that run in parallel under `par`. Each parameter sees the same arithmetic in the
+    /// same order as the sequential loop, so the result does not depend on
+    /// the threads. Measured (deep preset, 2 threads, b = 100, momentum 0.9,
+    /// 2.8M parameters): the step minus the gradient took ~2.3 ms sequential.
+    pub(crate) fn apply_gradient(&mut self, net: &mut Mlp, grads: &[Vec<f32>], par: Par) {
         let SgdConfig {
             learning_rate: lr,
             momentum: mu,
             nesterov,
             weight_decay: wd,
         } = self.config;
+        let parallel = par.degree() > 1;
         for (i, w) in net.params_mut().enumerate() {
-            let g = &grads[i];
+            let g = &grads[i][..w.len()];
             if mu > 0.0 {
-                let v = &mut self.velocity[i];
-                for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-                    let g = g + wd * *w;
-                    *v = mu * *v + g;
-                    *w -= lr * if nesterov { g + mu * *v } else { *v };
+                let v = &mut self.velocity[i][..w.len()];
+                let chunk = |((w, g), v): ((&mut [f32], &[f32]), &mut [f32])| {
+                    if nesterov {
+                        momentum_chunk::<true>(w, g, v, lr, mu, wd);
+                    } else {
+                        momentum_chunk::<false>(w, g, v, lr, mu, wd);
+                    }
+                };
+                if parallel && w.len() > UPDATE_CHUNK {
+                    w.par_chunks_mut(UPDATE_CHUNK)
+                        .zip(g.par_chunks(UPDATE_CHUNK))
+                        .zip(v.par_chunks_mut(UPDATE_CHUNK))
+                        .for_each(chunk);
+                } else {
+                    chunk(((w, g), v));
                 }
             } else {
-                for (w, &g) in w.iter_mut().zip(g) {
-                    *w -= lr * (g + wd * *w);
+                let chunk = |(w, g): (&mut [f32], &[f32])| {
+                    for (w, &g) in w.iter_mut().zip(g) {
+                        *w -= lr * (g + wd * *w);
+                    }
+                };
+                if parallel && w.len() > UPDATE_CHUNK {
+                    w.par_chunks_mut(UPDATE_CHUNK)
+                        .zip(g.par_chunks(UPDATE_CHUNK))
+                        .for_each(chunk);
+                } else {
+                    chunk((w, g));
                 }
             }
         }
+    }
+}
+
+/// The momentum update of one chunk, `NESTEROV` a constant so that the loop
+/// has no branch inside.
+fn momentum_chunk<const NESTEROV: bool>(
+    w: &mut [f32],
+    g: &[f32],
+    v: &mut [f32],
+    lr: f32,
+    mu: f32,
+    wd: f32,
+) {
+    for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+        let g = g + wd * *w;
+        *v = mu * *v + g;
+        *w -= lr * if NESTEROV { g + mu * *v } else { *v };
     }
 }
