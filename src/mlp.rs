@@ -434,28 +434,45 @@ impl Mlp {
         let buffers = ws.buffers_mut();
         let stack = MemStack::new(buffers.scratch);
         for (i, layer) in self.layers.iter().enumerate() {
-            let (before, after) = buffers.acts.split_at_mut(i + 1);
-            let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
-            let out_buf = &mut after[0];
+            let out_buf = &mut buffers.acts[i + 1];
             let ld = layer.n_out + 1;
             for j in 0..b {
                 out_buf[j * ld + layer.n_out] = 1.0;
             }
-            let out = view_mut(out_buf, layer.n_out, b, ld);
-            gemm_fused(
-                out,
-                0.0,
-                layer.weights(),
-                input,
-                1.0,
-                Epilogue::BiasActivation {
-                    bias: Some(layer.bias()),
-                    activation: layer.activation,
-                },
-                par,
-                stack,
-            )?;
+            self.forward_layer(i, buffers.acts, b, par, stack)?;
         }
+        Ok(())
+    }
+
+    /// Layer `i`'s forward product, `acts[i + 1] = f(W_i acts[i] + b_i)`
+    /// (`gemm_fused` with the bias and activation in its epilogue); the row
+    /// of ones below `acts[i + 1]` is the caller's. The call the training
+    /// step makes, and the one `natgrad bench kernels` times.
+    pub(crate) fn forward_layer(
+        &self,
+        i: usize,
+        acts: &mut [Vec<f32>],
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let layer = &self.layers[i];
+        let (before, after) = acts.split_at_mut(i + 1);
+        let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
+        let out = view_mut(&mut after[0], layer.n_out, b, layer.n_out + 1);
+        gemm_fused(
+            out,
+            0.0,
+            layer.weights(),
+            input,
+            1.0,
+            Epilogue::BiasActivation {
+                bias: Some(layer.bias()),
+                activation: layer.activation,
+            },
+            par,
+            stack,
+        )?;
         Ok(())
     }
 
@@ -585,42 +602,70 @@ impl Mlp {
         stack: &mut MemStack,
     ) -> Result<(), Error> {
         for i in (0..=top).rev() {
-            let layer = &self.layers[i];
             if let Some(grads) = grads.as_deref_mut() {
-                let e = view(&errs[i], layer.n_out, b, layer.n_out);
-                let a = view(&acts[i], layer.n_in + 1, b, layer.n_in + 1);
-                let g = view_mut(&mut grads[i], layer.n_out, layer.n_in + 1, layer.n_out);
-                natgrad_kernels::gemm::gemm(
-                    g,
-                    0.0,
-                    e,
-                    a.transpose(),
-                    1.0 / b.max(1) as f32,
-                    par,
-                    stack,
-                )?;
+                self.weight_grad_layer(i, acts, errs, grads, b, par, stack)?;
             }
             if i > 0 {
-                let prev = &self.layers[i - 1];
-                let (lo, hi) = errs.split_at_mut(i);
-                let e = view(&hi[0], layer.n_out, b, layer.n_out);
-                let out = view_mut(&mut lo[i - 1], layer.n_in, b, layer.n_in);
-                let a_prev = view(&acts[i], layer.n_in, b, layer.n_in + 1);
-                gemm_fused(
-                    out,
-                    0.0,
-                    layer.weights().transpose(),
-                    e,
-                    1.0,
-                    Epilogue::ActivationDerivative {
-                        activation: prev.activation,
-                        output: a_prev,
-                    },
-                    par,
-                    stack,
-                )?;
+                self.input_grad_layer(i, acts, errs, b, par, stack)?;
             }
         }
+        Ok(())
+    }
+
+    /// Layer `i`'s weight gradient, `grads[i] = errs[i] acts[i]^T / b` (the
+    /// bias column from the row of ones): `gemm` with the minibatch as the
+    /// inner dimension. The call the training step makes, and the one
+    /// `natgrad bench kernels` times.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn weight_grad_layer(
+        &self,
+        i: usize,
+        acts: &[Vec<f32>],
+        errs: &[Vec<f32>],
+        grads: &mut [Vec<f32>],
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let layer = &self.layers[i];
+        let e = view(&errs[i], layer.n_out, b, layer.n_out);
+        let a = view(&acts[i], layer.n_in + 1, b, layer.n_in + 1);
+        let g = view_mut(&mut grads[i], layer.n_out, layer.n_in + 1, layer.n_out);
+        natgrad_kernels::gemm::gemm(g, 0.0, e, a.transpose(), 1.0 / b.max(1) as f32, par, stack)?;
+        Ok(())
+    }
+
+    /// Layer `i`'s input gradient (`i >= 1`), `errs[i - 1] = (W_i^T errs[i])
+    /// f'(acts[i])` (`gemm_fused` with the activation derivative of layer
+    /// `i - 1` in its epilogue). The call the training step makes, and the
+    /// one `natgrad bench kernels` times.
+    pub(crate) fn input_grad_layer(
+        &self,
+        i: usize,
+        acts: &[Vec<f32>],
+        errs: &mut [Vec<f32>],
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let (layer, prev) = (&self.layers[i], &self.layers[i - 1]);
+        let (lo, hi) = errs.split_at_mut(i);
+        let e = view(&hi[0], layer.n_out, b, layer.n_out);
+        let out = view_mut(&mut lo[i - 1], layer.n_in, b, layer.n_in);
+        let a_prev = view(&acts[i], layer.n_in, b, layer.n_in + 1);
+        gemm_fused(
+            out,
+            0.0,
+            layer.weights().transpose(),
+            e,
+            1.0,
+            Epilogue::ActivationDerivative {
+                activation: prev.activation,
+                output: a_prev,
+            },
+            par,
+            stack,
+        )?;
         Ok(())
     }
 

@@ -1,10 +1,10 @@
 //! Quick-bench `layer` lines: the three GEMMs of one layer of the training
-//! step, as `Mlp::forward_from_input` and `Mlp::backward_from` (src/mlp.rs)
-//! call them, each as a fraction of the FMA peak measured next to it.
+//! step, each as a fraction of the FMA peak measured next to it.
 //!
-//! The calls are made on a real [`Workspace`] of the preset's network after a
-//! forward pass, with the same buffers, views (leading dimensions),
-//! transposes, scalars and epilogues as mlp.rs:
+//! The calls are the step's own (`Mlp::forward_layer`,
+//! `Mlp::input_grad_layer`, `Mlp::weight_grad_layer`, which
+//! `Mlp::forward_from_input` and `Mlp::backward_from` run), made on a real
+//! [`Workspace`] of the preset's network after a forward pass:
 //!
 //! * `forward`: `abar_{i+1} = act(W_i abar_i + b_i 1^T)`, `gemm_fused` with
 //!   the bias + activation epilogue; `W` is the `n_out x n_in` head of the
@@ -27,8 +27,9 @@ use super::gemm::{paired_with_peak, Paired};
 use super::{par_for, pool, random};
 use crate::app::json::{line, round};
 use crate::mlp::Mlp;
-use crate::workspace::{view, view_mut, Buffers, Workspace};
-use natgrad_kernels::gemm::{gemm, gemm_fused, Epilogue};
+#[cfg(feature = "openblas")]
+use crate::workspace::{view, view_mut};
+use crate::workspace::{Buffers, Workspace};
 use natgrad_kernels::rng::Rng;
 use natgrad_kernels::{MatRef, MemStack, Par};
 use serde::Serialize;
@@ -124,7 +125,7 @@ pub fn layer_calls(sizes: &[usize], batch: usize) -> Vec<LayerCall> {
     calls
 }
 
-/// Runs `call` once on the workspace's buffers, exactly as mlp.rs does
+/// Runs `call` once on the workspace's buffers through the step's own per-layer method
 /// (see the module's docs).
 fn run(
     net: &Mlp,
@@ -135,51 +136,11 @@ fn run(
 ) -> Result<(), crate::Error> {
     let stack = MemStack::new(bufs.scratch);
     let i = call.layer;
-    let layer = &net.layers()[i];
     match call.pass {
-        Pass::Forward => {
-            let (before, after) = bufs.acts.split_at_mut(i + 1);
-            let input = view(&before[i], layer.n_in, b, layer.n_in + 1);
-            let out = view_mut(&mut after[0], layer.n_out, b, layer.n_out + 1);
-            gemm_fused(
-                out,
-                0.0,
-                layer.weights(),
-                input,
-                1.0,
-                Epilogue::BiasActivation {
-                    bias: Some(layer.bias()),
-                    activation: layer.activation,
-                },
-                par,
-                stack,
-            )?;
-        }
-        Pass::InputGrad => {
-            let prev = &net.layers()[i - 1];
-            let (lo, hi) = bufs.errs.split_at_mut(i);
-            let e = view(&hi[0], layer.n_out, b, layer.n_out);
-            let out = view_mut(&mut lo[i - 1], layer.n_in, b, layer.n_in);
-            let a_prev = view(&bufs.acts[i], layer.n_in, b, layer.n_in + 1);
-            gemm_fused(
-                out,
-                0.0,
-                layer.weights().transpose(),
-                e,
-                1.0,
-                Epilogue::ActivationDerivative {
-                    activation: prev.activation,
-                    output: a_prev,
-                },
-                par,
-                stack,
-            )?;
-        }
+        Pass::Forward => net.forward_layer(i, bufs.acts, b, par, stack)?,
+        Pass::InputGrad => net.input_grad_layer(i, bufs.acts, bufs.errs, b, par, stack)?,
         Pass::WeightGrad => {
-            let e = view(&bufs.errs[i], layer.n_out, b, layer.n_out);
-            let a = view(&bufs.acts[i], layer.n_in + 1, b, layer.n_in + 1);
-            let g = view_mut(&mut bufs.grads[i], layer.n_out, layer.n_in + 1, layer.n_out);
-            gemm(g, 0.0, e, a.transpose(), 1.0 / b.max(1) as f32, par, stack)?;
+            net.weight_grad_layer(i, bufs.acts, bufs.errs, bufs.grads, b, par, stack)?
         }
     }
     Ok(())
