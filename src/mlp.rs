@@ -63,6 +63,17 @@ fn check_target_support(likelihood: Likelihood, y: MatRef<'_, f32>) -> Result<()
     match likelihood {
         Likelihood::Gaussian => Ok(()),
         Likelihood::Bernoulli => {
+            // In [0, 1], or not finite (that is the finiteness check's to
+            // report). First a branch-free pass the compiler vectorises; the
+            // offending entry is looked for only when there is one.
+            let ok = |v: f32| !v.is_finite() || (0.0..=1.0).contains(&v);
+            let all_ok = (0..y.ncols()).all(|j| match y.col(j).try_as_col_major() {
+                Some(c) => c.as_slice().iter().fold(true, |acc, &v| acc & ok(v)),
+                None => (0..n).all(|i| ok(y[(i, j)])),
+            });
+            if all_ok {
+                return Ok(());
+            }
             for j in 0..y.ncols() {
                 for i in 0..n {
                     let v = y[(i, j)];
@@ -529,7 +540,7 @@ impl Mlp {
         let partials = &mut buffers.loss_partials[..chunks];
         // Column chunks in parallel, each summed in f64 into its own slot, the
         // slots then added in order: the loss does not depend on the threads.
-        let chunk = |(c, (e, p)): (usize, (&mut [f32], &mut f64))| {
+        let chunk = |(c, (e, p)): (usize, (&mut [f32], &mut f64))| -> Result<(), Error> {
             let j0 = c * LOSS_CHUNK_COLS;
             let mut total = 0.0f64;
             for (jj, e) in e.chunks_exact_mut(n).enumerate() {
@@ -538,24 +549,25 @@ impl Mlp {
                 total += match y.col(j).try_as_col_major() {
                     Some(yc) => {
                         let yc = &yc.as_slice()[..n];
-                        column_loss(likelihood, s, |i| yc[i], e, write_error)
+                        column_loss(likelihood, s, |i| yc[i], e, write_error)?
                     }
-                    None => column_loss(likelihood, s, |i| y[(i, j)], e, write_error),
+                    None => column_loss(likelihood, s, |i| y[(i, j)], e, write_error)?,
                 };
             }
             *p = total;
+            Ok(())
         };
         let errs = &mut errs[..n * b];
         if par.degree() > 1 && chunks > 1 {
             errs.par_chunks_mut(n * LOSS_CHUNK_COLS)
                 .zip(partials.par_iter_mut())
                 .enumerate()
-                .for_each(chunk);
+                .try_for_each(chunk)?;
         } else {
             errs.chunks_mut(n * LOSS_CHUNK_COLS)
                 .zip(partials.iter_mut())
                 .enumerate()
-                .for_each(chunk);
+                .try_for_each(chunk)?;
         }
         let total: f64 = partials.iter().sum();
         if !total.is_finite() {
@@ -775,9 +787,46 @@ fn sum8(n: usize, term: impl Fn(usize) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// Entries of an output column the Bernoulli loss handles at a time: its
+/// targets are gathered into a buffer of this size on the stack, so that the
+/// vectorised kernels see the same contiguous slices, and the loss is the
+/// same to the bit, whatever the targets' layout.
+const BERNOULLI_SEGMENT: usize = 256;
+
+/// The Bernoulli loss of one output column through the vectorised kernels,
+/// segment by segment: the per-entry terms are parked in `e` and summed in
+/// f64, then overwritten by the output error `sigmoid(s) - y` when
+/// `write_error`.
+fn bernoulli_column(
+    s: &[f32],
+    y: impl Fn(usize) -> f32,
+    e: &mut [f32],
+    write_error: bool,
+) -> Result<f64, Error> {
+    let mut buf = [0.0f32; BERNOULLI_SEGMENT];
+    let mut total = 0.0f64;
+    for (k, (s, e)) in s
+        .chunks(BERNOULLI_SEGMENT)
+        .zip(e.chunks_mut(BERNOULLI_SEGMENT))
+        .enumerate()
+    {
+        let y_seg = &mut buf[..s.len()];
+        for (i, v) in y_seg.iter_mut().enumerate() {
+            *v = y(k * BERNOULLI_SEGMENT + i);
+        }
+        total += natgrad_kernels::vector::logistic_loss(s, y_seg, e)?;
+        if write_error {
+            natgrad_kernels::vector::logistic_error(s, y_seg, e)?;
+        }
+    }
+    Ok(total)
+}
+
 /// The loss of one output column: pre-activations `s`, targets `y(i)`,
-/// output error written into `e` when `write_error`. Summed in f64 over eight
-/// interleaved accumulators (independent chains the compiler can vectorise).
+/// output error written into `e` when `write_error`. Gaussian and
+/// categorical are summed in f64 over eight interleaved accumulators
+/// (independent chains the compiler can vectorise); Bernoulli goes through
+/// the kernels ([`bernoulli_column`]).
 #[inline(always)]
 fn column_loss(
     likelihood: Likelihood,
@@ -785,10 +834,10 @@ fn column_loss(
     y: impl Fn(usize) -> f32 + Copy,
     e: &mut [f32],
     write_error: bool,
-) -> f64 {
+) -> Result<f64, Error> {
     let n = s.len();
     let e = &mut e[..n];
-    match likelihood {
+    Ok(match likelihood {
         Likelihood::Gaussian => {
             if write_error {
                 for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
@@ -800,37 +849,7 @@ fn column_loss(
                 d * d
             })
         }
-        Likelihood::Bernoulli => {
-            if !write_error {
-                // softplus(s) - y s, computed without overflow.
-                return sum8(n, |i| {
-                    let (si, yi) = (s[i], y(i));
-                    (si.max(0.0) + (-si.abs()).exp().ln_1p() - yi * si) as f64
-                });
-            }
-            // One exponential per entry for both the loss and the error:
-            // t = exp(-|s|) is parked in `e`, then softplus(s) = max(s, 0) +
-            // ln(1 + t) and sigmoid(s) = 1 / (1 + t) for s >= 0, t / (1 + t)
-            // below (the same loss to the bit; the error within an ulp of
-            // `Activation::Sigmoid.apply`, closer for very negative s).
-            for (e, &s) in e.iter_mut().zip(s) {
-                *e = (-s.abs()).exp();
-            }
-            let total = sum8(n, |i| {
-                let (si, yi) = (s[i], y(i));
-                (si.max(0.0) + e[i].ln_1p() - yi * si) as f64
-            });
-            for (i, (e, &s)) in e.iter_mut().zip(s).enumerate() {
-                let t = *e;
-                let sigmoid = if s >= 0.0 {
-                    1.0 / (1.0 + t)
-                } else {
-                    t / (1.0 + t)
-                };
-                *e = sigmoid - y(i);
-            }
-            total
-        }
+        Likelihood::Bernoulli => bernoulli_column(s, y, e, write_error)?,
         Likelihood::Categorical => {
             let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let z: f32 = s.iter().map(|&v| (v - m).exp()).sum();
@@ -843,7 +862,7 @@ fn column_loss(
             }
             sum8(n, |i| (y(i) * (lse - s[i])) as f64)
         }
-    }
+    })
 }
 
 /// True when every entry of `v` is finite: the kernels crate's dispatched

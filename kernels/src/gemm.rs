@@ -48,11 +48,10 @@
 mod microkernel;
 #[cfg(feature = "openblas")]
 mod openblas;
-mod vmath;
 
+pub use crate::vmath::activate_slice_with_isa;
 #[cfg(feature = "openblas")]
 pub use openblas::{openblas_corename, openblas_gemm};
-pub use vmath::activate_slice_with_isa;
 
 pub use crate::blocking::{register_tile, KC};
 

@@ -36,6 +36,7 @@ pub mod rng;
 pub mod syrk;
 pub mod trsm;
 pub mod vector;
+mod vmath;
 
 pub use activation::Activation;
 pub use error::Error;

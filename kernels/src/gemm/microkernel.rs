@@ -14,8 +14,8 @@
 //! epilogue (alpha, beta C, bias, activation or activation derivative) is applied
 //! to the accumulators before the single store of the tile.
 
-use super::vmath;
 use crate::raw::{RawMat, RawMatMut};
+use crate::vmath;
 use crate::Activation;
 use pulp::Simd;
 

@@ -1,5 +1,6 @@
-//! Vectorised elementary functions for the fused epilogues, generic over
-//! pulp's [`Simd`] so the same code runs at every dispatch level.
+//! Vectorised elementary functions for the fused epilogues and the vector
+//! kernels, generic over pulp's [`Simd`] so the same code runs at every
+//! dispatch level.
 //!
 //! Accuracy (checked against f64 on a dense sweep by the crate's tests):
 //! * `exp` (Cephes `expf` scheme: Cody-Waite reduction by ln 2, degree-7
@@ -42,6 +43,56 @@ pub(crate) fn exp<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     let shifted = s.wrapping_dyn_shl_u32s(bits, s.splat_u32s(23));
     let pow2 = s.transmute_f32s_u32s(s.add_u32s(shifted, s.splat_u32s(0x3f80_0000)));
     s.mul_f32s(e_r, pow2)
+}
+
+/// ln(1 + t) for `t` in [0, 1], lane-wise (not used outside that range), as
+/// 2 atanh(z) with z = t / (2 + t) in [0, 1/3]: the odd series 2 (z + z^3/3 +
+/// ... + z^15/15), whose truncation is below 2^-30 relative (w = z^2 <= 1/9).
+///
+/// Error: `2 + t` and the division give z within 2u; Horner on w for p(w) =
+/// 1 + w/3 + ... in [1, 1.04] adds at most 1.4u (w's own error is damped by
+/// w/3 <= 1/27); the product z p one more: relative error below 5u.
+#[inline(always)]
+pub(crate) fn ln_1p_unit<S: Simd>(s: S, t: S::f32s) -> S::f32s {
+    let z = s.div_f32s(t, s.add_f32s(s.splat_f32s(2.0), t));
+    let w = s.mul_f32s(z, z);
+    let mut p = s.splat_f32s(2.0 / 15.0);
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0 / 13.0));
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0 / 11.0));
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0 / 9.0));
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0 / 7.0));
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0 / 5.0));
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0 / 3.0));
+    p = s.mul_add_e_f32s(p, w, s.splat_f32s(2.0));
+    s.mul_f32s(z, p)
+}
+
+/// The logistic loss term `softplus(x) - y x = max(x, 0) + ln(1 + e^-|x|) - y
+/// x`, lane-wise, without overflow.
+///
+/// Error: e^-|x| carries 3u, which ln(1 + t) passes on at most unchanged in
+/// relative terms (t / ((1 + t) ln(1 + t)) <= 1), plus its own 5u; the two
+/// additions and the product one rounding each: the absolute error is below
+/// 11u (|x| + ln 2 + |y x|).
+#[inline(always)]
+pub(crate) fn logistic_loss<S: Simd>(s: S, x: S::f32s, y: S::f32s) -> S::f32s {
+    let t = exp(s, s.neg_f32s(s.abs_f32s(x)));
+    let soft = s.add_f32s(s.max_f32s(x, s.splat_f32s(0.0)), ln_1p_unit(s, t));
+    s.sub_f32s(soft, s.mul_f32s(y, x))
+}
+
+/// The logistic loss's derivative `sigmoid(x) - y`, lane-wise: with t =
+/// e^-|x|, sigmoid(x) is 1 / (1 + t) for x >= 0 and t / (1 + t) below (no
+/// cancellation, and accurate for very negative x).
+///
+/// Error: t carries 3u, 1 + t and the division one rounding each, so sigmoid
+/// is within 6u relative; the subtraction adds one rounding of the result.
+#[inline(always)]
+pub(crate) fn logistic_error<S: Simd>(s: S, x: S::f32s, y: S::f32s) -> S::f32s {
+    let one = s.splat_f32s(1.0);
+    let t = exp(s, s.neg_f32s(s.abs_f32s(x)));
+    let num = s.select_f32s(s.greater_than_or_equal_f32s(x, s.splat_f32s(0.0)), one, t);
+    s.sub_f32s(s.div_f32s(num, s.add_f32s(one, t)), y)
 }
 
 /// Logistic sigmoid 1 / (1 + e^-x), lane-wise.
