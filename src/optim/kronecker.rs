@@ -535,6 +535,102 @@ impl LayerState {
     }
 }
 
+/// Flops of one layer's share of three phases of a natural-gradient step
+/// ([`LayerState::phase_flops`]), counted as the kernels compute them: 2 per
+/// multiply-add, the triangle-aware kernels (`syrk_lower`, Cholesky, the
+/// solves, the inverse) only on the triangle they touch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct LayerFlops {
+    /// The backward factor's accumulation `G += E E^T` (lower triangle).
+    pub(crate) backward_factor: f64,
+    /// The forward factor's accumulation and the factorisations (and explicit
+    /// inverses).
+    pub(crate) factorise: f64,
+    /// The preconditioned update and its inner product with the gradient.
+    pub(crate) precondition: f64,
+}
+
+impl LayerState {
+    /// This layer's [`LayerFlops`] at minibatch `b` under its current plan,
+    /// on a step that takes statistics (`statistics`) and refactorises
+    /// (`refresh`); `None` on steps that follow the Cholesky factors by rank
+    /// updates (not counted here).
+    ///
+    /// Counts: `syrk_lower` on `n` rows and `b` columns `n (n + 1) b`;
+    /// Cholesky `n^3 / 3`; the inverse from it `2 n^3 / 3`; `(L L^T)^-1` on
+    /// `m` columns (two triangular solves, or a GEMM with the explicit
+    /// inverse) `2 n^2 m`; a GEMM `2 m k n`; a row scaling by a diagonal
+    /// factor one flop per entry; the inner product `2 n_out (n_in + 1)`. A
+    /// Gram side of `n` rows forms its `b x b` Gram matrix (`b (b + 1) n`)
+    /// and factorises it (`b^3 / 3`) instead; it is applied by a solve
+    /// (forward side, `2 b^2 n`) or by Woodbury's identity (backward side,
+    /// two GEMMs and a solve, `4 n b^2 + 2 b^3`).
+    pub(crate) fn phase_flops(
+        &self,
+        b: usize,
+        statistics: bool,
+        refresh: bool,
+        rank_update: bool,
+    ) -> Option<LayerFlops> {
+        if rank_update {
+            return None;
+        }
+        let plan = self.plan;
+        let (o, i, bf) = (self.n_out as f64, self.n_in1 as f64, b as f64);
+        let syrk = |n: f64, cols: f64| n * (n + 1.0) * cols;
+        let chol = |n: f64| n * n * n / 3.0;
+        let inverse = |n: f64, inv: bool| if inv { 2.0 * n * n * n / 3.0 } else { 0.0 };
+        let side = |n: f64, m: f64| 2.0 * n * n * m;
+        let backward_factor = if statistics && !self.g_diag && !plan.g_gram {
+            syrk(o, bf)
+        } else {
+            0.0
+        };
+        let mut factorise = if statistics && !plan.a_gram {
+            syrk(i, bf)
+        } else {
+            0.0
+        };
+        if refresh {
+            factorise += if plan.a_gram {
+                syrk(bf, i) + chol(bf)
+            } else {
+                chol(i) + inverse(i, self.a_inv)
+            };
+            factorise += if self.g_diag {
+                0.0
+            } else if plan.g_gram {
+                syrk(bf, o) + chol(bf)
+            } else {
+                chol(o) + inverse(o, self.g_inv)
+            };
+        }
+        let update = if plan.low_rank {
+            let g = if self.g_diag {
+                o * bf
+            } else if plan.g_gram {
+                4.0 * o * bf * bf + 2.0 * bf * bf * bf
+            } else {
+                side(o, bf)
+            };
+            let a = if plan.a_gram {
+                side(bf, i)
+            } else {
+                side(i, bf)
+            };
+            g + a + 2.0 * o * i * bf
+        } else {
+            let g = if self.g_diag { o * i } else { side(o, i) };
+            g + side(i, o)
+        };
+        Some(LayerFlops {
+            backward_factor,
+            factorise,
+            precondition: update + 2.0 * o * i,
+        })
+    }
+}
+
 /// Checks the settings shared by [`NaturalGradient`](super::NaturalGradient)
 /// and [`KroneckerPreconditioner`] against their domains, and the maximum
 /// minibatch.

@@ -105,6 +105,8 @@ pub struct NaturalGradient {
     /// The Fisher sampling's buffers and random stream.
     pub(crate) sampler: FisherSampler,
     pub(crate) phases: PhaseSecs,
+    /// The plan of the last successful step (for [`NaturalGradient::last_phase_flops`]).
+    pub(crate) last_plan: Option<StepPlan>,
 }
 
 /// What one step computes, decided at its start by
@@ -146,6 +148,7 @@ impl NaturalGradient {
             sizes: net.sizes(),
             sampler: FisherSampler::new(net, max_batch, &config),
             phases: PhaseSecs::default(),
+            last_plan: None,
         })
     }
 
@@ -164,6 +167,52 @@ impl NaturalGradient {
     /// Where the time of the last successful step went, phase by phase.
     pub fn last_phase_secs(&self) -> PhaseSecs {
         self.phases
+    }
+    /// Flops of the last successful step's `sampled_backward`, `factorise`
+    /// and `precondition` phases ([`PhaseSecs`]), as `[sampled_backward,
+    /// factorise, precondition]`; `None` before the first step or when a
+    /// step's form is not counted (rank updates of the Cholesky factors, the
+    /// Wishart output factor; see `LayerState::phase_flops`). The sampled backward
+    /// pass counts its GEMMs (`2 n_in n_out b` for every layer above the
+    /// first, per sample) and the backward factors' accumulation; drawing the
+    /// targets is not counted.
+    pub(crate) fn last_phase_flops(&self) -> Option<[f64; 3]> {
+        let plan = self.last_plan?;
+        let config = &self.pre.config;
+        let wishart = config.wishart_output_factor
+            && self
+                .pre
+                .layers
+                .last()
+                .is_some_and(|st| !st.wishart.is_empty());
+        if wishart {
+            return None;
+        }
+        let Schedule {
+            statistics,
+            refresh,
+            rank_update,
+            ..
+        } = plan.schedule;
+        let b = plan.batch;
+        let mut flops = [0.0f64; 3];
+        if statistics {
+            let pass: f64 = self
+                .sizes
+                .windows(2)
+                .skip(1)
+                .map(|w| 2.0 * (w[0] * w[1] * b) as f64)
+                .sum();
+            flops[0] = config.samples as f64 * pass;
+        }
+        for st in &self.pre.layers {
+            let f = st.phase_flops(b, statistics, refresh, rank_update);
+            let f = f?;
+            flops[0] += config.samples as f64 * f.backward_factor;
+            flops[1] += f.factorise;
+            flops[2] += f.precondition;
+        }
+        Some(flops)
     }
     /// The largest minibatch this optimizer takes.
     pub fn max_batch(&self) -> usize {
@@ -320,6 +369,7 @@ impl Optimizer for NaturalGradient {
         }
         lap(&mut laps.apply_and_damping);
         self.phases = laps.durations();
+        self.last_plan = Some(plan);
         Ok(StepStats { loss })
     }
 }
@@ -853,4 +903,54 @@ fn precondition_low_rank(
         par,
         stack,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mlp::{Init, Likelihood};
+    use crate::optim::{InverseApplication, Preconditioning};
+    use natgrad_kernels::Activation;
+
+    /// The phase counts of a small network, full form, solves, fresh factors
+    /// every step, against the count written out by hand: widths 6-5-4, so
+    /// layers of (n_in + 1, n_out) = (7, 5) and (6, 4), minibatch 3.
+    #[test]
+    fn phase_flops_match_the_count_by_hand() {
+        let mut net = Mlp::new(
+            &[6, 5, 4],
+            &[Activation::Tanh, Activation::Identity],
+            Likelihood::Gaussian,
+            Init::GlorotUniform,
+            1,
+        )
+        .unwrap();
+        let mut ws = Workspace::new(&net, 3, Par::Seq).unwrap();
+        let config = NaturalGradientConfig {
+            factor_decay: 0.5,
+            preconditioning: Preconditioning::Full,
+            inverse: InverseApplication::Solves,
+            wishart_output_factor: false,
+            ..NaturalGradientConfig::default()
+        };
+        let mut ng = NaturalGradient::new(&net, 3, config).unwrap();
+        assert_eq!(ng.last_phase_flops(), None);
+        let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..12).map(|i| (i as f32 * 0.23).cos()).collect();
+        let xm = MatRef::from_column_major_slice(&x, 6, 3);
+        let ym = MatRef::from_column_major_slice(&y, 4, 3);
+        ng.step(&mut net, &mut ws, xm, ym).unwrap();
+        // Sampled backward: layer 2's input gradient 2*5*4*3, then G of both
+        // layers, n (n + 1) b: 5*6*3 + 4*5*3.
+        let sampled = 120.0 + 90.0 + 60.0;
+        // A of both layers (7*8*3 + 6*7*3), then the four Cholesky
+        // factorisations n^3 / 3 of 7, 5, 6 and 4.
+        let factorise = 168.0 + 126.0 + (343.0 + 125.0 + 216.0 + 64.0) / 3.0;
+        // Per layer 2 o^2 i + 2 i^2 o + 2 o i: (350 + 490 + 70) + (192 + 288 + 48).
+        let precondition = 910.0 + 528.0;
+        let got = ng.last_phase_flops().unwrap();
+        for (g, want) in got.iter().zip([sampled, factorise, precondition]) {
+            assert!((g - want).abs() < 1e-9 * want, "{got:?}");
+        }
+    }
 }

@@ -225,9 +225,11 @@ pub fn backward_flops(sizes: &[usize], b: usize) -> f64 {
 ///   pass on `ceil(damping_check_fraction b)` columns, plus its loss (one
 ///   flop per output entry); applying the update is not counted.
 /// * `sampled_backward`, `factorise`, `precondition` and the NG `total`:
-///   not derived (`None`): which form each layer's side takes (full, Gram,
-///   low-rank, Wishart or exact output factor) and whether the step
-///   refreshes decide the count.
+///   `None` here: which form each layer's side takes (full, Gram, low-rank,
+///   Wishart or exact output factor) and whether the step refreshes decide
+///   the count, so the optimizer counts them itself
+///   (`NaturalGradient::last_phase_flops`), and [`phase_lines`] prints its
+///   count when every timed step had the same one.
 pub fn phase_flops(phase: &str, sizes: &[usize], b: usize, hyper: &Hyper) -> Option<f64> {
     let n_l = *sizes.last()? as f64;
     let params: f64 = sizes
@@ -276,7 +278,8 @@ pub fn phase_flops(phase: &str, sizes: &[usize], b: usize, hyper: &Hyper) -> Opt
 /// bound if the clock dropped during the cell.
 ///
 /// The natural gradient's phases are its own timers
-/// ([`NaturalGradient::last_phase_secs`]). SGD and Adam have none: each
+/// ([`NaturalGradient::last_phase_secs`]), their flops its own count where
+/// it has one. SGD and Adam have none: each
 /// repetition runs `forward`, `loss` (writing the output error) and
 /// `backward` (with the weight gradients), the calls `Mlp::loss_and_gradient`
 /// makes, each timed, on the current weights, then the optimizer's whole
@@ -298,6 +301,9 @@ pub fn phase_lines(
     let sizes = proto.sizes();
     let pool = super::pool(threads);
     let peak_before = super::gemm::fma_peak_gflops(threads);
+    // The natural gradient's own count of its phases, when every timed step
+    // had the same (see `NaturalGradient::last_phase_flops`).
+    let mut ng_flops: Option<[f64; 3]> = None;
     let (names, mut cols): (Vec<&str>, Vec<Vec<f64>>) = pool.install(|| {
         let mut net = proto.clone();
         let mut ws = Workspace::new(&net, batch, par)?;
@@ -305,10 +311,12 @@ pub fn phase_lines(
             let mut ng = NaturalGradient::new(&net, batch, *cfg)?;
             ng.step(&mut net, &mut ws, xm, xm)?;
             let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 6];
+            let mut counts = Vec::with_capacity(reps);
             for _ in 0..reps {
                 let t = Instant::now();
                 ng.step(&mut net, &mut ws, xm, xm)?;
                 let total = t.elapsed().as_secs_f64();
+                counts.push(ng.last_phase_flops());
                 let p = ng.last_phase_secs();
                 for (c, v) in cols.iter_mut().zip([
                     p.loss_and_gradient,
@@ -320,6 +328,10 @@ pub fn phase_lines(
                 ]) {
                     c.push(v);
                 }
+            }
+            ng_flops = counts.first().copied().flatten();
+            if counts.iter().any(|c| *c != ng_flops) {
+                ng_flops = None;
             }
             let names = vec![
                 "loss_and_gradient",
@@ -365,7 +377,19 @@ pub fn phase_lines(
     let peak = peak_before.max(super::gemm::fma_peak_gflops(threads));
     for (name, c) in names.iter().zip(cols.iter_mut()) {
         let secs = super::median(c);
-        let flops = phase_flops(name, &sizes, batch, &hyper);
+        let flops = match (*name, ng_flops) {
+            ("sampled_backward", Some(f)) => Some(f[0]),
+            ("factorise", Some(f)) => Some(f[1]),
+            ("precondition", Some(f)) => Some(f[2]),
+            ("total", Some(f)) if matches!(hyper, Hyper::Ng(..)) => {
+                let own = ["loss_and_gradient", "apply_and_damping"]
+                    .iter()
+                    .map(|p| phase_flops(p, &sizes, batch, &hyper))
+                    .sum::<Option<f64>>();
+                own.map(|o| o + f.iter().sum::<f64>())
+            }
+            _ => phase_flops(name, &sizes, batch, &hyper),
+        };
         let gflops = flops.map(|f| f / secs.max(1e-12) * 1e-9);
         emit(line(&PhaseLine {
             preset,
