@@ -18,7 +18,7 @@ pub use config::{
     DampingAdaptation, FactorUpdate, InverseApplication, NaturalGradientConfig, Preconditioning,
 };
 pub use kronecker::KroneckerPreconditioner;
-pub use natural::{NaturalGradient, PhaseSecs};
+pub use natural::{NaturalGradient, PhaseFlops, PhaseSecs};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::mlp::Mlp;

@@ -74,6 +74,24 @@ pub struct PhaseSecs {
     pub apply_and_damping: f64,
 }
 
+/// Flops of three phases of the last [`NaturalGradient::step`]
+/// ([`NaturalGradient::last_phase_flops`]; the fields name the phases of
+/// [`PhaseSecs`]), counted as the kernels compute them: 2 per multiply-add,
+/// the triangle-aware kernels (covariance accumulation, Cholesky, the solves,
+/// the explicit inverse) on the triangle they touch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseFlops {
+    /// The backward pass from sampled targets (its GEMMs, `2 n_in n_out b`
+    /// for every layer above the first, per sample) and the backward
+    /// factors' accumulation; drawing the targets is not counted.
+    pub sampled_backward: f64,
+    /// The forward factors' accumulation and the factorisations (Cholesky,
+    /// explicit inverses, Gram matrices).
+    pub factorise: f64,
+    /// The preconditioned update and its inner product with the gradient.
+    pub precondition: f64,
+}
+
 /// The online natural-gradient optimizer.
 ///
 /// ```
@@ -168,15 +186,31 @@ impl NaturalGradient {
     pub fn last_phase_secs(&self) -> PhaseSecs {
         self.phases
     }
-    /// Flops of the last successful step's `sampled_backward`, `factorise`
-    /// and `precondition` phases ([`PhaseSecs`]), as `[sampled_backward,
-    /// factorise, precondition]`; `None` before the first step or when a
-    /// step's form is not counted (rank updates of the Cholesky factors, the
-    /// Wishart output factor; see `LayerState::phase_flops`). The sampled backward
-    /// pass counts its GEMMs (`2 n_in n_out b` for every layer above the
-    /// first, per sample) and the backward factors' accumulation; drawing the
-    /// targets is not counted.
-    pub(crate) fn last_phase_flops(&self) -> Option<[f64; 3]> {
+    /// Flops of the last successful step's phases whose work depends on each
+    /// layer's form of the update (see [`PhaseFlops`]); `None` before the
+    /// first step, or when the step took a form not counted: rank updates of
+    /// the Cholesky factors, or the Wishart draw of a Gaussian output
+    /// layer's factor. Divide by [`NaturalGradient::last_phase_secs`] for
+    /// each phase's rate.
+    ///
+    /// ```
+    /// use natgrad::mlp::{Init, Likelihood, Mlp};
+    /// use natgrad::optim::{NaturalGradient, NaturalGradientConfig, Optimizer};
+    /// use natgrad::workspace::Workspace;
+    /// use natgrad::kernels::{Activation, MatRef, Par};
+    ///
+    /// let mut net = Mlp::new(&[8, 4, 8], &[Activation::Tanh, Activation::Identity],
+    ///                        Likelihood::Bernoulli, Init::GlorotUniform, 1).unwrap();
+    /// let mut ws = Workspace::new(&net, 16, Par::Seq).unwrap();
+    /// let mut opt = NaturalGradient::new(&net, 16, NaturalGradientConfig::default()).unwrap();
+    /// assert!(opt.last_phase_flops().is_none());
+    /// let data: Vec<f32> = (0..8 * 16).map(|i| (i % 3) as f32 / 2.0).collect();
+    /// let x = MatRef::from_column_major_slice(&data, 8, 16);
+    /// opt.step(&mut net, &mut ws, x, x).unwrap();
+    /// let flops = opt.last_phase_flops().unwrap();
+    /// assert!(flops.factorise > 0.0 && flops.precondition > 0.0);
+    /// ```
+    pub fn last_phase_flops(&self) -> Option<PhaseFlops> {
         let plan = self.last_plan?;
         let config = &self.pre.config;
         let wishart = config.wishart_output_factor
@@ -212,7 +246,11 @@ impl NaturalGradient {
             flops[1] += f.factorise;
             flops[2] += f.precondition;
         }
-        Some(flops)
+        Some(PhaseFlops {
+            sampled_backward: flops[0],
+            factorise: flops[1],
+            precondition: flops[2],
+        })
     }
     /// The largest minibatch this optimizer takes.
     pub fn max_batch(&self) -> usize {
@@ -949,7 +987,8 @@ mod tests {
         // Per layer 2 o^2 i + 2 i^2 o + 2 o i: (350 + 490 + 70) + (192 + 288 + 48).
         let precondition = 910.0 + 528.0;
         let got = ng.last_phase_flops().unwrap();
-        for (g, want) in got.iter().zip([sampled, factorise, precondition]) {
+        let got_all = [got.sampled_backward, got.factorise, got.precondition];
+        for (g, want) in got_all.iter().zip([sampled, factorise, precondition]) {
             assert!((g - want).abs() < 1e-9 * want, "{got:?}");
         }
     }

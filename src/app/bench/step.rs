@@ -7,7 +7,7 @@ use crate::mlp::Mlp;
 use super::par_for;
 use crate::app::json::{line, round};
 use crate::app::settings::{tuned, Hyper, OptimizerKind};
-use crate::optim::{NaturalGradient, NaturalGradientConfig, Optimizer};
+use crate::optim::{NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
 use natgrad_kernels::rng::Rng;
@@ -228,7 +228,7 @@ pub fn backward_flops(sizes: &[usize], b: usize) -> f64 {
 ///   `None` here: which form each layer's side takes (full, Gram, low-rank,
 ///   Wishart or exact output factor) and whether the step refreshes decide
 ///   the count, so the optimizer counts them itself
-///   (`NaturalGradient::last_phase_flops`), and [`phase_lines`] prints its
+///   ([`NaturalGradient::last_phase_flops`]), and [`phase_lines`] prints its
 ///   count when every timed step had the same one.
 pub fn phase_flops(phase: &str, sizes: &[usize], b: usize, hyper: &Hyper) -> Option<f64> {
     let n_l = *sizes.last()? as f64;
@@ -303,7 +303,7 @@ pub fn phase_lines(
     let peak_before = super::gemm::fma_peak_gflops(threads);
     // The natural gradient's own count of its phases, when every timed step
     // had the same (see `NaturalGradient::last_phase_flops`).
-    let mut ng_flops: Option<[f64; 3]> = None;
+    let mut ng_flops: Option<PhaseFlops> = None;
     let (names, mut cols): (Vec<&str>, Vec<Vec<f64>>) = pool.install(|| {
         let mut net = proto.clone();
         let mut ws = Workspace::new(&net, batch, par)?;
@@ -378,15 +378,15 @@ pub fn phase_lines(
     for (name, c) in names.iter().zip(cols.iter_mut()) {
         let secs = super::median(c);
         let flops = match (*name, ng_flops) {
-            ("sampled_backward", Some(f)) => Some(f[0]),
-            ("factorise", Some(f)) => Some(f[1]),
-            ("precondition", Some(f)) => Some(f[2]),
+            ("sampled_backward", Some(f)) => Some(f.sampled_backward),
+            ("factorise", Some(f)) => Some(f.factorise),
+            ("precondition", Some(f)) => Some(f.precondition),
             ("total", Some(f)) if matches!(hyper, Hyper::Ng(..)) => {
                 let own = ["loss_and_gradient", "apply_and_damping"]
                     .iter()
                     .map(|p| phase_flops(p, &sizes, batch, &hyper))
                     .sum::<Option<f64>>();
-                own.map(|o| o + f.iter().sum::<f64>())
+                own.map(|o| o + f.sampled_backward + f.factorise + f.precondition)
             }
             _ => phase_flops(name, &sizes, batch, &hyper),
         };
