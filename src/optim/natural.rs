@@ -83,7 +83,11 @@ pub struct PhaseSecs {
 pub struct PhaseFlops {
     /// The backward pass from sampled targets (its GEMMs, `2 n_in n_out b`
     /// for every layer above the first, per sample) and the backward
-    /// factors' accumulation; drawing the targets is not counted.
+    /// factors' accumulation; a Gaussian output layer's factor drawn as a
+    /// Wishart matrix counts its product `L L^T` of the Bartlett factor, and
+    /// a penultimate error drawn directly counts `W^T W`, its Cholesky factor
+    /// and `C z` in place of the output layer's GEMM. Drawing random numbers
+    /// is not counted.
     pub sampled_backward: f64,
     /// The forward factors' accumulation and the factorisations (Cholesky,
     /// explicit inverses, Gram matrices).
@@ -125,6 +129,10 @@ pub struct NaturalGradient {
     pub(crate) phases: PhaseSecs,
     /// The plan of the last successful step (for [`NaturalGradient::last_phase_flops`]).
     pub(crate) last_plan: Option<StepPlan>,
+    /// How the last step sampled its backward factors: the output layer's
+    /// `G` drawn as a Wishart matrix, and the penultimate layer's error drawn
+    /// directly (for [`NaturalGradient::last_phase_flops`]).
+    pub(crate) last_sampling: (bool, bool),
 }
 
 /// What one step computes, decided at its start by
@@ -167,6 +175,7 @@ impl NaturalGradient {
             sampler: FisherSampler::new(net, max_batch, &config),
             phases: PhaseSecs::default(),
             last_plan: None,
+            last_sampling: (false, false),
         })
     }
 
@@ -188,10 +197,9 @@ impl NaturalGradient {
     }
     /// Flops of the last successful step's phases whose work depends on each
     /// layer's form of the update (see [`PhaseFlops`]); `None` before the
-    /// first step, or when the step took a form not counted: rank updates of
-    /// the Cholesky factors, or the Wishart draw of a Gaussian output
-    /// layer's factor. Divide by [`NaturalGradient::last_phase_secs`] for
-    /// each phase's rate.
+    /// first step, or when the step followed the Cholesky factors by rank
+    /// updates (not counted). Divide by [`NaturalGradient::last_phase_secs`]
+    /// for each phase's rate.
     ///
     /// ```
     /// use natgrad::mlp::{Init, Likelihood, Mlp};
@@ -213,36 +221,54 @@ impl NaturalGradient {
     pub fn last_phase_flops(&self) -> Option<PhaseFlops> {
         let plan = self.last_plan?;
         let config = &self.pre.config;
-        let wishart = config.wishart_output_factor
-            && self
-                .pre
-                .layers
-                .last()
-                .is_some_and(|st| !st.wishart.is_empty());
-        if wishart {
-            return None;
-        }
         let Schedule {
             statistics,
             refresh,
             rank_update,
             ..
         } = plan.schedule;
+        let (wishart, direct) = if statistics {
+            self.last_sampling
+        } else {
+            (false, false)
+        };
         let b = plan.batch;
+        let samples = config.samples as f64;
+        let layers: Vec<(f64, f64)> = self
+            .sizes
+            .windows(2)
+            .map(|w| (w[0] as f64, w[1] as f64))
+            .collect();
+        let last = layers.len() - 1;
         let mut flops = [0.0f64; 3];
         if statistics {
-            let pass: f64 = self
-                .sizes
-                .windows(2)
-                .skip(1)
-                .map(|w| 2.0 * (w[0] * w[1] * b) as f64)
+            // The input gradients from the top layer drawn down to layer 1;
+            // a direct draw starts at the penultimate layer, by `C z`.
+            let top = if direct { last.saturating_sub(1) } else { last };
+            let mut pass: f64 = layers[1..=top]
+                .iter()
+                .map(|&(n_in, n_out)| 2.0 * n_in * n_out * b as f64)
                 .sum();
-            flops[0] = config.samples as f64 * pass;
+            if direct {
+                let (n, m) = layers[last];
+                pass += n * (n + 1.0) * b as f64;
+                // W^T W and its Cholesky factor, once per step.
+                flops[0] += n * (n + 1.0) * m + n * n * n / 3.0;
+            }
+            flops[0] += samples * pass;
         }
-        for st in &self.pre.layers {
-            let f = st.phase_flops(b, statistics, refresh, rank_update);
-            let f = f?;
-            flops[0] += config.samples as f64 * f.backward_factor;
+        for (l, st) in self.pre.layers.iter().enumerate() {
+            let f = st.phase_flops(b, statistics, refresh, rank_update)?;
+            let backward_factor = if wishart && l == last {
+                // L L^T for the n x min(n, b) lower-trapezoidal Bartlett factor.
+                let (n, c) = (st.n_out, st.n_out.min(b));
+                (0..n)
+                    .map(|j| 2.0 * ((n - j) * (j + 1).min(c)) as f64)
+                    .sum()
+            } else {
+                f.backward_factor
+            };
+            flops[0] += samples * backward_factor;
             flops[1] += f.factorise;
             flops[2] += f.precondition;
         }
@@ -517,6 +543,7 @@ impl NaturalGradient {
             && self
                 .sampler
                 .prepare_penultimate_draw(net, plan.batch, plan.par)?;
+        self.last_sampling = (wishart, direct);
         for s in 0..samples {
             self.sampler.draw_and_backpropagate(net, ws, direct, 0)?;
             let beta = if s == 0 { rho } else { 1.0 };
@@ -991,5 +1018,25 @@ mod tests {
         for (g, want) in got_all.iter().zip([sampled, factorise, precondition]) {
             assert!((g - want).abs() < 1e-9 * want, "{got:?}");
         }
+        // The same step with the output layer's G drawn as a Wishart matrix:
+        // L L^T of the 4 x 3 Bartlett factor instead of E E^T, 2 sum_j (4 -
+        // j) min(j + 1, 3) = 38 flops in place of 60.
+        let mut ng = NaturalGradient::new(
+            &net,
+            3,
+            NaturalGradientConfig {
+                wishart_output_factor: true,
+                ..config
+            },
+        )
+        .unwrap();
+        ng.step(&mut net, &mut ws, xm, ym).unwrap();
+        assert_eq!(ng.last_sampling, (true, false));
+        let got = ng.last_phase_flops().unwrap();
+        assert!(
+            (got.sampled_backward - (sampled - 60.0 + 38.0)).abs() < 1e-9,
+            "{got:?}"
+        );
+        assert!((got.factorise - factorise).abs() < 1e-9 * factorise);
     }
 }
