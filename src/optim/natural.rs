@@ -1039,4 +1039,39 @@ mod tests {
         );
         assert!((got.factorise - factorise).abs() < 1e-9 * factorise);
     }
+
+    /// A narrow layer under a wide Gaussian output (widths 6-3-12,
+    /// minibatch 8): the penultimate error is drawn directly, so the sampled
+    /// backward pass is `W^T W` (3*4*12), its Cholesky factor (27/3) and `C
+    /// z` (3*4*8) instead of the output layer's GEMM, plus the Wishart
+    /// product of the 12 x 8 Bartlett factor (2 sum_j (12 - j) min(j + 1, 8)
+    /// = 688) and layer 1's `G` (3*4*8).
+    #[test]
+    fn phase_flops_count_the_direct_penultimate_draw() {
+        let mut net = Mlp::new(
+            &[6, 3, 12],
+            &[Activation::Tanh, Activation::Identity],
+            Likelihood::Gaussian,
+            Init::GlorotUniform,
+            2,
+        )
+        .unwrap();
+        let mut ws = Workspace::new(&net, 8, Par::Seq).unwrap();
+        let config = NaturalGradientConfig {
+            factor_decay: 0.5,
+            preconditioning: Preconditioning::Full,
+            inverse: InverseApplication::Solves,
+            ..NaturalGradientConfig::default()
+        };
+        let mut ng = NaturalGradient::new(&net, 8, config).unwrap();
+        let x: Vec<f32> = (0..48).map(|i| (i as f32 * 0.41).sin()).collect();
+        let y: Vec<f32> = (0..96).map(|i| (i as f32 * 0.29).cos()).collect();
+        let xm = MatRef::from_column_major_slice(&x, 6, 8);
+        let ym = MatRef::from_column_major_slice(&y, 12, 8);
+        ng.step(&mut net, &mut ws, xm, ym).unwrap();
+        assert_eq!(ng.last_sampling, (true, true));
+        let want = 144.0 + 9.0 + 96.0 + 688.0 + 96.0;
+        let got = ng.last_phase_flops().unwrap();
+        assert!((got.sampled_backward - want).abs() < 1e-9, "{got:?}");
+    }
 }
