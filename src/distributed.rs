@@ -856,22 +856,12 @@ impl<C: Communicator> DistributedNaturalGradient<C> {
         grad_dot_delta: f64,
         plan: &StepPlan,
     ) {
-        let b = plan.batch;
-        let c = (self.ng.pre.config.damping_check_fraction as f64 * b as f64).ceil() as usize;
-        let checked = (|| -> Result<(f64, f64, usize), Error> {
-            let (loss_before, x, y) = if c >= b {
-                (local_loss, x, y)
-            } else {
-                let (xs, ys) = (x.subcols(0, c), y.subcols(0, c));
-                ws.set_batch(c)?;
-                (net.loss(ws, ys, false)?, xs, ys)
-            };
-            let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false))?;
-            Ok((loss_before, after, x.ncols()))
-        })();
+        let checked = self
+            .ng
+            .checked_losses(net, ws, x, y, local_loss, plan.batch);
         let send = match checked {
-            Ok((before, after, c)) => [before * c as f64, after * c as f64, c as f64, 0.0],
-            Err(_) => [0.0, 0.0, 0.0, 1.0],
+            Ok((before, Ok(after), c)) => [before * c as f64, after * c as f64, c as f64, 0.0],
+            _ => [0.0, 0.0, 0.0, 1.0],
         };
         let mut all = [0.0f64; 4];
         let t = Instant::now();

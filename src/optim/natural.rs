@@ -767,24 +767,40 @@ impl NaturalGradient {
         grad_dot_delta: f64,
         plan: &StepPlan,
     ) -> Result<(), Error> {
-        let b = plan.batch;
+        let (loss_before, after, _) = self.checked_losses(net, ws, x, y, loss, plan.batch)?;
+        // A loss that is not finite is an error of `loss`: NaN stands for it.
+        let after = after.unwrap_or(f64::NAN);
+        self.adapt_damping(net, loss_before, after, grad_dot_delta, plan.eta);
+        Ok(())
+    }
+
+    /// The losses the Levenberg-Marquardt check compares, on the first `c =
+    /// ceil(damping_check_fraction b)` columns of the minibatch `(x, y)`
+    /// of `b` columns (all of them when `c >= b`): before the step (`loss`
+    /// when every column is checked; else from this step's forward pass,
+    /// whose output is still in the workspace) and after it (one forward
+    /// pass, with its own error, e.g. a loss that is not finite), and the
+    /// columns checked. Shared by the distributed step, which sums them over
+    /// the ranks.
+    pub(crate) fn checked_losses(
+        &self,
+        net: &Mlp,
+        ws: &mut Workspace,
+        x: MatRef<'_, f32>,
+        y: MatRef<'_, f32>,
+        loss: f64,
+        b: usize,
+    ) -> Result<(f64, Result<f64, Error>, usize), Error> {
         let c = (self.pre.config.damping_check_fraction as f64 * b as f64).ceil() as usize;
         let (loss_before, x, y) = if c >= b {
             (loss, x, y)
         } else {
-            // The output of this step's forward pass is still in the
-            // workspace: the loss before the step on the first c columns.
             let (xs, ys) = (x.subcols(0, c), y.subcols(0, c));
             ws.set_batch(c)?;
             (net.loss(ws, ys, false)?, xs, ys)
         };
-        // A loss that is not finite is an error of `loss`: NaN stands for it.
-        let after = net
-            .forward(ws, x)
-            .and_then(|_| net.loss(ws, y, false))
-            .unwrap_or(f64::NAN);
-        self.adapt_damping(net, loss_before, after, grad_dot_delta, plan.eta);
-        Ok(())
+        let after = net.forward(ws, x).and_then(|_| net.loss(ws, y, false));
+        Ok((loss_before, after, x.ncols()))
     }
 
     /// The Levenberg-Marquardt rule on the checked loss before and after
