@@ -170,13 +170,19 @@ impl Workspace {
     }
 
     /// The activations `a_i` of layer `i` from the last forward pass (`i = 0` is
-    /// the input), `n_i x b`.
+    /// the input, `i = L` the output of an `L`-layer network), `n_i x b`.
     ///
-    /// # Panics
-    /// If `i` exceeds the number of layers.
-    pub fn activations(&self, i: usize) -> MatRef<'_, f32> {
-        let n = self.sizes[i];
-        view(&self.acts[i], n, self.batch, n + 1)
+    /// # Errors
+    /// [`Error::Shape`] if `i` exceeds the number of layers.
+    pub fn activations(&self, i: usize) -> Result<MatRef<'_, f32>, Error> {
+        let (Some(&n), Some(buf)) = (self.sizes.get(i), self.acts.get(i)) else {
+            let layers = self.sizes.len().saturating_sub(1);
+            return Err(Error::Shape(format!(
+                "no activations {i}: the network has {layers} layers, so activations 0 \
+                 (the input) to {layers} (the output)"
+            )));
+        };
+        Ok(view(buf, n, self.batch, n + 1))
     }
 
     /// The activation buffers `abar_i`, `(n_i + 1) x max_batch` each (see

@@ -358,6 +358,27 @@ fn weights_made_infinite_by_the_caller() {
 }
 
 #[test]
+fn activations_of_a_layer_the_network_does_not_have() {
+    let net = net();
+    let mut ws = Workspace::new(&net, B, Par::Seq).unwrap();
+    let x = data(SIZES[0], B, 2);
+    let xm = MatRef::from_column_major_slice(&x, SIZES[0], B);
+    net.forward(&mut ws, xm).unwrap();
+    // Activations 0 (the input) to 3 (the output) of the 3-layer network.
+    for (i, &n) in SIZES.iter().enumerate() {
+        let a = ws.activations(i).unwrap();
+        assert_eq!((a.nrows(), a.ncols()), (n, B));
+    }
+    assert_eq!(ws.activations(0).unwrap()[(1, 2)], x[2 * SIZES[0] + 1]);
+    for i in [SIZES.len(), usize::MAX] {
+        match ws.activations(i) {
+            Err(Error::Shape(m)) => assert!(m.contains("the network has 3 layers"), "{m}"),
+            other => panic!("activations({i}) gave {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn workspace_or_optimizer_built_for_another_network() {
     let mut net = net();
     let other = Mlp::new(

@@ -82,7 +82,7 @@ fn loss_is_independent_of_threads_and_target_layout() {
                 net.loss(&mut ws, if strided { ym_strided } else { ym }, false)
                     .unwrap()
             });
-            results.push((loss, ws.activations(2).to_owned()));
+            results.push((loss, ws.activations(2).unwrap().to_owned()));
         }
         assert_eq!(
             results[0].0.to_bits(),
@@ -196,7 +196,7 @@ fn gradient_matches_finite_differences_for_every_activation_and_likelihood() {
                 n2.forward(&mut ws2, xm).unwrap();
                 let zeros: Vec<bool> = (1..sizes.len() - 1)
                     .flat_map(|i| {
-                        let a = ws2.activations(i);
+                        let a = ws2.activations(i).unwrap();
                         (0..b)
                             .flat_map(move |j| (0..a.nrows()).map(move |r| a[(r, j)] == 0.0))
                             .collect::<Vec<_>>()
