@@ -229,7 +229,8 @@ fn ng_around_race() -> Vec<Hyper> {
     }
     // Around paper's setting once the penalty reached every layer
     // (the low-rank form had dropped it): the exact output factor,
-    // statistics every 2 steps, refresh every 10, minibatch 500.
+    // statistics every 2 steps, refresh every 10, minibatch 500, and
+    // statistics every 2 with refresh every 10.
     let penalised = NaturalGradientConfig {
         weight_decay: 1e-2,
         ..paper
@@ -257,6 +258,15 @@ fn ng_around_race() -> Vec<Hyper> {
             },
         ),
         (500, penalised),
+        // Both of the cheaper schedules at once (each alone tied).
+        (
+            256,
+            NaturalGradientConfig {
+                statistics_interval: 2,
+                refresh_interval: 10,
+                ..penalised
+            },
+        ),
     ] {
         v.push(Hyper::Ng(b, cfg));
     }
