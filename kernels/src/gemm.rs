@@ -7,8 +7,10 @@
 //! microkernel multiplies an `MR x KC` panel of `A` by a `KC x NR` panel of
 //! `B` (which stays in L1) with the `MR x NR` result in registers: 48 x 8
 //! with AVX-512, 16 x 6 with AVX2+FMA, 4 x 4 scalar. `B` with unit row
-//! stride (the usual column-major minibatch) is read in place; other layouts
-//! are packed into a shared `KC x NC` buffer first. A column-major `A` is
+//! stride (the usual column-major minibatch) is read in place, and so is a
+//! row-major one (the weight gradient's `E X^T`) when `C` has at most 1000
+//! rows and a depth block of `B` spans at most 800 Ki floats; other layouts are
+//! packed into a shared `KC x NC` buffer first. A column-major `A` is
 //! packed by the microkernels of each block's first column panel, which load
 //! it for the product anyway; a row-major one (a transposed view such as
 //! `W^T`) by 16 x 16 register transposes with AVX-512, other layouts by a
@@ -80,6 +82,12 @@ pub const NC: usize = 3072;
 const NR_MAX: usize = 24;
 /// Alignment of packed buffers, in bytes (one cache line, one zmm register).
 const ALIGN: usize = 64;
+/// A row-major `B` is read in place (not packed) only when `C` has at most
+/// this many rows (see `Driver::new`).
+const ROW_B_DIRECT_MAX_M: usize = 1000;
+/// ... and when a depth block's rows of `B` span at most this many floats
+/// (`kc` times `B`'s row stride: about 800 pages of 4 KiB).
+const ROW_B_DIRECT_MAX_SPAN: usize = 800 * 1024;
 /// Below this many multiply-adds a call runs on one thread.
 const MIN_PARALLEL_MACS: usize = 1 << 18;
 
@@ -726,7 +734,9 @@ struct Driver {
     alpha: f32,
     beta: f32,
     epilogue: RawEpilogue,
-    /// `B` is read in place (unit row stride), not packed.
+    /// `B` is read in place (unit row stride, or unit column stride within
+    /// the bounds of [`ROW_B_DIRECT_MAX_M`] and [`ROW_B_DIRECT_MAX_SPAN`]), not
+    /// packed.
     b_direct: bool,
     /// The column blocks are shared dynamically ([`UnitGrid`], [`Claims`]).
     dynamic: bool,
@@ -772,7 +782,30 @@ impl Driver {
         // multiplies (`BlockJob::a_src`): 1-2% faster on one thread than a
         // packing pass, which ran at the speed of the L3 and cost 5-8% of
         // the time at the `deep` shapes.
-        let b_direct = b.row_stride() == 1;
+        //
+        // A row-major B (unit column stride: the weight gradient's `E X^T`)
+        // is read in place too when `C` has at most [`ROW_B_DIRECT_MAX_M`]
+        // rows and a depth block's rows of B span at most
+        // [`ROW_B_DIRECT_MAX_SPAN`] floats: step `p` of a panel is then `NR`
+        // consecutive floats, one or two cache lines and a new page every
+        // step or few. The packing pass moves `k n` floats for `m k n`
+        // multiply-adds, so it weighs most when `m` is small; with more rows
+        // each panel is read by more tiles and packing wins. Measured on 2
+        // threads against packing, alternated in one process: 1.10x at
+        // 250x1000x501, 1.12x at 200x1000x401, 1.03-1.06x at the other
+        // `deep` and `paper` weight-gradient shapes; 0.89x at 1024^3 and
+        // 0.95x at 2000x1000x1024 (more rows); in the `layer` lines
+        // (`natgrad bench kernels --only layer`), in place lost at k = 1000
+        // with rows 1001 floats apart (0.72-0.75 of the peak against
+        // 0.76-0.81 packed; a span of 1001 x 1000 floats) and gained from a
+        // span of 785 x 1000 down, hence the bound. The `deep`
+        // and `paper` SGD steps: 0.97-1.01x at minibatch 100-1000.
+        let b_direct = b.row_stride() == 1
+            || (b.col_stride() == 1
+                && m <= ROW_B_DIRECT_MAX_M
+                && b.row_stride() > 0
+                && b.row_stride().unsigned_abs().saturating_mul(kc_for(k))
+                    <= ROW_B_DIRECT_MAX_SPAN);
         Driver {
             isa,
             m,
@@ -1149,7 +1182,7 @@ impl Driver {
                 // SAFETY: (p0, j) is inside B.
                 first: unsafe { self.b.at(p0, j) },
                 panel: nr as isize * self.b.cs,
-                step: 1,
+                step: self.b.rs,
                 col: self.b.cs,
             }
         } else {

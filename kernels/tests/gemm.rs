@@ -379,18 +379,22 @@ fn gemm_matches_reference_across_cache_blocks() {
             // Several row blocks of A per thread over two inner-dimension
             // blocks (17 row tiles with AVX-512, 51 with AVX2); A
             // column-major (packed by the microkernels) and row-major
-            // (packed by 16 x 16 transposes with AVX-512), B read in place
-            // and packed (transposed).
+            // (packed by 16 x 16 transposes with AVX-512); B column-major
+            // (read in place) and row-major: read in place with at most
+            // 1000 rows of C and a depth block of B spanning at most
+            // 800 Ki floats, packed otherwise (3 MC + 5 rows; rows 2300
+            // floats apart over a depth block of 516).
             // With m = 2 MC + 10 the last row tile is one vector with
             // AVX-512.
+            let row_b = Layout::Transposed { pad: 1 };
+            let far_row_b = Layout::Transposed { pad: 2300 - 269 };
             for (a_layout, b_layout, m) in [
                 (Layout::ColMajor { pad: 1 }, col, 2 * MC + 45),
                 (Layout::Transposed { pad: 2 }, col, 2 * MC + 45),
-                (
-                    Layout::ColMajor { pad: 0 },
-                    Layout::Transposed { pad: 1 },
-                    2 * MC + 45,
-                ),
+                (Layout::ColMajor { pad: 0 }, row_b, 2 * MC + 45),
+                (Layout::ColMajor { pad: 0 }, row_b, 3 * MC + 5),
+                (Layout::ColMajor { pad: 0 }, far_row_b, 2 * MC + 45),
+                (Layout::Transposed { pad: 0 }, row_b, MC + 7),
                 (Layout::ColMajor { pad: 0 }, col, 2 * MC + 10),
             ] {
                 check_plain(
@@ -476,6 +480,19 @@ fn gemm_matches_reference_with_dynamic_sharing() {
             for &(m, n, k) in &shapes {
                 check_plain(isa, &mut rng, m, n, k, (col, col, col), 1.0, 0.5, par);
             }
+            // B row-major, read in place (the weight gradient's layout).
+            let row_b = Layout::Transposed { pad: 3 };
+            check_plain(
+                isa,
+                &mut rng,
+                250,
+                501,
+                300,
+                (col, row_b, col),
+                0.5,
+                0.0,
+                par,
+            );
         }
     }
     // Four calls at once on a pool of two threads, each asking for both.
