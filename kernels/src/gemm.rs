@@ -440,8 +440,7 @@ impl Driver {
             || (b.col_stride() == 1
                 && m <= ROW_B_DIRECT_MAX_M
                 && b.row_stride() > 0
-                && b.row_stride().unsigned_abs().saturating_mul(kc_for(k))
-                    <= ROW_B_DIRECT_MAX_SPAN);
+                && b.row_stride().unsigned_abs().saturating_mul(kc_buf) <= ROW_B_DIRECT_MAX_SPAN);
         Driver {
             isa,
             m,
