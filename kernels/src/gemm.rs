@@ -12,9 +12,11 @@
 //! rows and a depth block of `B` spans at most 800 Ki floats; other layouts are
 //! packed into a shared `KC x NC` buffer first. A column-major `A` is
 //! packed by the microkernels of each block's first column panel, which load
-//! it for the product anyway; a row-major one (a transposed view such as
-//! `W^T`) by 16 x 16 register transposes with AVX-512, other layouts by a
-//! scalar packing pass. On the last `KC` block the epilogue (bias +
+//! it for the product anyway; so is a row-major one (a transposed view such
+//! as `W^T`) with AVX-512, transposed in registers four steps at a time on
+//! the way (its partial last row panel, and a row-major `A` at other
+//! instruction sets, by a packing pass of 16 x 16 register transposes or
+//! scalar moves); other layouts by a scalar packing pass. On the last `KC` block the epilogue (bias +
 //! activation, or activation derivative) is applied to the registers before
 //! the one store of the tile, so a fused forward pass costs no extra pass
 //! over memory.
@@ -417,7 +419,12 @@ impl Driver {
         // column-major A is packed by the block's first column panel as it
         // multiplies (`BlockJob::a_src`): 1-2% faster on one thread than a
         // packing pass, which ran at the speed of the L3 and cost 5-8% of
-        // the time at the `deep` shapes.
+        // the time at the `deep` shapes. With AVX-512 so is a row-major A
+        // (the input gradient's `W^T`), transposed in registers on the way
+        // (`BlockJob::a_src_rows`): against the packing pass of 16 x 16
+        // transposes, `W^T E` with the derivative epilogue at the `deep`
+        // shapes on 2 threads, alternated in one process, 1.09-1.30x at
+        // minibatch 100, 1.04-1.15x at 256, 1.02-1.04x at 1000.
         //
         // A row-major B (unit column stride: the weight gradient's `E X^T`)
         // is read in place too when `C` has at most [`ROW_B_DIRECT_MAX_M`]
@@ -712,6 +719,8 @@ impl Driver {
             a_edge: a.edge,
             a_src: a.src,
             a_src_cs: self.a.cs,
+            a_src_rows: a.rows,
+            a_src_rs: self.a.rs,
             a_store: store || col_end - col_begin > nr,
             b: b.first,
             b_panel: b.panel,
@@ -758,24 +767,40 @@ impl Driver {
                 step: 0,
                 edge: base,
                 src: std::ptr::null(),
+                rows: false,
             };
         }
         let mut src = std::ptr::null();
+        let mut rows = false;
+        // The rows packed beforehand: all, or none, or (row-major A) the
+        // partial last row panel only.
+        let mut pack_from = 0;
         if !reuse && self.a.rs == 1 {
             // Column-major A: the first column panel packs it while
             // multiplying (see `BlockJob::a_src`), no pass of its own.
             // SAFETY: (i0, p0) is inside A (i0 < m, p0 < k).
             src = unsafe { self.a.at(i0, p0) };
-        } else if !reuse {
-            // SAFETY: A[i0 .. i0+mc, p0 .. p0+kcb] lies inside A, and `a_buf`
-            // holds a_len >= ceil(mc / mr) mr kcb floats (mc is a multiple of
-            // mr, at most mc_for(kc) and the thread's rows; kcb <= kc_for(k);
-            // see `a_len_for`).
+            pack_from = mc;
+        } else if !reuse && self.a.cs == 1 && self.isa == Isa::Avx512 {
+            // Row-major A with AVX-512: the first column panel transposes
+            // its full row panels while multiplying
+            // (`BlockJob::a_src_rows`).
+            // SAFETY: (i0, p0) is inside A.
+            src = unsafe { self.a.at(i0, p0) };
+            rows = true;
+            pack_from = mc / mr * mr;
+        }
+        if !reuse && pack_from < mc {
+            // SAFETY: A[i0 + pack_from .. i0+mc, p0 .. p0+kcb] lies inside
+            // A, and `a_buf` holds a_len >= ceil(mc / mr) mr kcb floats (mc is
+            // a multiple of mr, at most mc_for(kc) and the thread's rows; kcb
+            // <= kc_for(k); see `a_len_for`), the panels from row `pack_from`
+            // (a multiple of mr) at pack_from kcb.
             let op = unsafe {
                 pack::PackA::new(
-                    a_buf.as_mut_ptr() as *mut f32,
+                    (a_buf.as_mut_ptr() as *mut f32).add(pack_from * kcb),
                     self.a,
-                    (i0, mc),
+                    (i0 + pack_from, mc - pack_from),
                     (p0, kcb),
                     mr,
                 )
@@ -791,6 +816,7 @@ impl Driver {
             // inside `a_buf` (see above).
             edge: unsafe { base.add(mc / mr * mr * kcb) },
             src,
+            rows,
         }
     }
 
@@ -854,6 +880,7 @@ struct PanelsA {
     step: isize,
     edge: *const f32,
     src: *const f32,
+    rows: bool,
 }
 
 /// The `B` of a row block's column panels as a [`BlockJob`] reads it (see

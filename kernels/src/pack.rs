@@ -23,7 +23,9 @@ use crate::raw::RawMat;
 /// target-feature context it compiled to a `memcpy` call per column: 2.4% of
 /// the cycles of a `paper` natural-gradient step), and a row-major `A` (a
 /// transposed view such as `W^T`) in 16-column strips, so that the strip of
-/// the destination being scattered into stays in L1.
+/// the destination being scattered into stays in L1. (With AVX-512 the
+/// GEMM driver packs only a row-major `A`'s partial last row panel here: its
+/// full panels are transposed by the microkernels.)
 pub(crate) struct PackA {
     dst: *mut f32,
     a: RawMat,

@@ -411,20 +411,24 @@ fn gemm_matches_reference_across_cache_blocks() {
             }
             // Narrow products: one column (the 1-wide tile), three (the
             // 4-wide tile), both as the only column panel (A read in place,
-            // not packed) and after whole panels; A column-major, blocks
-            // across KC and MC.
+            // not packed) and after whole panels; A column-major and
+            // row-major (transposed by the first column panel with
+            // AVX-512), blocks across KC and MC (depth blocks of 516 and
+            // 515 steps: a last group of three steps).
             for n in [1, 3, 8 + 1, 2 * 8 + 3] {
-                check_plain(
-                    isa,
-                    &mut rng,
-                    2 * MC + 45,
-                    n,
-                    KC + 7,
-                    (Layout::ColMajor { pad: 3 }, col, col),
-                    1.5,
-                    0.5,
-                    par,
-                );
+                for a_layout in [Layout::ColMajor { pad: 3 }, Layout::Transposed { pad: 5 }] {
+                    check_plain(
+                        isa,
+                        &mut rng,
+                        2 * MC + 45,
+                        n,
+                        KC + 7,
+                        (a_layout, col, col),
+                        1.5,
+                        0.5,
+                        par,
+                    );
+                }
             }
             // One inner block deeper than 512, whose A blocks have fewer
             // rows than MC (192 at depth 1021), several per task.
@@ -480,6 +484,20 @@ fn gemm_matches_reference_with_dynamic_sharing() {
             for &(m, n, k) in &shapes {
                 check_plain(isa, &mut rng, m, n, k, (col, col, col), 1.0, 0.5, par);
             }
+            // A row-major (the input gradient's `W^T`): a row block's A
+            // transposed by the first column panel a thread takes in it
+            // and read again by its later units.
+            check_plain(
+                isa,
+                &mut rng,
+                2 * MC + 45,
+                270,
+                KC - 3,
+                (Layout::Transposed { pad: 2 }, col, col),
+                1.0,
+                0.0,
+                par,
+            );
             // B row-major, read in place (the weight gradient's layout).
             let row_b = Layout::Transposed { pad: 3 };
             check_plain(

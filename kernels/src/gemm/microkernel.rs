@@ -62,6 +62,12 @@ pub(crate) struct BlockJob {
     /// column panels read.
     pub a_src: *const f32,
     pub a_src_cs: isize,
+    /// `A` at `a_src` is row-major instead (unit column stride, row stride
+    /// `a_src_rs`; only with AVX-512, see [`microkernel_packing_rows`]): the
+    /// first column panel transposes its full row panels on the way, and
+    /// the partial one (`a_edge`) is packed beforehand.
+    pub a_src_rows: bool,
+    pub a_src_rs: isize,
     /// Whether the first column panel, when it reads `a_src`, stores the
     /// packed copy (false when no later panel reads it).
     pub a_store: bool,
@@ -225,6 +231,184 @@ unsafe fn microkernel_packing<
 /// How many `kc` steps ahead [`microkernel_packing`] prefetches `A` (8, 16
 /// and 32 measured the same on two threads).
 const PF_STEPS: isize = 8;
+
+/// [`microkernel_packing`] for a row-major `A` (unit column stride, row
+/// stride `src_rs`; a transposed view such as the backward pass's `W^T`)
+/// and a full tile: step `p` of the panel is a column of `A`, `MR` floats a
+/// row stride apart, so the panel is transposed on the way, four steps at
+/// a time ([`packing_rows_avx512`]). Only AVX-512 tiles (`MV = 3` vectors
+/// of 16) are transposed in registers; the driver packs a row-major `A`
+/// beforehand at other instruction sets, and this function's strided
+/// fallback for them is not reached by it.
+///
+/// # Safety
+/// Rows `0 .. MV lanes` of the source, columns `0 .. kc`, must be
+/// readable (row `r`, step `p` at `src + r src_rs + p`), and (when `STORE`)
+/// the packed panel at `dst + p dst_step` writable for every `p < kc`; the
+/// `B` reads as for [`microkernel`]; `1 <= cols <= NR`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn microkernel_packing_rows<S: Simd, const MV: usize, const NR: usize, const STORE: bool>(
+    s: S,
+    kc: usize,
+    (src, src_rs): (*const f32, isize),
+    (dst, dst_step): (*mut f32, isize),
+    b: *const f32,
+    b_step: isize,
+    b_col: isize,
+    cols: usize,
+) -> [[S::f32s; MV]; NR] {
+    let lanes = S::F32_LANES;
+    #[cfg(target_arch = "x86_64")]
+    if lanes == 16 && MV == 3 && dst_step == 48 {
+        use core::mem::size_of;
+        type Acc<const NR: usize> = [[core::arch::x86_64::__m512; 3]; NR];
+        debug_assert_eq!(size_of::<Acc<NR>>(), size_of::<[[S::f32s; MV]; NR]>());
+        // SAFETY: `S` with 16 lanes is pulp's AVX-512 level, so the CPU has
+        // AVX-512F and FMA; the reads and writes are the caller's contract
+        // with MR = 48; `S::f32s` with 16 lanes is a 64-byte vector of f32
+        // like `__m512`, so the accumulators have the same layout.
+        unsafe {
+            let acc =
+                packing_rows_avx512::<NR, STORE>(kc, (src, src_rs), dst, b, b_step, b_col, cols);
+            return core::mem::transmute_copy::<Acc<NR>, [[S::f32s; MV]; NR]>(&acc);
+        }
+    }
+    // Other tiles: the strided loads of `load` (not reached by the driver).
+    let mut acc = [[s.splat_f32s(0.0); MV]; NR];
+    let col_off: [isize; NR] = core::array::from_fn(|j| j.min(cols - 1) as isize * b_col);
+    for p in 0..kc {
+        // SAFETY: step p < kc of the source, the packed panel and B is
+        // accessible (caller contract).
+        unsafe {
+            let av: [S::f32s; MV] = core::array::from_fn(|v| {
+                load(
+                    s,
+                    src.offset((v * lanes) as isize * src_rs).add(p),
+                    src_rs,
+                    lanes,
+                )
+            });
+            if STORE {
+                for (v, &x) in av.iter().enumerate() {
+                    (dst.offset(p as isize * dst_step).add(v * lanes) as *mut S::f32s)
+                        .write_unaligned(x);
+                }
+            }
+            rank_one_step(s, &mut acc, &av, b.offset(p as isize * b_step), &col_off);
+        }
+    }
+    acc
+}
+
+/// [`microkernel_packing_rows`] for a 48-row tile with AVX-512. Every four
+/// steps, each 16-row group of the panel is read as 16 runs of four
+/// consecutive floats (one per row), gathered four rows to a register (one
+/// 128-bit lane each: register `k` holds rows `k`, `4 + k`, `8 + k`, `12 +
+/// k`), and transposed within the lanes (eight unpacks), which leaves step
+/// `p + t` of rows `0 .. 16` in register `t`; the four steps are stored to
+/// the packed panel (or a buffer on the stack when nothing reads the panel
+/// again) and multiplied from there as [`microkernel`] multiplies a packed
+/// panel. The transposition takes eight registers besides the 24
+/// accumulators. The packing pass this replaces (16 x 16 transposes of the
+/// whole block before the product) was not overlapped with any
+/// multiplication: it cost `W^T E` at the `deep` shapes 4-15% of its time
+/// at minibatch 256 (see `Driver::new`).
+///
+/// # Safety
+/// As [`microkernel_packing_rows`] with 48 rows and `dst_step = 48`; the CPU
+/// must support AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packing_rows_avx512<const NR: usize, const STORE: bool>(
+    kc: usize,
+    (src, rs): (*const f32, isize),
+    dst: *mut f32,
+    b: *const f32,
+    b_step: isize,
+    b_col: isize,
+    cols: usize,
+) -> [[core::arch::x86_64::__m512; 3]; NR] {
+    use core::arch::x86_64::*;
+    const MR: usize = 48;
+    #[repr(align(64))]
+    struct Steps([f32; 4 * MR]);
+    let mut local = Steps([0.0; 4 * MR]);
+    let mut acc = [[_mm512_setzero_ps(); 3]; NR];
+    let col_off: [isize; NR] = core::array::from_fn(|j| j.min(cols - 1) as isize * b_col);
+    let mut p = 0;
+    while p < kc {
+        let w = 4.min(kc - p);
+        let buf = if STORE {
+            // SAFETY: steps p .. p + w of the packed panel (caller contract).
+            unsafe { dst.add(p * MR) }
+        } else {
+            local.0.as_mut_ptr()
+        };
+        if w == 4 {
+            for g in 0..3 {
+                // SAFETY: rows 16 g .. 16 g + 16, steps p .. p + 4 < kc of
+                // the source are readable, and steps p .. p + 4 of `buf`
+                // writable (caller contract, or `local`'s four steps).
+                unsafe {
+                    let base = src.offset((16 * g) as isize * rs).add(p);
+                    let row = |r: usize| _mm_loadu_ps(base.offset(r as isize * rs));
+                    let z: [__m512; 4] = core::array::from_fn(|k| {
+                        let z = _mm512_castps128_ps512(row(k));
+                        let z = _mm512_insertf32x4::<1>(z, row(4 + k));
+                        let z = _mm512_insertf32x4::<2>(z, row(8 + k));
+                        _mm512_insertf32x4::<3>(z, row(12 + k))
+                    });
+                    // Lane l of z[k]: row 4 l + k, steps p .. p + 4.
+                    let t0 = _mm512_unpacklo_ps(z[0], z[1]);
+                    let t1 = _mm512_unpackhi_ps(z[0], z[1]);
+                    let t2 = _mm512_unpacklo_ps(z[2], z[3]);
+                    let t3 = _mm512_unpackhi_ps(z[2], z[3]);
+                    let lo = |x: __m512, y: __m512| {
+                        let (x, y) = (_mm512_castps_pd(x), _mm512_castps_pd(y));
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(x, y))
+                    };
+                    let hi = |x: __m512, y: __m512| {
+                        let (x, y) = (_mm512_castps_pd(x), _mm512_castps_pd(y));
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(x, y))
+                    };
+                    // Lane l of steps[t]: rows 4 l .. 4 l + 4 at step p + t.
+                    let steps = [lo(t0, t2), hi(t0, t2), lo(t1, t3), hi(t1, t3)];
+                    for (t, &v) in steps.iter().enumerate() {
+                        _mm512_storeu_ps(buf.add(t * MR + 16 * g), v);
+                    }
+                }
+            }
+        } else {
+            // The last one to three steps of the panel, element by element.
+            for t in 0..w {
+                for r in 0..MR {
+                    // SAFETY: row r < 48, step p + t < kc of the source is
+                    // readable and step t of `buf` writable (as above).
+                    unsafe { *buf.add(t * MR + r) = *src.offset(r as isize * rs).add(p + t) };
+                }
+            }
+        }
+        for t in 0..w {
+            // SAFETY: step t of `buf` was just written; step p + t of B is
+            // readable (caller contract).
+            unsafe {
+                let av: [__m512; 3] =
+                    core::array::from_fn(|v| _mm512_loadu_ps(buf.add(t * MR + 16 * v)));
+                let bp = b.offset((p + t) as isize * b_step);
+                for (acc_j, &off) in acc.iter_mut().zip(&col_off) {
+                    let bj = _mm512_set1_ps(*bp.offset(off));
+                    for (x, &y) in acc_j.iter_mut().zip(&av) {
+                        *x = _mm512_fmadd_ps(y, bj, *x);
+                    }
+                }
+            }
+        }
+        p += w;
+    }
+    acc
+}
 
 /// Loads `count <= lanes` floats starting at `ptr` with stride `rs`, zero-filling
 /// the rest of the vector.
@@ -565,7 +749,7 @@ unsafe fn column_panel<S: Simd, const MV: usize, const NR2: usize>(
             }
         } else {
             // Partial panel: only the vectors that hold rows.
-            let src = if packing {
+            let src = if packing && !job.a_src_rows {
                 // SAFETY: rows ip.. of the job's A itself (caller contract).
                 unsafe { job.a_src.add(ip) }
             } else {
@@ -621,8 +805,14 @@ impl<const MV: usize, const NR: usize, const PACK: bool, const STORE: bool> pulp
             prefetch_tile::<S>(job, i, j, rows, cols);
             let a = job.a.offset((ip / mr) as isize * job.a_panel);
             let (b_step, b_col) = (job.b_step, job.b_col);
-            let acc = if PACK {
+            let acc = if PACK && job.a_src_rows {
                 // (`a_src` is null unless packing, so it is offset only then.)
+                let src = (job.a_src.offset(ip as isize * job.a_src_rs), job.a_src_rs);
+                let dst = (a as *mut f32, job.a_step);
+                microkernel_packing_rows::<S, MV, NR, STORE>(
+                    s, job.kc, src, dst, b, b_step, b_col, cols,
+                )
+            } else if PACK {
                 let src = (job.a_src.add(ip), job.a_src_cs, rows);
                 let dst = (a as *mut f32, job.a_step);
                 microkernel_packing::<S, MV, NR, true, STORE>(
