@@ -78,7 +78,8 @@ struct BenchArgs {
     #[arg(long, value_name = "LIST", value_parser = clap_parser(parse_batches))]
     batch: Option<List<usize>>,
     /// Also print the median time of each phase of every optimizer's step
-    /// (sgd, adam, ng, ng_every), with its GFLOP/s and fraction of the FMA peak.
+    /// (sgd, adam, ng, ng_every, ng_fixed), with its GFLOP/s and fraction of
+    /// the FMA peak.
     #[arg(long)]
     phases: bool,
     /// kernels: print only these lines. `layer`: the three GEMMs of every

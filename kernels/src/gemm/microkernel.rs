@@ -260,14 +260,15 @@ unsafe fn microkernel_packing_rows<S: Simd, const MV: usize, const NR: usize, co
 ) -> [[S::f32s; MV]; NR] {
     let lanes = S::F32_LANES;
     #[cfg(target_arch = "x86_64")]
-    if lanes == 16 && MV == 3 && dst_step == 48 {
+    if lanes == 16 && MV == 3 && dst_step == 48 && crate::Isa::Avx512.is_available() {
         use core::mem::size_of;
         type Acc<const NR: usize> = [[core::arch::x86_64::__m512; 3]; NR];
         debug_assert_eq!(size_of::<Acc<NR>>(), size_of::<[[S::f32s; MV]; NR]>());
-        // SAFETY: `S` with 16 lanes is pulp's AVX-512 level, so the CPU has
-        // AVX-512F and FMA; the reads and writes are the caller's contract
-        // with MR = 48; `S::f32s` with 16 lanes is a 64-byte vector of f32
-        // like `__m512`, so the accumulators have the same layout.
+        // SAFETY: the CPU has AVX-512F and FMA (checked just above: 16 lanes
+        // alone would not say so, pulp's `Scalar512b` has them too); the
+        // reads and writes are the caller's contract with MR = 48; `S::f32s`
+        // with 16 lanes is 16 f32 in 64 bytes like `__m512`, and
+        // `transmute_copy` reads it unaligned, so the accumulators carry over.
         unsafe {
             let acc =
                 packing_rows_avx512::<NR, STORE>(kc, (src, src_rs), dst, b, b_step, b_col, cols);

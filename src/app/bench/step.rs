@@ -7,7 +7,7 @@ use crate::mlp::Mlp;
 use super::par_for;
 use crate::app::json::{line, round};
 use crate::app::settings::{tuned, Hyper, OptimizerKind};
-use crate::optim::{NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops};
+use crate::optim::{DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
 use natgrad_kernels::rng::Rng;
@@ -16,8 +16,9 @@ use serde::Serialize;
 use std::time::Instant;
 
 /// The optimizers measured, SGD first (the ratios' denominator): the
-/// race's tuned settings, and `ng_every` (see [`ng_every`]).
-pub const NAMES: [&str; 4] = ["sgd", "adam", "ng", "ng_every"];
+/// race's tuned settings, `ng_every` (see [`ng_every`]) and `ng_fixed` (see
+/// [`ng_fixed`]).
+pub const NAMES: [&str; 5] = ["sgd", "adam", "ng", "ng_every", "ng_fixed"];
 
 /// The settings of the optimizer `name` of [`NAMES`] on `preset`.
 fn hyper(preset: &str, name: &str) -> Result<Hyper, crate::Error> {
@@ -25,9 +26,18 @@ fn hyper(preset: &str, name: &str) -> Result<Hyper, crate::Error> {
         "sgd" => tuned(preset, OptimizerKind::Sgd)?,
         "adam" => tuned(preset, OptimizerKind::Adam)?,
         "ng" => tuned(preset, OptimizerKind::NaturalGradient)?,
-        _ => {
+        "ng_every" => {
             let (b, cfg) = tuned_ng(preset)?;
             Hyper::Ng(b, ng_every(cfg))
+        }
+        "ng_fixed" => {
+            let (b, cfg) = tuned_ng(preset)?;
+            Hyper::Ng(b, ng_fixed(cfg))
+        }
+        other => {
+            return Err(crate::Error::Usage(format!(
+                "unknown optimizer {other:?}; expected one of {NAMES:?}"
+            )))
         }
     })
 }
@@ -53,6 +63,19 @@ pub fn ng_every(tuned: NaturalGradientConfig) -> NaturalGradientConfig {
         refresh_interval: 1,
         statistics_interval: 1,
         ..tuned
+    }
+}
+
+/// `ng_fixed`: [`ng_every`] with the damping fixed at its tuned initial
+/// value ([`DampingAdaptation::Fixed`]), the algorithm of the PyTorch
+/// peer's NG step (`peer.py timing` has no damping adaptation): no
+/// Levenberg-Marquardt check, whose forward pass on `damping_check_fraction`
+/// of the minibatch `ng_every` pays at every step. Only `adaptation`
+/// differs from [`ng_every`].
+pub fn ng_fixed(tuned: NaturalGradientConfig) -> NaturalGradientConfig {
+    NaturalGradientConfig {
+        adaptation: DampingAdaptation::Fixed,
+        ..ng_every(tuned)
     }
 }
 
@@ -266,7 +289,7 @@ pub fn phase_flops(phase: &str, sizes: &[usize], b: usize, hyper: &Hyper) -> Opt
 }
 
 /// Median milliseconds of each phase of one optimizer's step (`optimizer`
-/// one of `sgd`, `adam`, `ng`, `ng_every`, with the settings of
+/// one of [`NAMES`], with the settings of
 /// [`measure_cell`]) at one (preset, batch) cell, one JSON line per phase
 /// and one for the whole step (`total`), on the same inputs as
 /// [`measure_cell`], each with its GFLOP/s ([`phase_flops`]) and its
@@ -464,6 +487,26 @@ mod tests {
             };
             assert_eq!(back, tuned);
         }
+    }
+
+    #[test]
+    fn ng_fixed_changes_only_the_adaptation() {
+        for preset in ["paper", "deep"] {
+            let (_, tuned) = tuned_ng(preset).unwrap();
+            assert_ne!(tuned.adaptation, DampingAdaptation::Fixed);
+            let fixed = ng_fixed(tuned);
+            assert_eq!(fixed.adaptation, DampingAdaptation::Fixed);
+            let every = ng_every(tuned);
+            assert_eq!(
+                NaturalGradientConfig {
+                    adaptation: every.adaptation,
+                    ..fixed
+                },
+                every
+            );
+        }
+        assert!(matches!(hyper("deep", "ng_fixed"), Ok(Hyper::Ng(..))));
+        assert!(matches!(hyper("deep", "nope"), Err(crate::Error::Usage(_))));
     }
 
     #[test]
