@@ -7,7 +7,9 @@ use crate::mlp::Mlp;
 use super::par_for;
 use crate::app::json::{line, round};
 use crate::app::settings::{tuned, Hyper, OptimizerKind};
-use crate::optim::{DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops};
+use crate::optim::{
+    DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops,
+};
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
 use natgrad_kernels::rng::Rng;
