@@ -248,7 +248,9 @@ pub fn backward_flops(sizes: &[usize], b: usize) -> f64 {
 /// * `loss_and_gradient` (NG): `forward` + `loss` + `backward`.
 /// * `apply_and_damping` (NG): the Levenberg-Marquardt check's forward
 ///   pass on `ceil(damping_check_fraction b)` columns, plus its loss (one
-///   flop per output entry); applying the update is not counted.
+///   flop per output entry), when every step checks; 0 with the damping
+///   fixed; `None` when only every `interval`-th step checks. Applying the
+///   update is not counted.
 /// * `sampled_backward`, `factorise`, `precondition` and the NG `total`:
 ///   `None` here: which form each layer's side takes (full, Gram, low-rank,
 ///   Wishart or exact output factor) and whether the step refreshes decide
@@ -282,10 +284,15 @@ pub fn phase_flops(phase: &str, sizes: &[usize], b: usize, hyper: &Hyper) -> Opt
             Some(fwd + loss + bwd + update)
         }
         ("loss_and_gradient", Hyper::Ng(..)) => Some(fwd + loss + bwd),
-        ("apply_and_damping", Hyper::Ng(_, c)) => {
-            let cols = (c.damping_check_fraction as f64 * b as f64).ceil() as usize;
-            Some(forward_flops(sizes, cols) + n_l * cols as f64)
-        }
+        ("apply_and_damping", Hyper::Ng(_, c)) => match c.adaptation {
+            DampingAdaptation::Fixed => Some(0.0),
+            DampingAdaptation::LevenbergMarquardt { interval: 1 } => {
+                let cols = (c.damping_check_fraction as f64 * b as f64).ceil() as usize;
+                Some(forward_flops(sizes, cols) + n_l * cols as f64)
+            }
+            // Only some of the timed steps check: no one count fits them all.
+            DampingAdaptation::LevenbergMarquardt { .. } => None,
+        },
         _ => None,
     }
 }
@@ -474,6 +481,33 @@ mod tests {
             Some(fwd + bwd + 500.0 * 256.0)
         );
         assert_eq!(phase_flops("factorise", &sizes, b, &ng), None);
+        // The LM check: a forward pass and loss on a quarter of the columns
+        // every step (`ng_every`), none with the damping fixed, no single
+        // count when only some steps check.
+        let check = forward_flops(&sizes, b / 4) + 500.0 * (b / 4) as f64;
+        assert_eq!(
+            phase_flops("apply_and_damping", &sizes, b, &ng),
+            Some(check)
+        );
+        let fixed = hyper("deep", "ng_fixed").unwrap();
+        assert_eq!(
+            phase_flops("apply_and_damping", &sizes, b, &fixed),
+            Some(0.0)
+        );
+        let Hyper::Ng(_, cfg) = ng else {
+            unreachable!("ng_every is a natural-gradient setting")
+        };
+        let sometimes = Hyper::Ng(
+            b,
+            NaturalGradientConfig {
+                adaptation: DampingAdaptation::LevenbergMarquardt { interval: 3 },
+                ..cfg
+            },
+        );
+        assert_eq!(
+            phase_flops("apply_and_damping", &sizes, b, &sometimes),
+            None
+        );
     }
 
     #[test]
