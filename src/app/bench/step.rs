@@ -69,11 +69,14 @@ pub fn ng_every(tuned: NaturalGradientConfig) -> NaturalGradientConfig {
 }
 
 /// `ng_fixed`: [`ng_every`] with the damping fixed at its tuned initial
-/// value ([`DampingAdaptation::Fixed`]), the algorithm of the PyTorch
-/// peer's NG step (`peer.py timing` has no damping adaptation): no
-/// Levenberg-Marquardt check, whose forward pass on `damping_check_fraction`
-/// of the minibatch `ng_every` pays at every step. Only `adaptation`
-/// differs from [`ng_every`].
+/// value ([`DampingAdaptation::Fixed`]), as in the PyTorch peer's NG step
+/// (`peer.py timing` has no damping adaptation): no Levenberg-Marquardt
+/// check, whose forward pass on `damping_check_fraction` of the minibatch
+/// `ng_every` pays at every step. Only `adaptation` differs from
+/// [`ng_every`]; the other settings stay the tuned ones, which differ from
+/// the peer's where the tuning found better (the damping's value, factors
+/// from the minibatch alone, the output layer's exact diagonal factor
+/// where the peer samples it).
 pub fn ng_fixed(tuned: NaturalGradientConfig) -> NaturalGradientConfig {
     NaturalGradientConfig {
         adaptation: DampingAdaptation::Fixed,
