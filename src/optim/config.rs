@@ -73,12 +73,13 @@ pub enum InverseApplication {
     /// Per side, explicit where it is cheaper than the solves over a refresh
     /// interval, decided once at construction from the layer sizes, the
     /// maximum minibatch and the configuration. Forming the inverse costs
-    /// `2 n^3 / 3` flops per refresh at about the solves' speed; applying it
-    /// saves about half the `2 n^2 m` flops of the solves per step (a GEMM
-    /// runs at about twice their speed on this crate's kernels), `m` the
+    /// `2 n^3 / 3` flops per refresh, at about 0.6 of the FMA peak on this
+    /// crate's kernels; applying it replaces the solves' `2 n^2 m` flops
+    /// (at about 0.7 of the peak) by a GEMM's (at about 0.9), `m` the
     /// right-hand sides (the minibatch in the low-rank form, the other side's
-    /// size in the full form). So: explicit when `m > 2 n / (3 T)`, `T` the
-    /// refresh interval. Default.
+    /// size in the full form). So: explicit when `m > 2 n / T`, `T` the
+    /// refresh interval; with factors refreshed at every step only where one
+    /// side is less than half the other. Default.
     Auto,
     /// Two triangular solves with the Cholesky factor at every step.
     Solves,

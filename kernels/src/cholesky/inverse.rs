@@ -37,7 +37,9 @@ fn triangular_inverse_scratch(n: usize) -> StackReq {
 /// the lower triangle of `T^T T` with both operands' zero triangles skipped.
 /// A caller that applies `(L L^T)^{-1}` to many right-hand sides between two
 /// factorisations trades two triangular solves per application for one GEMM
-/// (which runs at about twice their speed here) and this `2 n^3 / 3` once.
+/// and this `2 n^3 / 3` once. On 1 thread at n = 500-1000 this runs at about
+/// 0.6 of the FMA peak, the solves at about 0.7 and a GEMM at about 0.9, so
+/// it pays from about `2n` right-hand sides per factorisation.
 ///
 /// Accuracy (Higham, ch. 14): normwise, `||X - (L L^T)^{-1}|| / ||X||` is
 /// of order `n u kappa(L L^T)`, the accuracy of the solves it replaces (the
