@@ -887,42 +887,76 @@ unsafe fn write_any_tile<S: Simd, const MV: usize, const NR: usize>(
 /// and 1024^3 within +-2%, one thread unchanged. Other instruction sets use
 /// a plain prefetch into L1.
 ///
+/// Every line a column of the tile touches is asked for (a column of `C`
+/// need not start on a line: 48 rows then span four lines, not three), and
+/// with an activation-derivative epilogue the same lines of its forward
+/// outputs, which the write-back reads: the input gradient `W^T E` of
+/// `deep` at b = 1000 (2 threads, alternated in one process) went from
+/// 0.93-0.96 to 0.96-0.98 of the same product without an epilogue.
+///
 /// # Safety
-/// The tile must lie inside `C`.
+/// The tile must lie inside `C` (and the epilogue's operands).
 #[inline(always)]
 unsafe fn prefetch_tile<S: Simd>(job: &BlockJob, i: usize, j: usize, rows: usize, cols: usize) {
     #[cfg(target_arch = "x86_64")]
     if job.c.rs == 1 {
         let for_write = S::F32_LANES == 16;
         for jj in 0..cols {
-            let mut r = 0;
-            while r < rows {
-                // SAFETY: (i + r, j + jj) is inside C (caller contract).
-                let ptr = unsafe { job.c.at(i + r, j + jj) } as *const i8;
-                if for_write {
-                    // SAFETY: a prefetch never faults and has no
-                    // architectural effect; `prefetchw` exists on every
-                    // processor with AVX-512, which `S` proves this one has.
-                    unsafe {
-                        core::arch::asm!(
-                            "prefetchw [{p}]",
-                            p = in(reg) ptr,
-                            options(nostack, preserves_flags, readonly)
-                        )
-                    };
-                } else {
-                    // SAFETY: a prefetch never faults and has no
-                    // architectural effect.
-                    unsafe {
-                        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr)
-                    };
-                }
-                r += 16;
+            // SAFETY: the column's first and last rows are inside C (caller
+            // contract).
+            let (first, last) = unsafe { (job.c.at(i, j + jj), job.c.at(i + rows - 1, j + jj)) };
+            // SAFETY: `prefetchw` exists on every processor with AVX-512,
+            // which `S` proves this one has.
+            unsafe { prefetch_lines(first as usize, last as usize, for_write) };
+        }
+    }
+    // The activation derivative's forward outputs, read by the write-back
+    // of the last `KC` block only, are asked for too (for reading).
+    #[cfg(target_arch = "x86_64")]
+    if let RawEpilogue::ActivationDerivative { output, .. } = job.epilogue {
+        if output.rs == 1 {
+            for jj in 0..cols {
+                // SAFETY: the column's first and last rows are inside the
+                // output, which has C's shape (caller contract).
+                let (first, last) =
+                    unsafe { (output.at(i, j + jj), output.at(i + rows - 1, j + jj)) };
+                // SAFETY: a read prefetch needs no instruction-set check.
+                unsafe { prefetch_lines(first as usize, last as usize, false) };
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (job, i, j, rows, cols);
+}
+
+/// Prefetches every cache line of the addresses `first ..= last`, with
+/// intent to write (`prefetchw`) when `for_write`, into L1 otherwise.
+///
+/// # Safety
+/// `for_write` only where the processor has `prefetchw` (every processor
+/// with AVX-512). A prefetch never faults and has no architectural effect,
+/// so the addresses need not be valid.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_lines(first: usize, last: usize, for_write: bool) {
+    let mut line = first & !63;
+    while line <= last {
+        let ptr = line as *const i8;
+        if for_write {
+            // SAFETY: `prefetchw` exists here (caller contract).
+            unsafe {
+                core::arch::asm!(
+                    "prefetchw [{p}]",
+                    p = in(reg) ptr,
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
+        } else {
+            // SAFETY: a prefetch never faults.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr) };
+        }
+        line += 64;
+    }
 }
 
 /// The partial row panel (packed at `job.a_edge`) with `MV2` vectors
