@@ -614,14 +614,56 @@ impl Mlp {
         stack: &mut MemStack,
     ) -> Result<(), Error> {
         for i in (0..=top).rev() {
-            if let Some(grads) = grads.as_deref_mut() {
-                self.weight_grad_layer(i, acts, errs, grads, b, par, stack)?;
-            }
-            if i > 0 {
-                self.input_grad_layer(i, acts, errs, b, par, stack)?;
+            match grads.as_deref_mut() {
+                Some(grads) if i > 0 && par.degree() > 1 => {
+                    self.gradient_pair(i, acts, errs, grads, b, par, stack)?
+                }
+                Some(grads) => {
+                    self.weight_grad_layer(i, acts, errs, grads, b, par, stack)?;
+                    if i > 0 {
+                        self.input_grad_layer(i, acts, errs, b, par, stack)?;
+                    }
+                }
+                None if i > 0 => self.input_grad_layer(i, acts, errs, b, par, stack)?,
+                None => {}
             }
         }
         Ok(())
+    }
+
+    /// Layer `i`'s weight gradient and input gradient (`i >= 1`) at the same
+    /// time, under `rayon::join`, each on its own part of `stack` (the
+    /// workspace holds both, see `workspace::gradient_pair_scratch`): they read the same error `errs[i]`
+    /// and write different buffers, and two products of one layer on two
+    /// threads lose less to splitting than each product on both threads in
+    /// turn. Each product still runs under `par`, so a thread that finishes
+    /// first helps with the other one.
+    #[allow(clippy::too_many_arguments)]
+    fn gradient_pair(
+        &self,
+        i: usize,
+        acts: &[Vec<f32>],
+        errs: &mut [Vec<f32>],
+        grads: &mut [Vec<f32>],
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let layer = &self.layers[i];
+        let bytes = crate::workspace::weight_grad_bytes(layer.n_in, layer.n_out, b, par);
+        // The layout of `workspace::gradient_pair_scratch`.
+        let (first, rest) = stack.make_aligned_uninit::<u8>(bytes, 64);
+        // `errs[i]` is read by both; `errs[i - 1]` is written by the input
+        // gradient only.
+        let (lo, hi) = errs.split_at_mut(i);
+        let (weight, input) = rayon::join(
+            || {
+                let stack = MemStack::new(first);
+                self.weight_grad_into(i, acts, &hi[0], &mut grads[i], b, par, stack)
+            },
+            || self.input_grad_into(i, acts, &hi[0], &mut lo[i - 1], b, par, rest),
+        );
+        weight.and(input)
     }
 
     /// Layer `i`'s weight gradient, `grads[i] = errs[i] acts[i]^T / b` (the
@@ -639,10 +681,25 @@ impl Mlp {
         par: natgrad_kernels::Par,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
+        self.weight_grad_into(i, acts, &errs[i], &mut grads[i], b, par, stack)
+    }
+
+    /// [`Mlp::weight_grad_layer`] from the error `e` into the gradient `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad_into(
+        &self,
+        i: usize,
+        acts: &[Vec<f32>],
+        e: &[f32],
+        g: &mut [f32],
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
         let layer = &self.layers[i];
-        let e = view(&errs[i], layer.n_out, b, layer.n_out);
+        let e = view(e, layer.n_out, b, layer.n_out);
         let a = view(&acts[i], layer.n_in + 1, b, layer.n_in + 1);
-        let g = view_mut(&mut grads[i], layer.n_out, layer.n_in + 1, layer.n_out);
+        let g = view_mut(g, layer.n_out, layer.n_in + 1, layer.n_out);
         natgrad_kernels::gemm::gemm(g, 0.0, e, a.transpose(), 1.0 / b.max(1) as f32, par, stack)?;
         Ok(())
     }
@@ -660,10 +717,26 @@ impl Mlp {
         par: natgrad_kernels::Par,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
-        let (layer, prev) = (&self.layers[i], &self.layers[i - 1]);
         let (lo, hi) = errs.split_at_mut(i);
-        let e = view(&hi[0], layer.n_out, b, layer.n_out);
-        let out = view_mut(&mut lo[i - 1], layer.n_in, b, layer.n_in);
+        self.input_grad_into(i, acts, &hi[0], &mut lo[i - 1], b, par, stack)
+    }
+
+    /// [`Mlp::input_grad_layer`] from the error `e` of layer `i` into the
+    /// error `out` of layer `i - 1`.
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad_into(
+        &self,
+        i: usize,
+        acts: &[Vec<f32>],
+        e: &[f32],
+        out: &mut [f32],
+        b: usize,
+        par: natgrad_kernels::Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let (layer, prev) = (&self.layers[i], &self.layers[i - 1]);
+        let e = view(e, layer.n_out, b, layer.n_out);
+        let out = view_mut(out, layer.n_in, b, layer.n_in);
         let a_prev = view(&acts[i], layer.n_in, b, layer.n_in + 1);
         gemm_fused(
             out,

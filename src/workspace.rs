@@ -59,6 +59,21 @@ pub(crate) fn try_zeros(len: usize, what: &str) -> Result<Vec<f32>, Error> {
 
 /// Kernel scratch of `req`, or [`Error::InvalidConfig`] if its size
 /// overflows or the allocator refuses.
+/// Bytes of scratch of a layer's weight gradient (`n_out x (n_in + 1)`,
+/// inner dimension `b`), the first part `Mlp::gradient_pair` carves.
+pub(crate) fn weight_grad_bytes(n_in: usize, n_out: usize, b: usize, par: Par) -> usize {
+    gemm_scratch(n_out, n_in + 1, b, par).unaligned_bytes_required()
+}
+
+/// Scratch of `Mlp::gradient_pair`: [`weight_grad_bytes`] carved first at
+/// a 64-byte boundary (up to 63 bytes of padding), then the input
+/// gradient's. Sized at the largest minibatch it serves every smaller one,
+/// as each product's scratch does.
+pub(crate) fn gradient_pair_scratch(n_in: usize, n_out: usize, b: usize, par: Par) -> StackReq {
+    let input_grad = gemm_scratch(n_in, b, n_out, par).unaligned_bytes_required();
+    StackReq::new::<u8>(weight_grad_bytes(n_in, n_out, b, par) + 63 + input_grad)
+}
+
 pub(crate) fn try_scratch(req: StackReq, what: &str) -> Result<MemBuffer, Error> {
     MemBuffer::try_new(req)
         .map_err(|_| allocation_failed(what, req.unaligned_bytes_required() as u128))
@@ -134,6 +149,7 @@ impl Workspace {
                         gemm_scratch(n_out, max_batch, n_in, par),
                         gemm_scratch(n_in, max_batch, n_out, par),
                         gemm_scratch(n_out, n_in + 1, max_batch, par),
+                        gradient_pair_scratch(n_in, n_out, max_batch, par),
                     ]
                 })
                 .collect::<Vec<_>>(),

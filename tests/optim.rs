@@ -127,6 +127,55 @@ fn loss_is_independent_of_threads_and_target_layout() {
     }
 }
 
+/// On two threads the backward pass runs each layer's weight gradient and
+/// input gradient at the same time, on separate parts of the workspace's
+/// scratch; each product splits only rows and columns, never the inner
+/// dimension, so every entry is the same sum in the same order as on one
+/// thread: the gradients must agree bit for bit, at every layer (a swapped
+/// error, layer or overlapping scratch would not), at the largest
+/// minibatch and at a smaller one on the same workspace.
+#[test]
+fn gradients_on_two_threads_equal_one_thread_bit_for_bit() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let sizes = [70usize, 130, 97, 33, 61];
+    let net = Mlp::new(
+        &sizes,
+        &[
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Identity,
+        ],
+        Likelihood::Bernoulli,
+        Init::GlorotUniform,
+        11,
+    )
+    .unwrap();
+    let max_b = 211;
+    let mut seq = Workspace::new(&net, max_b, Par::Seq).unwrap();
+    let mut two = Workspace::new(&net, max_b, Par::rayon(2)).unwrap();
+    for b in [max_b, 150] {
+        let x = random(sizes[0] * b, 12 + b as u64, 1.0);
+        let y = targets(Likelihood::Bernoulli, sizes[4], b, 13);
+        let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
+        let ym = MatRef::from_column_major_slice(&y, sizes[4], b);
+        let l1 = net.loss_and_gradient(&mut seq, xm, ym).unwrap();
+        let l2 = pool.install(|| net.loss_and_gradient(&mut two, xm, ym).unwrap());
+        assert_eq!(l1.to_bits(), l2.to_bits(), "b = {b}: loss");
+        for (i, (g1, g2)) in seq.grads().iter().zip(two.grads()).enumerate() {
+            assert!(
+                g1.iter().any(|&g| g != 0.0),
+                "b = {b}, layer {i}: zero gradient"
+            );
+            let same = g1.iter().zip(g2).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "b = {b}, layer {i}: gradients differ across threads");
+        }
+    }
+}
+
 /// Central differences in f64 would need an f64 network; in f32 the truncation
 /// error is O(h^2 f''') and the rounding error O(u |L| / h). With h = 1e-2 and
 /// losses of order 1-10 both are ~1e-4 relative; we require the directional
