@@ -236,7 +236,7 @@ unsafe fn pack_a_rows_avx512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn transpose_16x16(r: &mut [std::arch::x86_64::__m512; 16]) {
+pub(crate) fn transpose_16x16(r: &mut [std::arch::x86_64::__m512; 16]) {
     use std::arch::x86_64::*;
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
@@ -266,6 +266,35 @@ fn transpose_16x16(r: &mut [std::arch::x86_64::__m512; 16]) {
     for j in 0..8 {
         r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
         r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
+    }
+}
+
+/// Copies the 16 x 16 block at `src` (16 runs of 16 contiguous floats,
+/// `src_ld` apart) transposed to `dst` (16 runs of 16, `dst_ld` apart):
+/// `dst[c * dst_ld + r] = src[r * src_ld + c]`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; the 16 runs at `src` must be readable and
+/// those at `dst` writable, and the two blocks must not overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn transpose_block_16(
+    src: *const f32,
+    src_ld: usize,
+    dst: *mut f32,
+    dst_ld: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut v = [_mm512_setzero_ps(); 16];
+    for (r, vr) in v.iter_mut().enumerate() {
+        // SAFETY: run r of the source block is readable (caller contract).
+        *vr = unsafe { _mm512_loadu_ps(src.add(r * src_ld)) };
+    }
+    transpose_16x16(&mut v);
+    for (c, &vc) in v.iter().enumerate() {
+        // SAFETY: run c of the destination block is writable (caller contract).
+        unsafe { _mm512_storeu_ps(dst.add(c * dst_ld), vc) };
     }
 }
 

@@ -149,21 +149,44 @@ fn transposed_slab(
     let (n, m) = (b.nrows(), b.ncols());
     let tp = buf.as_mut_ptr().cast::<f32>();
     debug_assert!(buf.len() >= n * m);
-    transpose_into(b.rb(), tp, m);
+    transpose_into(isa, b.rb(), tp, m);
     // SAFETY: `transpose_into` wrote the first n * m entries of `buf`.
     let t = unsafe { std::slice::from_raw_parts_mut(tp, n * m) };
     let view = MatMut::from_column_major_slice_mut(t, m, n);
     solve_lower_left(isa, l, Mode::Both, view.transpose_mut(), par, stack);
-    transpose_from(t, m, b.rb_mut());
+    transpose_from(isa, t, m, b.rb_mut());
 }
 
 /// Writes `b^T` (`m x n`, column-major, leading dimension `ld = m`) to `dst`,
-/// in 16 x 16 blocks so that both sides stay in cache.
-fn transpose_into(b: MatRef<'_, f32>, dst: *mut f32, ld: usize) {
+/// in 16 x 16 blocks so that both sides stay in cache; with AVX-512 and a
+/// column-major `b`, each whole block is transposed in registers
+/// ([`crate::pack::transpose_block_16`]).
+fn transpose_into(isa: Isa, b: MatRef<'_, f32>, dst: *mut f32, ld: usize) {
     let (n, m) = (b.nrows(), b.ncols());
     const BLK: usize = 16;
+    let simd = isa == Isa::Avx512 && b.row_stride() == 1 && b.col_stride() > 0;
     for c0 in (0..m).step_by(BLK) {
         for p0 in (0..n).step_by(BLK) {
+            if simd && c0 + BLK <= m && p0 + BLK <= n {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // SAFETY: AVX-512 is available (`isa` was checked by the
+                    // caller); the block's 16 columns of B (16 contiguous
+                    // rows each, a column stride apart) are inside B, and its
+                    // 16 runs in `dst` (16 contiguous entries each, `ld`
+                    // apart) inside the caller's n * m buffer, which does
+                    // not overlap B.
+                    unsafe {
+                        crate::pack::transpose_block_16(
+                            b.ptr_inbounds_at(p0, c0),
+                            b.col_stride() as usize,
+                            dst.add(c0 + p0 * ld),
+                            ld,
+                        )
+                    };
+                    continue;
+                }
+            }
             for p in p0..(p0 + BLK).min(n) {
                 for c in c0..(c0 + BLK).min(m) {
                     // SAFETY: (p, c) is inside B; c + p * ld < m * n is inside
@@ -177,11 +200,33 @@ fn transpose_into(b: MatRef<'_, f32>, dst: *mut f32, ld: usize) {
 
 /// The inverse of [`transpose_into`]: `b <- src^T` for `src` the `m x n`
 /// column-major matrix with leading dimension `ld = m`.
-fn transpose_from(src: &[f32], ld: usize, mut b: MatMut<'_, f32>) {
+fn transpose_from(isa: Isa, src: &[f32], ld: usize, mut b: MatMut<'_, f32>) {
     let (n, m) = (b.nrows(), b.ncols());
     const BLK: usize = 16;
+    let simd = isa == Isa::Avx512 && b.row_stride() == 1 && b.col_stride() > 0;
     for c0 in (0..m).step_by(BLK) {
         for p0 in (0..n).step_by(BLK) {
+            if simd && c0 + BLK <= m && p0 + BLK <= n {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    debug_assert!(c0 + BLK + (p0 + BLK - 1) * ld <= src.len());
+                    let cs = b.col_stride() as usize;
+                    // SAFETY: AVX-512 is available (`isa` was checked by the
+                    // caller); the block's 16 runs in `src` (entries c0 ..
+                    // c0 + 16 of rows p0 .. p0 + 16, `ld` apart) are inside
+                    // it, and its 16 columns of B (rows p0 .. p0 + 16,
+                    // contiguous) inside B, which does not overlap `src`.
+                    unsafe {
+                        crate::pack::transpose_block_16(
+                            src.as_ptr().add(c0 + p0 * ld),
+                            ld,
+                            b.rb_mut().ptr_inbounds_at_mut(p0, c0),
+                            cs,
+                        )
+                    };
+                    continue;
+                }
+            }
             for c in c0..(c0 + BLK).min(m) {
                 for p in p0..(p0 + BLK).min(n) {
                     debug_assert!(c + p * ld < src.len());
