@@ -633,10 +633,10 @@ impl Mlp {
 
     /// Layer `i`'s weight gradient and input gradient (`i >= 1`) at the same
     /// time, under `rayon::join`, each on its own part of `stack` (the
-    /// workspace holds both, see `workspace::gradient_pair_scratch`): they read the same error `errs[i]`
-    /// and write different buffers, and two products of one layer on two
-    /// threads lose less to splitting than each product on both threads in
-    /// turn. Each product still runs under `par`, so a thread that finishes
+    /// workspace holds both, see `workspace::gradient_pair_scratch`): they
+    /// read the same error `errs[i]` and write different buffers, and two
+    /// products of one layer on two threads lose less to splitting than
+    /// each product on both threads in turn. Each product still runs under `par`, so a thread that finishes
     /// first helps with the other one.
     #[allow(clippy::too_many_arguments)]
     fn gradient_pair(

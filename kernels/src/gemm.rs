@@ -742,6 +742,7 @@ impl Driver {
             } else {
                 RawEpilogue::None
             },
+            avx512: self.isa == Isa::Avx512,
         };
         // The ISA was checked available, so dispatch cannot fail.
         let _ = dispatch(self.isa, BlockOp { job: &job });

@@ -292,7 +292,7 @@ pub(crate) fn gram_applies(config: &NaturalGradientConfig) -> bool {
 /// The inverse costs `2 n^3 / 3` flops at 0.6 per refresh; the GEMM saves
 /// `2 n^2 m (1/0.7 - 1/0.9)` peak-seconds' worth per step, so it pays from
 /// `m = 1.8 n / t` (rounded to 2).
-pub(crate) fn explicit_pays(n: usize, m: usize, t: f64) -> bool {
+fn explicit_pays(n: usize, m: usize, t: f64) -> bool {
     m as f64 > 2.0 * n as f64 / t
 }
 

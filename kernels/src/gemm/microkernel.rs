@@ -93,6 +93,13 @@ pub(crate) struct BlockJob {
     pub beta: f32,
     pub read_c: bool,
     pub epilogue: RawEpilogue,
+    /// The call runs at [`Isa::Avx512`](crate::Isa::Avx512), which the
+    /// driver checked available: the tiles may use AVX-512 instructions
+    /// directly (the register transposes of [`microkernel_packing_rows`],
+    /// `prefetchw` in [`prefetch_tile`]). Decided once per call, not per
+    /// tile, and not from `S`'s lane count (pulp's `Scalar512b` has 16
+    /// lanes too).
+    pub avx512: bool,
 }
 
 /// One step of the microkernels: `acc[j] += av * b[col_off[j]]` for every
@@ -245,7 +252,8 @@ const PF_STEPS: isize = 8;
 /// Rows `0 .. MV lanes` of the source, columns `0 .. kc`, must be
 /// readable (row `r`, step `p` at `src + r src_rs + p`), and (when `STORE`)
 /// the packed panel at `dst + p dst_step` writable for every `p < kc`; the
-/// `B` reads as for [`microkernel`]; `1 <= cols <= NR`.
+/// `B` reads as for [`microkernel`]; `1 <= cols <= NR`; `avx512` only
+/// where the CPU has AVX-512 ([`BlockJob::avx512`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn microkernel_packing_rows<S: Simd, const MV: usize, const NR: usize, const STORE: bool>(
@@ -257,15 +265,16 @@ unsafe fn microkernel_packing_rows<S: Simd, const MV: usize, const NR: usize, co
     b_step: isize,
     b_col: isize,
     cols: usize,
+    avx512: bool,
 ) -> [[S::f32s; MV]; NR] {
     let lanes = S::F32_LANES;
     #[cfg(target_arch = "x86_64")]
-    if lanes == 16 && MV == 3 && dst_step == 48 && crate::Isa::Avx512.is_available() {
+    if lanes == 16 && MV == 3 && dst_step == 48 && avx512 {
         use core::mem::size_of;
         type Acc<const NR: usize> = [[core::arch::x86_64::__m512; 3]; NR];
         debug_assert_eq!(size_of::<Acc<NR>>(), size_of::<[[S::f32s; MV]; NR]>());
-        // SAFETY: the CPU has AVX-512F and FMA (checked just above: 16 lanes
-        // alone would not say so, pulp's `Scalar512b` has them too); the
+        // SAFETY: the CPU has AVX-512F and FMA (`avx512`, the caller's
+        // contract: 16 lanes alone would not say so); the
         // reads and writes are the caller's contract with MR = 48; `S::f32s`
         // with 16 lanes is 16 f32 in 64 bytes like `__m512`, and
         // `transmute_copy` reads it unaligned, so the accumulators carry over.
@@ -803,7 +812,7 @@ impl<const MV: usize, const NR: usize, const PACK: bool, const STORE: bool> pulp
         // rows ip.. of the job's A itself; the tile lies inside the job's
         // block of C (`column_panel`'s contract, under which this was built).
         unsafe {
-            prefetch_tile::<S>(job, i, j, rows, cols);
+            prefetch_tile(job, i, j, rows, cols);
             let a = job.a.offset((ip / mr) as isize * job.a_panel);
             let (b_step, b_col) = (job.b_step, job.b_col);
             let acc = if PACK && job.a_src_rows {
@@ -811,7 +820,7 @@ impl<const MV: usize, const NR: usize, const PACK: bool, const STORE: bool> pulp
                 let src = (job.a_src.offset(ip as isize * job.a_src_rs), job.a_src_rs);
                 let dst = (a as *mut f32, job.a_step);
                 microkernel_packing_rows::<S, MV, NR, STORE>(
-                    s, job.kc, src, dst, b, b_step, b_col, cols,
+                    s, job.kc, src, dst, b, b_step, b_col, cols, job.avx512,
                 )
             } else if PACK {
                 let src = (job.a_src.add(ip), job.a_src_cs, rows);
@@ -877,9 +886,9 @@ unsafe fn write_any_tile<S: Simd, const MV: usize, const NR: usize>(
 /// runs, so that the write-back (which reads `C` on every `KC` block after the
 /// first, and must own the lines to store) does not wait for L3 or memory.
 ///
-/// With AVX-512 (`S` has 16 lanes) the lines are asked for with intent to
-/// write (`prefetchw`), which every AVX-512 processor has (Intel since
-/// Broadwell, AMD always): a line of `C` that the other core wrote last (the
+/// With AVX-512 ([`BlockJob::avx512`]) the lines are asked for with intent
+/// to write (`prefetchw`), which every AVX-512
+/// processor has (Intel since Broadwell, AMD always): a line of `C` that the other core wrote last (the
 /// rayon worker that takes a share of `C` changes from call to call) then
 /// arrives owned, instead of shared and upgraded when the store reaches it.
 /// 250x30x256 on 2 threads: 74-80 -> 90-105 GFLOP/s (medians of
@@ -897,16 +906,16 @@ unsafe fn write_any_tile<S: Simd, const MV: usize, const NR: usize>(
 /// # Safety
 /// The tile must lie inside `C` (and the epilogue's operands).
 #[inline(always)]
-unsafe fn prefetch_tile<S: Simd>(job: &BlockJob, i: usize, j: usize, rows: usize, cols: usize) {
+unsafe fn prefetch_tile(job: &BlockJob, i: usize, j: usize, rows: usize, cols: usize) {
     #[cfg(target_arch = "x86_64")]
     if job.c.rs == 1 {
-        let for_write = S::F32_LANES == 16;
+        let for_write = job.avx512;
         for jj in 0..cols {
             // SAFETY: the column's first and last rows are inside C (caller
             // contract).
             let (first, last) = unsafe { (job.c.at(i, j + jj), job.c.at(i + rows - 1, j + jj)) };
-            // SAFETY: `prefetchw` exists on every processor with AVX-512,
-            // which `S` proves this one has.
+            // SAFETY: `prefetchw` only with AVX-512 (`job.avx512`, which
+            // the driver checked), and every processor with AVX-512 has it.
             unsafe { prefetch_lines(first as usize, last as usize, for_write) };
         }
     }
