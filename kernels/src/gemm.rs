@@ -915,34 +915,46 @@ impl pulp::WithSimd for BlockOp<'_> {
     }
 }
 
-/// Runs `iterations` rounds of 24 independent register-resident vector FMA
+/// Runs `iterations` rounds of independent register-resident vector FMA
 /// chains at instruction set `isa` (the machine's FMA peak, as a yardstick for
 /// GEMM). Returns a checksum (so the loop cannot be optimised away) and the
 /// number of floating-point operations performed (2 per lane per FMA).
+///
+/// The chains fill the register file and no more: 24 with AVX-512's 32
+/// vector registers, 12 with AVX2's 16 (two more registers hold the loop's
+/// constants). More chains than registers would spill accumulators to the
+/// stack and measure loads and stores instead of FMAs; 12 still cover the
+/// FMA latency times the FMA ports of current x86 cores (4 x 2).
 #[cfg(feature = "bench")]
 pub fn fma_peak_loop(isa: Isa, iterations: usize) -> Result<(f32, f64), Error> {
     struct Op {
         iterations: usize,
     }
+    #[inline(always)]
+    fn chains<S: pulp::Simd, const CHAINS: usize>(s: S, iterations: usize) -> (f32, f64) {
+        let mut acc = [s.splat_f32s(1.0); CHAINS];
+        let x = s.splat_f32s(0.999_999);
+        let y = s.splat_f32s(1e-7);
+        for _ in 0..iterations {
+            for a in acc.iter_mut() {
+                *a = s.mul_add_e_f32s(*a, x, y);
+            }
+        }
+        let mut total = s.splat_f32s(0.0);
+        for a in acc {
+            total = s.add_f32s(total, a);
+        }
+        let flops = 2.0 * (CHAINS * S::F32_LANES) as f64 * iterations as f64;
+        (s.reduce_sum_f32s(total), flops)
+    }
     impl pulp::WithSimd for Op {
         type Output = (f32, f64);
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, s: S) -> (f32, f64) {
-            const CHAINS: usize = 24;
-            let mut acc = [s.splat_f32s(1.0); CHAINS];
-            let x = s.splat_f32s(0.999_999);
-            let y = s.splat_f32s(1e-7);
-            for _ in 0..self.iterations {
-                for a in acc.iter_mut() {
-                    *a = s.mul_add_e_f32s(*a, x, y);
-                }
+            match S::F32_LANES {
+                16 => chains::<S, 24>(s, self.iterations),
+                _ => chains::<S, 12>(s, self.iterations),
             }
-            let mut total = s.splat_f32s(0.0);
-            for a in acc {
-                total = s.add_f32s(total, a);
-            }
-            let flops = 2.0 * (CHAINS * S::F32_LANES) as f64 * self.iterations as f64;
-            (s.reduce_sum_f32s(total), flops)
         }
     }
     dispatch(isa, Op { iterations }).ok_or(Error::IsaUnavailable(isa))

@@ -87,9 +87,10 @@ struct PeakLine {
 }
 
 /// Measures the FMA peak in GFLOP/s on `threads` threads: every thread runs
-/// the register-resident loop of [`fma_peak_loop`] (24 independent FMA chains,
-/// widest vectors) at once; best of many short runs (about 0.4 ms each), so a
-/// run that the OS interrupted (the machine is shared) does not count.
+/// the register-resident loop of [`fma_peak_loop`] (as many independent FMA
+/// chains as the register file holds, widest vectors) at once; best of many
+/// short runs (about 0.4 ms each), so a run that the OS interrupted (the
+/// machine is shared) does not count.
 pub fn fma_peak_gflops(threads: usize) -> f64 {
     let isa = Isa::detect();
     pool(threads).install(|| {
