@@ -115,6 +115,16 @@ impl Optimizer for Adam {
     ) -> Result<StepStats, Error> {
         check_net_shapes(net, &self.sizes)?;
         let loss = net.loss_and_gradient(ws, x, y)?;
+        self.update(net, ws)?;
+        Ok(StepStats { loss })
+    }
+}
+
+impl Adam {
+    /// The second half of [`Optimizer::step`]: checks the gradients in
+    /// `ws.grads()` finite, then advances the moments and updates `net` from
+    /// them. `natgrad bench step --phases` times it as the `update` phase.
+    pub(crate) fn update(&mut self, net: &mut Mlp, ws: &Workspace) -> Result<(), Error> {
         check_grads_finite(ws.grads())?;
         let AdamConfig {
             learning_rate: lr,
@@ -142,6 +152,6 @@ impl Optimizer for Adam {
                 *w -= step * *m / (v.sqrt() + eps_hat) + lr * wd * *w;
             }
         }
-        Ok(StepStats { loss })
+        Ok(())
     }
 }

@@ -107,13 +107,21 @@ impl Optimizer for Sgd {
     ) -> Result<StepStats, Error> {
         check_net_shapes(net, &self.sizes)?;
         let loss = net.loss_and_gradient(ws, x, y)?;
-        check_grads_finite(ws.grads())?;
-        self.apply_gradient(net, ws.grads(), ws.par());
+        self.update(net, ws)?;
         Ok(StepStats { loss })
     }
 }
 
 impl Sgd {
+    /// The second half of [`Optimizer::step`]: checks the gradients in
+    /// `ws.grads()` finite, then updates `net` from them. `natgrad bench step
+    /// --phases` times it as the `update` phase.
+    pub(crate) fn update(&mut self, net: &mut Mlp, ws: &Workspace) -> Result<(), Error> {
+        check_grads_finite(ws.grads())?;
+        self.apply_gradient(net, ws.grads(), ws.par());
+        Ok(())
+    }
+
     /// The update from the gradients `grads` (one per layer, as
     /// `Workspace::grads`), already checked finite, with each layer cut into
     /// chunks that run in parallel under `par`. Each parameter sees the same

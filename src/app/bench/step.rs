@@ -8,7 +8,7 @@ use super::par_for;
 use crate::app::json::{line, round};
 use crate::app::settings::{tuned, Hyper, OptimizerKind};
 use crate::optim::{
-    DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops,
+    Adam, DampingAdaptation, NaturalGradient, NaturalGradientConfig, Optimizer, PhaseFlops, Sgd,
 };
 use crate::workspace::Workspace;
 use natgrad_kernels::alloc_counter::{track_current_thread, tracked_allocations};
@@ -98,6 +98,9 @@ struct StepLine<'a> {
     mean_ratio_to_sgd: f64,
     allocs_per_step: f64,
 }
+
+/// The update half of an SGD or Adam step, as [`phase_lines`] times it.
+type UpdateFn = dyn FnMut(&mut Mlp, &Workspace) -> Result<(), crate::Error>;
 
 /// One phase's line of a step (`--phases`): its median time, the flops
 /// counted for it (see [`phase_flops`]; `null` where not derived), their
@@ -317,10 +320,9 @@ pub fn phase_flops(phase: &str, sizes: &[usize], b: usize, hyper: &Hyper) -> Opt
 /// it has one. SGD and Adam have none: each
 /// repetition runs `forward`, `loss` (writing the output error) and
 /// `backward` (with the weight gradients), the calls `Mlp::loss_and_gradient`
-/// makes, each timed, on the current weights, then the optimizer's whole
-/// step (`total`), which repeats them and updates the weights; `update` is
-/// that step's time minus the three passes' in the same repetition (at
-/// least 0), i.e. the gradient check and the update.
+/// makes, then `update` (the gradient check and the update, the rest of the
+/// optimizer's `step`), each timed; `total` is the four together, the
+/// optimizer's whole step.
 pub fn phase_lines(
     preset: &str,
     optimizer: &str,
@@ -378,10 +380,27 @@ pub fn phase_lines(
             ];
             return Ok::<_, crate::Error>((names, cols));
         }
-        let mut opt = hyper.build(&net, batch)?;
-        opt.step(&mut net, &mut ws, xm, xm)?;
+        // The optimizer's own update (gradient check and update), timed
+        // directly: `Sgd::update` and `Adam::update` are the second half of
+        // their `step`.
+        let mut update: Box<UpdateFn> = match &hyper {
+            Hyper::Sgd(_, c) => {
+                let mut sgd = Sgd::new(&net, *c)?;
+                Box::new(move |net, ws| sgd.update(net, ws))
+            }
+            Hyper::Adam(_, c) => {
+                let mut adam = Adam::new(&net, *c)?;
+                Box::new(move |net, ws| adam.update(net, ws))
+            }
+            // Measured by its own timers above.
+            Hyper::Ng(..) => {
+                return Err(crate::Error::InvalidConfig(
+                    "the natural gradient's phases have their own timers".into(),
+                ))
+            }
+        };
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 5];
-        for _ in 0..reps {
+        for rep in 0..=reps {
             let t0 = Instant::now();
             net.forward(&mut ws, xm)?;
             let t1 = Instant::now();
@@ -394,17 +413,17 @@ pub fn phase_lines(
                 net.backward(bufs.acts, bufs.errs, Some(bufs.grads), b, par, stack)?;
             }
             let t3 = Instant::now();
-            opt.step(&mut net, &mut ws, xm, xm)?;
-            let total = t3.elapsed().as_secs_f64();
-            let passes = (t3 - t0).as_secs_f64();
-            for (c, v) in cols.iter_mut().zip([
-                (t1 - t0).as_secs_f64(),
-                (t2 - t1).as_secs_f64(),
-                (t3 - t2).as_secs_f64(),
-                (total - passes).max(0.0),
-                total,
-            ]) {
-                c.push(v);
+            update(&mut net, &ws)?;
+            let t4 = Instant::now();
+            // Repetition 0 warms up the optimizer's state.
+            if rep == 0 {
+                continue;
+            }
+            for (c, v) in cols
+                .iter_mut()
+                .zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0])
+            {
+                c.push(v.as_secs_f64());
             }
         }
         Ok((vec!["forward", "loss", "backward", "update", "total"], cols))
