@@ -176,6 +176,83 @@ fn gradients_on_two_threads_equal_one_thread_bit_for_bit() {
     }
 }
 
+/// SGD (plain, momentum, Nesterov) and Adam update each layer of more than
+/// 32768 parameters in chunks on the pool's threads: after three steps on two
+/// threads the weights must equal one thread's bit for bit (the gradients
+/// do, see above; a chunk paired with another chunk's gradient or moments,
+/// or a chunk left out, would not).
+#[test]
+fn updates_on_two_threads_equal_one_thread_bit_for_bit() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // Layer 0 has 400 x 101 = 40400 parameters: two chunks, the second short.
+    let sizes = [100usize, 400, 30];
+    let net = Mlp::new(
+        &sizes,
+        &[Activation::Tanh, Activation::Identity],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        21,
+    )
+    .unwrap();
+    let b = 64;
+    let x = random(sizes[0] * b, 22, 1.0);
+    let y = random(sizes[2] * b, 23, 1.0);
+    let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
+    let ym = MatRef::from_column_major_slice(&y, sizes[2], b);
+    let sgd = |momentum, nesterov| SgdConfig {
+        learning_rate: 0.05,
+        momentum,
+        nesterov,
+        weight_decay: 1e-3,
+    };
+    let adam = AdamConfig {
+        weight_decay: 1e-3,
+        ..AdamConfig::default()
+    };
+    type Build = Box<dyn Fn(&Mlp) -> Box<dyn Optimizer>>;
+    let builds: [(&str, Build); 4] = [
+        (
+            "sgd",
+            Box::new(move |n| Box::new(Sgd::new(n, sgd(0.0, false)).unwrap())),
+        ),
+        (
+            "momentum",
+            Box::new(move |n| Box::new(Sgd::new(n, sgd(0.9, false)).unwrap())),
+        ),
+        (
+            "nesterov",
+            Box::new(move |n| Box::new(Sgd::new(n, sgd(0.9, true)).unwrap())),
+        ),
+        (
+            "adam",
+            Box::new(move |n| Box::new(Adam::new(n, adam).unwrap())),
+        ),
+    ];
+    for (name, build) in &builds {
+        let mut nets = Vec::new();
+        for par in [Par::Seq, Par::rayon(2)] {
+            let mut net = net.clone();
+            let mut opt = build(&net);
+            let mut ws = Workspace::new(&net, b, par).unwrap();
+            pool.install(|| {
+                for _ in 0..3 {
+                    opt.step(&mut net, &mut ws, xm, ym).unwrap();
+                }
+            });
+            nets.push(net);
+        }
+        let moved = nets[0].params().zip(net.params()).any(|(a, b)| a != b);
+        assert!(moved, "{name}: the weights did not move");
+        for (i, (w1, w2)) in nets[0].params().zip(nets[1].params()).enumerate() {
+            let same = w1.iter().zip(w2).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name}, layer {i}: weights differ across threads");
+        }
+    }
+}
+
 /// Central differences in f64 would need an f64 network; in f32 the truncation
 /// error is O(h^2 f''') and the rounding error O(u |L| / h). With h = 1e-2 and
 /// losses of order 1-10 both are ~1e-4 relative; we require the directional

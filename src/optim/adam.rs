@@ -1,10 +1,12 @@
 use super::{
     check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
+    UPDATE_CHUNK,
 };
 use crate::mlp::Mlp;
 use crate::workspace::Workspace;
 use crate::Error;
 use natgrad_kernels::MatRef;
+use rayon::prelude::*;
 
 /// Settings of [`Adam`] (Kingma & Ba 2015); defaults are the paper's.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,6 +122,10 @@ impl Optimizer for Adam {
     }
 }
 
+/// One chunk of Adam's update, as the parallel iterators zip it: weights,
+/// gradient, first and second moments.
+type Chunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+
 impl Adam {
     /// The second half of [`Optimizer::step`]: checks the gradients in
     /// `ws.grads()` finite, then advances the moments and updates `net` from
@@ -139,17 +145,31 @@ impl Adam {
         // Fold both bias corrections into one step size and a scaled epsilon.
         let step = (lr as f64 * c2.sqrt() / c1) as f32;
         let eps_hat = (eps as f64 * c2.sqrt()) as f32;
-        for (i, w) in net.params_mut().enumerate() {
-            let g = &ws.grads()[i];
-            for (((w, &g), m), v) in w
-                .iter_mut()
-                .zip(g)
-                .zip(self.m[i].iter_mut())
-                .zip(self.v[i].iter_mut())
-            {
+        let chunk = |(((w, g), m), v): Chunk<'_>| {
+            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 *m = b1 * *m + (1.0 - b1) * g;
                 *v = b2 * *v + (1.0 - b2) * g * g;
                 *w -= step * *m / (v.sqrt() + eps_hat) + lr * wd * *w;
+            }
+        };
+        // Each layer in chunks on the pool's threads when it has more than
+        // one: every parameter sees the same arithmetic either way.
+        let parallel = ws.par().degree() > 1;
+        for (i, w) in net.params_mut().enumerate() {
+            let n = w.len();
+            let (g, m, v) = (
+                &ws.grads()[i][..n],
+                &mut self.m[i][..n],
+                &mut self.v[i][..n],
+            );
+            if parallel && n > UPDATE_CHUNK {
+                w.par_chunks_mut(UPDATE_CHUNK)
+                    .zip(g.par_chunks(UPDATE_CHUNK))
+                    .zip(m.par_chunks_mut(UPDATE_CHUNK))
+                    .zip(v.par_chunks_mut(UPDATE_CHUNK))
+                    .for_each(chunk);
+            } else {
+                chunk((((w, g), m), v));
             }
         }
         Ok(())

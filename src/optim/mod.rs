@@ -194,6 +194,11 @@ pub(crate) fn check_range(
 }
 
 /// `Err(NonFinite)` if any gradient entry is not finite.
+/// Parameters per task of SGD's and Adam's parallel updates: large enough
+/// that a task outlasts rayon's hand-off, small enough that 2 threads share
+/// a layer evenly.
+pub(crate) const UPDATE_CHUNK: usize = 1 << 15;
+
 pub(crate) fn check_grads_finite(grads: &[Vec<f32>]) -> Result<(), Error> {
     for (i, g) in grads.iter().enumerate() {
         if crate::mlp::all_finite(g) {

@@ -1,15 +1,12 @@
 use super::{
     check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
+    UPDATE_CHUNK,
 };
 use crate::mlp::Mlp;
 use crate::workspace::Workspace;
 use crate::Error;
 use natgrad_kernels::{MatRef, Par};
 use rayon::prelude::*;
-
-/// Parameters per task of the parallel update: large enough that a task
-/// outlasts rayon's hand-off, small enough that 2 threads share a layer evenly.
-const UPDATE_CHUNK: usize = 1 << 15;
 
 /// Settings of [`Sgd`].
 #[derive(Clone, Copy, Debug, PartialEq)]
