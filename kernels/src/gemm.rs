@@ -7,9 +7,10 @@
 //! microkernel multiplies an `MR x KC` panel of `A` by a `KC x NR` panel of
 //! `B` (which stays in L1) with the `MR x NR` result in registers: 48 x 8
 //! with AVX-512, 16 x 6 with AVX2+FMA, 4 x 4 scalar. `B` with unit row
-//! stride (the usual column-major minibatch) is read in place, and so is a
-//! row-major one (the weight gradient's `E X^T`) when `C` has at most 1000
-//! rows and a depth block of `B` spans at most 800 Ki floats; other layouts are
+//! stride (the usual column-major minibatch) is read in place, and so, with
+//! AVX-512, is a row-major one (the weight gradient's `E X^T`) when `C` has
+//! at most 1000 rows and a depth block of `B` spans at most 800 Ki floats;
+//! other layouts are
 //! packed into a shared `KC x NC` buffer first. A column-major `A` is
 //! packed by the microkernels of each block's first column panel, which load
 //! it for the product anyway; so is a row-major one (a transposed view such
@@ -88,8 +89,8 @@ pub const NC: usize = 3072;
 const NR_MAX: usize = 24;
 /// Alignment of packed buffers, in bytes (one cache line, one zmm register).
 const ALIGN: usize = 64;
-/// A row-major `B` is read in place (not packed) only when `C` has at most
-/// this many rows (see `Driver::new`).
+/// A row-major `B` is read in place (not packed) only with AVX-512 and when
+/// `C` has at most this many rows (see `Driver::new`).
 const ROW_B_DIRECT_MAX_M: usize = 1000;
 /// ... and when a depth block's rows of `B` span at most this many floats
 /// (`kc` times `B`'s row stride: about 800 pages of 4 KiB).
@@ -443,8 +444,16 @@ impl Driver {
         // 0.76-0.81 packed; a span of 1001 x 1000 floats) and gained from a
         // span of 785 x 1000 down, hence the bound. The `deep`
         // and `paper` SGD steps: 0.97-1.01x at minibatch 100-1000.
+        //
+        // Only with AVX-512, though: on an AMD Zen 3 core (AVX2, 16 x 6
+        // tiles, a panel step 6 floats of a new line, 32 KiB L1), packing
+        // won at every `deep` weight-gradient shape; the `layer` lines on
+        // 2 threads, two runs each, alternated: median 0.70 of the peak in
+        // place against 0.82 packed, 0.53-0.67 against 0.80-0.83 at
+        // 1000x1000x785.
         let b_direct = b.row_stride() == 1
             || (b.col_stride() == 1
+                && isa == Isa::Avx512
                 && m <= ROW_B_DIRECT_MAX_M
                 && b.row_stride() > 0
                 && b.row_stride().unsigned_abs().saturating_mul(kc_buf) <= ROW_B_DIRECT_MAX_SPAN);
