@@ -16,8 +16,9 @@
 //! it for the product anyway; so is a row-major one (a transposed view such
 //! as `W^T`) with AVX-512, transposed in registers four steps at a time on
 //! the way (its partial last row panel, and a row-major `A` at other
-//! instruction sets, by a packing pass of 16 x 16 register transposes or
-//! scalar moves); other layouts by a scalar packing pass. On the last `KC` block the epilogue (bias +
+//! instruction sets, by a packing pass of 16 x 16 register transposes
+//! with AVX-512, 8 x 8 with AVX2, or scalar moves); other layouts by a
+//! scalar packing pass. On the last `KC` block the epilogue (bias +
 //! activation, or activation derivative) is applied to the registers before
 //! the one store of the tile, so a fused forward pass costs no extra pass
 //! over memory.

@@ -111,6 +111,11 @@ impl pulp::WithSimd for PackA {
                     // SAFETY: AVX-512F is available (checked just above).
                     return pack_a_rows_avx512(dst, a, i0, mc, p0, kc, mr);
                 }
+                #[cfg(target_arch = "x86_64")]
+                if lanes == 8 && mr.is_multiple_of(8) && crate::Isa::Avx2.is_available() {
+                    // SAFETY: AVX2 and FMA are available (checked just above).
+                    return pack_a_rows_avx2(dst, a, i0, mc, p0, kc, mr);
+                }
                 pack_a_rows(dst, a, i0, mc, p0, kc, mr);
             } else {
                 pack_panels(dst, a, i0, mc, p0, kc, mr);
@@ -225,6 +230,111 @@ unsafe fn pack_a_rows_avx512(
         panel = unsafe { panel.add(mr * kc) };
         i += mr;
     }
+}
+
+/// [`pack_a_rows`] with AVX2: 8 x 8 blocks of the row-major `A` (8 rows, 8
+/// consecutive columns each) are loaded as 8 vectors, transposed in
+/// registers and stored as 8 steps of 8 rows of the panel; a last strip of
+/// fewer than 8 columns is moved by scalars. The scalar scatter of every
+/// strip made the input gradient's `W^T E` run 0.87-0.90 of MKL's at the
+/// `deep` b = 256 shapes on an AMD Zen 3.
+///
+/// # Safety
+/// As [`pack_panels`], with `a.cs == 1` and `mr` a multiple of 8; the CPU must
+/// support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_a_rows_avx2(
+    dst: *mut f32,
+    a: RawMat,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    mr: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.cs == 1 && mr.is_multiple_of(8));
+    let mut i = 0;
+    let mut panel = dst;
+    while i < mc {
+        let rows = mr.min(mc - i);
+        let full = kc / 8 * 8;
+        let mut pb = 0;
+        while pb < full {
+            for rb in 0..mr / 8 {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (x, vx) in v.iter_mut().enumerate() {
+                    let r = rb * 8 + x;
+                    if r < rows {
+                        // SAFETY: row i0+i+r is inside the block, and columns
+                        // p0+pb .. p0+pb+8 are inside it too (pb + 8 <= kc).
+                        *vx = unsafe { _mm256_loadu_ps(a.at(i0 + i + r, p0 + pb)) };
+                    }
+                }
+                let [c0, c1, c2, c3, c4, c5, c6, c7] = transpose_8x8(v);
+                for (c, vc) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
+                    // SAFETY: step pb+c < kc, rows rb*8 .. +8 <= mr of this
+                    // panel, which lies inside `dst` (caller contract).
+                    unsafe { _mm256_storeu_ps(panel.add((pb + c) * mr + rb * 8), vc) };
+                }
+            }
+            pb += 8;
+        }
+        for r in 0..mr {
+            for p in full..kc {
+                // SAFETY: row i0+i+r (when r < rows) and column p0+p are
+                // inside the block; the write is inside this panel.
+                unsafe {
+                    *panel.add(p * mr + r) = if r < rows {
+                        *a.at(i0 + i + r, p0 + p)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        // SAFETY: one full panel (mr * kc floats) was just written.
+        panel = unsafe { panel.add(mr * kc) };
+        i += mr;
+    }
+}
+
+/// The 8 x 8 matrix whose rows are `r`, transposed: element `c` of the
+/// result holds column `c`. 32-bit unpacks, 64-bit shuffles, then 128-bit
+/// lane swaps, 24 shuffles in all.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn transpose_8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    // Columns 0|4, 1|5, 2|6, 3|7 of rows 0-3 and of rows 4-7.
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
 }
 
 /// Transposes the 16 x 16 matrix whose rows are `r` in place (afterwards
