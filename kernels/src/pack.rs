@@ -408,6 +408,39 @@ pub(crate) unsafe fn transpose_block_16(
     }
 }
 
+/// [`transpose_block_16`] with AVX2: the 16 x 16 block as four 8 x 8 blocks,
+/// each transposed in registers ([`transpose_8x8`]).
+///
+/// # Safety
+/// The CPU must support AVX2; the 16 runs at `src` must be readable and
+/// those at `dst` writable, and the two blocks must not overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn transpose_block_16_avx2(
+    src: *const f32,
+    src_ld: usize,
+    dst: *mut f32,
+    dst_ld: usize,
+) {
+    use std::arch::x86_64::*;
+    for rb in 0..2 {
+        for cb in 0..2 {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (x, vx) in v.iter_mut().enumerate() {
+                // SAFETY: row rb*8+x, columns cb*8 .. +8 of the source block
+                // are readable (caller contract).
+                *vx = unsafe { _mm256_loadu_ps(src.add((rb * 8 + x) * src_ld + cb * 8)) };
+            }
+            for (y, vy) in transpose_8x8(v).into_iter().enumerate() {
+                // SAFETY: run cb*8+y, entries rb*8 .. +8 of the destination
+                // block are writable (caller contract).
+                unsafe { _mm256_storeu_ps(dst.add((cb * 8 + y) * dst_ld + rb * 8), vy) };
+            }
+        }
+    }
+}
+
 /// Packs `A[i0 .. i0 + mc, p0 .. p0 + kc]` into `dst` (`ceil(mc / mr) * mr * kc`
 /// floats) as panels of `mr` rows. Packs a `B` block as the same block of
 /// `B^T` ([`RawMat::transpose`]). Inlined so that a caller running under the

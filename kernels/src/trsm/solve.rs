@@ -158,31 +158,32 @@ fn transposed_slab(
 }
 
 /// Writes `b^T` (`m x n`, column-major, leading dimension `ld = m`) to `dst`,
-/// in 16 x 16 blocks so that both sides stay in cache; with AVX-512 and a
-/// column-major `b`, each whole block is transposed in registers
-/// ([`crate::pack::transpose_block_16`]).
+/// in 16 x 16 blocks so that both sides stay in cache; with AVX-512 or AVX2
+/// and a column-major `b`, each whole block is transposed in registers
+/// ([`crate::pack::transpose_block_16`], [`crate::pack::transpose_block_16_avx2`]).
 fn transpose_into(isa: Isa, b: MatRef<'_, f32>, dst: *mut f32, ld: usize) {
     let (n, m) = (b.nrows(), b.ncols());
     const BLK: usize = 16;
-    let simd = isa == Isa::Avx512 && b.row_stride() == 1 && b.col_stride() > 0;
+    let simd = matches!(isa, Isa::Avx512 | Isa::Avx2) && b.row_stride() == 1 && b.col_stride() > 0;
     for c0 in (0..m).step_by(BLK) {
         for p0 in (0..n).step_by(BLK) {
             if simd && c0 + BLK <= m && p0 + BLK <= n {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    // SAFETY: AVX-512 is available (`isa` was checked by the
-                    // caller); the block's 16 columns of B (16 contiguous
-                    // rows each, a column stride apart) are inside B, and its
-                    // 16 runs in `dst` (16 contiguous entries each, `ld`
-                    // apart) inside the caller's n * m buffer, which does
-                    // not overlap B.
+                    let cs = b.col_stride() as usize;
+                    // SAFETY: `isa` (AVX-512 or AVX2) is available (checked
+                    // by the caller); the block's 16 columns of B (16
+                    // contiguous rows each, a column stride apart) are inside
+                    // B, and its 16 runs in `dst` (16 contiguous entries
+                    // each, `ld` apart) inside the caller's n * m buffer,
+                    // which does not overlap B.
                     unsafe {
-                        crate::pack::transpose_block_16(
-                            b.ptr_inbounds_at(p0, c0),
-                            b.col_stride() as usize,
-                            dst.add(c0 + p0 * ld),
-                            ld,
-                        )
+                        let (src, to) = (b.ptr_inbounds_at(p0, c0), dst.add(c0 + p0 * ld));
+                        if isa == Isa::Avx512 {
+                            crate::pack::transpose_block_16(src, cs, to, ld)
+                        } else {
+                            crate::pack::transpose_block_16_avx2(src, cs, to, ld)
+                        }
                     };
                     continue;
                 }
@@ -203,7 +204,7 @@ fn transpose_into(isa: Isa, b: MatRef<'_, f32>, dst: *mut f32, ld: usize) {
 fn transpose_from(isa: Isa, src: &[f32], ld: usize, mut b: MatMut<'_, f32>) {
     let (n, m) = (b.nrows(), b.ncols());
     const BLK: usize = 16;
-    let simd = isa == Isa::Avx512 && b.row_stride() == 1 && b.col_stride() > 0;
+    let simd = matches!(isa, Isa::Avx512 | Isa::Avx2) && b.row_stride() == 1 && b.col_stride() > 0;
     for c0 in (0..m).step_by(BLK) {
         for p0 in (0..n).step_by(BLK) {
             if simd && c0 + BLK <= m && p0 + BLK <= n {
@@ -211,18 +212,19 @@ fn transpose_from(isa: Isa, src: &[f32], ld: usize, mut b: MatMut<'_, f32>) {
                 {
                     debug_assert!(c0 + BLK + (p0 + BLK - 1) * ld <= src.len());
                     let cs = b.col_stride() as usize;
-                    // SAFETY: AVX-512 is available (`isa` was checked by the
-                    // caller); the block's 16 runs in `src` (entries c0 ..
-                    // c0 + 16 of rows p0 .. p0 + 16, `ld` apart) are inside
-                    // it, and its 16 columns of B (rows p0 .. p0 + 16,
+                    // SAFETY: `isa` (AVX-512 or AVX2) is available (checked
+                    // by the caller); the block's 16 runs in `src` (entries
+                    // c0 .. c0 + 16 of rows p0 .. p0 + 16, `ld` apart) are
+                    // inside it, and its 16 columns of B (rows p0 .. p0 + 16,
                     // contiguous) inside B, which does not overlap `src`.
                     unsafe {
-                        crate::pack::transpose_block_16(
-                            src.as_ptr().add(c0 + p0 * ld),
-                            ld,
-                            b.rb_mut().ptr_inbounds_at_mut(p0, c0),
-                            cs,
-                        )
+                        let from = src.as_ptr().add(c0 + p0 * ld);
+                        let to = b.rb_mut().ptr_inbounds_at_mut(p0, c0);
+                        if isa == Isa::Avx512 {
+                            crate::pack::transpose_block_16(from, ld, to, cs)
+                        } else {
+                            crate::pack::transpose_block_16_avx2(from, ld, to, cs)
+                        }
                     };
                     continue;
                 }
