@@ -357,6 +357,77 @@ fn weights_made_infinite_by_the_caller() {
     }
 }
 
+/// A parameter an update overflows to infinity, and only that one (a weight
+/// the caller set to 8, weight decay 1 and a quarter of the largest
+/// learning rate: every other update stays below `f32::MAX`): the step is
+/// the caller's to take, but the next forward pass must refuse the network.
+/// The optimizers check what they write, in the update's own loop, and
+/// vouch for the parameters only when all of it is finite: a loop or a
+/// chunk left out of that check lets the forward pass skip its own.
+#[test]
+fn parameters_an_update_overflows_are_refused_by_the_next_forward_pass() {
+    let sizes = [301, 121, 4];
+    let (b, lr, wd) = (8, f32::MAX / 4.0, 1.0);
+    let sgd = |momentum, nesterov| SgdConfig {
+        learning_rate: lr,
+        momentum,
+        nesterov,
+        weight_decay: wd,
+    };
+    let adam = AdamConfig {
+        learning_rate: lr,
+        weight_decay: wd,
+        ..AdamConfig::default()
+    };
+    let x = data(sizes[0], b, 3);
+    let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
+    let y = vec![0.0; sizes[2] * b];
+    let ym = MatRef::from_column_major_slice(&y, sizes[2], b);
+    let proto = Mlp::new(
+        &sizes,
+        &[Activation::Tanh, Activation::Identity],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        5,
+    )
+    .unwrap();
+    // Layer 0 has 36,542 parameters: two chunks of the update (32,768 and
+    // 3,774); the last, a hidden unit's bias, in the vector loop's tail.
+    for (layer, index) in [(0, 0), (0, 5), (0, 36_000), (0, 36_540)] {
+        for par in [Par::Seq, Par::rayon(2)] {
+            let opts: Vec<Box<dyn Optimizer>> = vec![
+                Box::new(Sgd::new(&proto, sgd(0.0, false)).unwrap()),
+                Box::new(Sgd::new(&proto, sgd(0.9, false)).unwrap()),
+                Box::new(Sgd::new(&proto, sgd(0.9, true)).unwrap()),
+                Box::new(Adam::new(&proto, adam).unwrap()),
+            ];
+            for mut opt in opts {
+                let mut net = proto.clone();
+                net.params_mut().nth(layer).unwrap()[index] = 8.0;
+                let mut ws = Workspace::new(&net, b, par).unwrap();
+                let case = format!("{}, layer {layer}, index {index}, {par:?}", opt.name());
+                opt.step(&mut net, &mut ws, xm, ym)
+                    .unwrap_or_else(|e| panic!("{case}: the step was refused: {e}"));
+                let overflowed: Vec<(usize, usize)> = net
+                    .params()
+                    .enumerate()
+                    .flat_map(|(l, w)| {
+                        w.iter()
+                            .enumerate()
+                            .filter(|(_, v)| !v.is_finite())
+                            .map(move |(i, _)| (l, i))
+                    })
+                    .collect();
+                assert_eq!(overflowed, [(layer, index)], "{case}");
+                match net.forward(&mut ws, xm) {
+                    Err(e) => assert!(is_non_finite(&e), "{case}: {e:?}"),
+                    Ok(()) => panic!("{case}: the forward pass took infinite weights"),
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn activations_of_a_layer_the_network_does_not_have() {
     let net = net();

@@ -145,16 +145,27 @@ impl Adam {
         // Fold both bias corrections into one step size and a scaled epsilon.
         let step = (lr as f64 * c2.sqrt() / c1) as f32;
         let eps_hat = (eps as f64 * c2.sqrt()) as f32;
+        let update = |w: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *w -= step * *m / (v.sqrt() + eps_hat) + lr * wd * *w;
+        };
+        // Each chunk returns whether what it wrote is finite (see
+        // `Mlp::set_params_finite`).
         let chunk = |(((w, g), m), v): Chunk<'_>| {
+            // Checked in the update's own loop, which vectorises with the
+            // check (an `and` of comparisons): no second pass.
+            let mut finite = true;
             for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                *w -= step * *m / (v.sqrt() + eps_hat) + lr * wd * *w;
+                update(w, g, m, v);
+                finite &= w.is_finite();
             }
+            finite
         };
         // Each layer in chunks on the pool's threads when it has more than
         // one: every parameter sees the same arithmetic either way.
         let parallel = ws.par().degree() > 1;
+        let mut finite = true;
         for (i, w) in net.params_mut().enumerate() {
             let n = w.len();
             let (g, m, v) = (
@@ -162,16 +173,23 @@ impl Adam {
                 &mut self.m[i][..n],
                 &mut self.v[i][..n],
             );
-            if parallel && n > UPDATE_CHUNK {
+            finite &= if parallel && n > UPDATE_CHUNK {
                 w.par_chunks_mut(UPDATE_CHUNK)
                     .zip(g.par_chunks(UPDATE_CHUNK))
                     .zip(m.par_chunks_mut(UPDATE_CHUNK))
                     .zip(v.par_chunks_mut(UPDATE_CHUNK))
-                    .for_each(chunk);
+                    .map(chunk)
+                    .reduce(|| true, |a, b| a & b)
             } else {
-                chunk((((w, g), m), v));
-            }
+                w.chunks_mut(UPDATE_CHUNK)
+                    .zip(g.chunks(UPDATE_CHUNK))
+                    .zip(m.chunks_mut(UPDATE_CHUNK))
+                    .zip(v.chunks_mut(UPDATE_CHUNK))
+                    .map(chunk)
+                    .fold(true, |a, b| a & b)
+            };
         }
+        net.set_params_finite(finite);
         Ok(())
     }
 }

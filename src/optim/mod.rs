@@ -193,12 +193,24 @@ pub(crate) fn check_range(
     }
 }
 
-/// `Err(NonFinite)` if any gradient entry is not finite.
 /// Parameters per task of SGD's and Adam's parallel updates: large enough
 /// that a task outlasts rayon's hand-off, small enough that 2 threads share
 /// a layer evenly.
 pub(crate) const UPDATE_CHUNK: usize = 1 << 15;
 
+/// `w += d`, returning whether every entry of the new `w` is finite.
+pub(crate) fn add_and_check_finite(w: &mut [f32], d: &[f32]) -> bool {
+    // Checked in the update's own loop, which vectorises with the check (an
+    // `and` of comparisons): no second pass over the parameters.
+    let mut finite = true;
+    for (w, d) in w.iter_mut().zip(d) {
+        *w += d;
+        finite &= w.is_finite();
+    }
+    finite
+}
+
+/// `Err(NonFinite)` if any gradient entry is not finite.
 pub(crate) fn check_grads_finite(grads: &[Vec<f32>]) -> Result<(), Error> {
     for (i, g) in grads.iter().enumerate() {
         if crate::mlp::all_finite(g) {
@@ -259,4 +271,30 @@ pub(crate) fn check_net_shapes(net: &Mlp, sizes: &[usize]) -> Result<(), Error> 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `w += d` exactly, and `false` exactly when an entry overflows: at
+    /// each position of every length up to three AVX-512 vectors and a tail.
+    #[test]
+    fn add_and_check_finite_sees_every_entry() {
+        for n in 0..52 {
+            let w0: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 1.0).collect();
+            let d: Vec<f32> = (0..n).map(|i| 0.5 - i as f32 * 0.125).collect();
+            let mut w = w0.clone();
+            assert!(add_and_check_finite(&mut w, &d), "n {n}");
+            let want: Vec<f32> = w0.iter().zip(&d).map(|(w, d)| w + d).collect();
+            assert_eq!(w, want, "n {n}");
+            for i in 0..n {
+                let mut w = w0.clone();
+                w[i] = f32::MAX;
+                let mut d = d.clone();
+                d[i] = f32::MAX;
+                assert!(!add_and_check_finite(&mut w, &d), "n {n}, overflow at {i}");
+            }
+        }
+    }
 }

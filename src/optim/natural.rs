@@ -40,9 +40,10 @@ use super::kronecker::{
     KroneckerPreconditioner, LayerPlan, LayerState, Schedule, MAX_DAMPING_RETRIES,
 };
 use super::{
-    check_grads_finite, check_net_shapes, check_range, Optimizer, OptimizerState, StepStats,
+    add_and_check_finite, check_grads_finite, check_net_shapes, check_range, Optimizer,
+    OptimizerState, StepStats,
 };
-use crate::mlp::{Likelihood, Mlp};
+use crate::mlp::{all_finite, Likelihood, Mlp};
 use crate::workspace::{view, view_mut, Workspace};
 use crate::Error;
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -732,23 +733,24 @@ impl NaturalGradient {
     pub(crate) fn apply_update(&mut self, net: &mut Mlp, plan: &StepPlan) -> Result<(), Error> {
         let wd = self.pre.config.weight_decay;
         let lm_check = plan.lm_check;
-        net.layers_mut()
+        // Each layer returns whether its new parameters are finite (see
+        // `Mlp::set_params_finite`).
+        let finite = net
+            .layers_mut()
             .par_iter_mut()
             .zip(self.pre.layers.par_iter_mut())
             .with_min_len(layers_per_task(plan.par))
-            .try_for_each(|(layer, st)| -> Result<(), natgrad_kernels::Error> {
-                st.penalty_dot = if wd > 0.0 && lm_check {
-                    add_and_penalty_change(&mut layer.params, &st.delta)?
+            .map(|(layer, st)| -> Result<bool, natgrad_kernels::Error> {
+                if wd > 0.0 && lm_check {
+                    st.penalty_dot = add_and_penalty_change(&mut layer.params, &st.delta)?;
+                    Ok(all_finite(&layer.params))
                 } else {
-                    layer
-                        .params
-                        .iter_mut()
-                        .zip(&st.delta)
-                        .for_each(|(w, d)| *w += d);
-                    0.0
-                };
-                Ok(())
-            })?;
+                    st.penalty_dot = 0.0;
+                    Ok(add_and_check_finite(&mut layer.params, &st.delta))
+                }
+            })
+            .try_reduce(|| true, |a, b| Ok(a & b))?;
+        net.set_params_finite(finite);
         self.pre.steps = plan.schedule.k;
         Ok(())
     }

@@ -132,45 +132,61 @@ impl Sgd {
             weight_decay: wd,
         } = self.config;
         let parallel = par.degree() > 1;
+        let mut finite = true;
         for (i, w) in net.params_mut().enumerate() {
             let g = &grads[i][..w.len()];
-            if mu > 0.0 {
+            // Each chunk returns whether what it wrote is finite, checked
+            // while the chunk is in cache (see `Mlp::set_params_finite`).
+            finite &= if mu > 0.0 {
                 let v = &mut self.velocity[i][..w.len()];
                 let chunk = |((w, g), v): ((&mut [f32], &[f32]), &mut [f32])| {
                     if nesterov {
-                        momentum_chunk::<true>(w, g, v, lr, mu, wd);
+                        momentum_chunk::<true>(w, g, v, lr, mu, wd)
                     } else {
-                        momentum_chunk::<false>(w, g, v, lr, mu, wd);
+                        momentum_chunk::<false>(w, g, v, lr, mu, wd)
                     }
                 };
                 if parallel && w.len() > UPDATE_CHUNK {
                     w.par_chunks_mut(UPDATE_CHUNK)
                         .zip(g.par_chunks(UPDATE_CHUNK))
                         .zip(v.par_chunks_mut(UPDATE_CHUNK))
-                        .for_each(chunk);
+                        .map(chunk)
+                        .reduce(|| true, |a, b| a & b)
                 } else {
-                    chunk(((w, g), v));
+                    w.chunks_mut(UPDATE_CHUNK)
+                        .zip(g.chunks(UPDATE_CHUNK))
+                        .zip(v.chunks_mut(UPDATE_CHUNK))
+                        .map(chunk)
+                        .fold(true, |a, b| a & b)
                 }
             } else {
                 let chunk = |(w, g): (&mut [f32], &[f32])| {
+                    let mut finite = true;
                     for (w, &g) in w.iter_mut().zip(g) {
                         *w -= lr * (g + wd * *w);
+                        finite &= w.is_finite();
                     }
+                    finite
                 };
                 if parallel && w.len() > UPDATE_CHUNK {
                     w.par_chunks_mut(UPDATE_CHUNK)
                         .zip(g.par_chunks(UPDATE_CHUNK))
-                        .for_each(chunk);
+                        .map(chunk)
+                        .reduce(|| true, |a, b| a & b)
                 } else {
-                    chunk((w, g));
+                    w.chunks_mut(UPDATE_CHUNK)
+                        .zip(g.chunks(UPDATE_CHUNK))
+                        .map(chunk)
+                        .fold(true, |a, b| a & b)
                 }
-            }
+            };
         }
+        net.set_params_finite(finite);
     }
 }
 
 /// The momentum update of one chunk, `NESTEROV` a constant so that the loop
-/// has no branch inside.
+/// has no branch inside. Returns whether every new parameter is finite.
 fn momentum_chunk<const NESTEROV: bool>(
     w: &mut [f32],
     g: &[f32],
@@ -178,10 +194,15 @@ fn momentum_chunk<const NESTEROV: bool>(
     lr: f32,
     mu: f32,
     wd: f32,
-) {
+) -> bool {
+    // Checked in the update's own loop, which vectorises with the check (an
+    // `and` of comparisons): no second pass over the parameters.
+    let mut finite = true;
     for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
         let g = g + wd * *w;
         *v = mu * *v + g;
         *w -= lr * if NESTEROV { g + mu * *v } else { *v };
+        finite &= w.is_finite();
     }
+    finite
 }
