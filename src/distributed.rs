@@ -184,7 +184,7 @@ impl GradientReduce {
                 )));
             }
             let loss = net.loss_and_gradient(ws, x, y)?;
-            crate::optim::check_grads_finite(ws.grads())?;
+            crate::optim::check_grads_finite(ws.grads(), ws.par())?;
             Ok(loss)
         })();
         let (ranks, rank, p) = (comm.size(), comm.rank(), self.num_params);
@@ -233,7 +233,7 @@ impl GradientReduce {
         }
         // The sum can overflow where no rank's part did; the same on every
         // rank, so every rank refuses the step together.
-        crate::optim::check_grads_finite(ws.grads())?;
+        crate::optim::check_grads_finite(ws.grads(), ws.par())?;
         Ok((self.recv[p] as f64 / total as f64, loss))
     }
 

@@ -428,6 +428,51 @@ fn parameters_an_update_overflows_are_refused_by_the_next_forward_pass() {
     }
 }
 
+/// Finite inputs and weights whose gradient overflows (inputs near 1e20
+/// through identity layers, so the first layer's gradient `E X^T` passes
+/// 1e38): every optimizer refuses the step with the gradient's error,
+/// weights and state unchanged, on one thread and on two (where the check
+/// reads the 36,542-entry gradient of the first layer in two chunks).
+#[test]
+fn gradients_that_overflow() {
+    let sizes = [301, 121, 4];
+    let b = 8;
+    let mut x = data(sizes[0], b, 7);
+    x.iter_mut().for_each(|v| *v *= 1e20);
+    let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
+    let y = vec![0.0; sizes[2] * b];
+    let ym = MatRef::from_column_major_slice(&y, sizes[2], b);
+    let proto = Mlp::new(
+        &sizes,
+        &[Activation::Identity, Activation::Identity],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        6,
+    )
+    .unwrap();
+    for par in [Par::Seq, Par::rayon(2)] {
+        let opts: Vec<Box<dyn Optimizer>> = vec![
+            Box::new(Sgd::new(&proto, SgdConfig::default()).unwrap()),
+            Box::new(Adam::new(&proto, AdamConfig::default()).unwrap()),
+            Box::new(NaturalGradient::new(&proto, b, NaturalGradientConfig::default()).unwrap()),
+        ];
+        for mut opt in opts {
+            let mut net = proto.clone();
+            let mut ws = Workspace::new(&net, b, par).unwrap();
+            let before = snapshot(&net, &*opt);
+            let case = format!("{}, {par:?}", opt.name());
+            match opt.step(&mut net, &mut ws, xm, ym) {
+                Err(e) => assert!(
+                    is_non_finite(&e) && e.to_string().contains("gradient of layer 1"),
+                    "{case}: {e}"
+                ),
+                Ok(_) => panic!("{case}: the step was taken"),
+            }
+            assert!(snapshot(&net, &*opt) == before, "{case}: state changed");
+        }
+    }
+}
+
 #[test]
 fn activations_of_a_layer_the_network_does_not_have() {
     let net = net();

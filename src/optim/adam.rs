@@ -131,7 +131,7 @@ impl Adam {
     /// `ws.grads()` finite, then advances the moments and updates `net` from
     /// them. `natgrad bench step --phases` times it as the `update` phase.
     pub(crate) fn update(&mut self, net: &mut Mlp, ws: &Workspace) -> Result<(), Error> {
-        check_grads_finite(ws.grads())?;
+        check_grads_finite(ws.grads(), ws.par())?;
         let AdamConfig {
             learning_rate: lr,
             beta1: b1,

@@ -24,7 +24,8 @@ pub use sgd::{Sgd, SgdConfig};
 use crate::mlp::Mlp;
 use crate::workspace::Workspace;
 use crate::Error;
-use natgrad_kernels::MatRef;
+use natgrad_kernels::{MatRef, Par};
+use rayon::prelude::*;
 
 /// What a step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -210,10 +211,18 @@ pub(crate) fn add_and_check_finite(w: &mut [f32], d: &[f32]) -> bool {
     finite
 }
 
-/// `Err(NonFinite)` if any gradient entry is not finite.
-pub(crate) fn check_grads_finite(grads: &[Vec<f32>]) -> Result<(), Error> {
+/// `Err(NonFinite)` if any gradient entry is not finite. Each layer's
+/// gradient is read in chunks on the pool's threads when `par` has more
+/// than one (a pass over every gradient, 11 MB on `deep`, each step).
+pub(crate) fn check_grads_finite(grads: &[Vec<f32>], par: Par) -> Result<(), Error> {
+    let parallel = par.degree() > 1;
     for (i, g) in grads.iter().enumerate() {
-        if crate::mlp::all_finite(g) {
+        let finite = if parallel && g.len() > UPDATE_CHUNK {
+            g.par_chunks(UPDATE_CHUNK).all(crate::mlp::all_finite)
+        } else {
+            crate::mlp::all_finite(g)
+        };
+        if finite {
             continue;
         }
         if let Some(v) = g.iter().find(|v| !v.is_finite()) {

@@ -454,7 +454,7 @@ impl NaturalGradient {
         y: MatRef<'_, f32>,
     ) -> Result<f64, Error> {
         let loss = net.loss_and_gradient(ws, x, y)?;
-        check_grads_finite(ws.grads())?;
+        check_grads_finite(ws.grads(), ws.par())?;
         self.add_weight_decay(net, ws);
         Ok(loss)
     }

@@ -114,7 +114,7 @@ impl Sgd {
     /// `ws.grads()` finite, then updates `net` from them. `natgrad bench step
     /// --phases` times it as the `update` phase.
     pub(crate) fn update(&mut self, net: &mut Mlp, ws: &Workspace) -> Result<(), Error> {
-        check_grads_finite(ws.grads())?;
+        check_grads_finite(ws.grads(), ws.par())?;
         self.apply_gradient(net, ws.grads(), ws.par());
         Ok(())
     }
