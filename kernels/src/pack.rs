@@ -253,7 +253,6 @@ unsafe fn pack_a_rows_avx2(
     kc: usize,
     mr: usize,
 ) {
-    use std::arch::x86_64::*;
     debug_assert!(a.cs == 1 && mr.is_multiple_of(8));
     let mut i = 0;
     let mut panel = dst;
@@ -263,21 +262,18 @@ unsafe fn pack_a_rows_avx2(
         let mut pb = 0;
         while pb < full {
             for rb in 0..mr / 8 {
-                let mut v = [_mm256_setzero_ps(); 8];
-                for (x, vx) in v.iter_mut().enumerate() {
-                    let r = rb * 8 + x;
-                    if r < rows {
-                        // SAFETY: row i0+i+r is inside the block, and columns
-                        // p0+pb .. p0+pb+8 are inside it too (pb + 8 <= kc).
-                        *vx = unsafe { _mm256_loadu_ps(a.at(i0 + i + r, p0 + pb)) };
-                    }
-                }
-                let [c0, c1, c2, c3, c4, c5, c6, c7] = transpose_8x8(v);
-                for (c, vc) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
-                    // SAFETY: step pb+c < kc, rows rb*8 .. +8 <= mr of this
-                    // panel, which lies inside `dst` (caller contract).
-                    unsafe { _mm256_storeu_ps(panel.add((pb + c) * mr + rb * 8), vc) };
-                }
+                let live = rows.saturating_sub(rb * 8).min(8);
+                let src = if live > 0 {
+                    // SAFETY: row i0+i+rb*8 is inside the block.
+                    unsafe { a.at(i0 + i + rb * 8, p0 + pb) }
+                } else {
+                    std::ptr::null()
+                };
+                // SAFETY: rows i0+i+rb*8 .. +live are inside the block, `a.rs`
+                // apart, and columns p0+pb .. +8 too (pb + 8 <= kc); steps
+                // pb .. pb+8 < kc, rows rb*8 .. +8 <= mr of this panel lie
+                // inside `dst` (caller contract).
+                unsafe { transpose_block_8_avx2(src, a.rs, live, panel.add(pb * mr + rb * 8), mr) };
             }
             pb += 8;
         }
@@ -423,21 +419,53 @@ pub(crate) unsafe fn transpose_block_16_avx2(
     dst: *mut f32,
     dst_ld: usize,
 ) {
-    use std::arch::x86_64::*;
     for rb in 0..2 {
         for cb in 0..2 {
-            let mut v = [_mm256_setzero_ps(); 8];
-            for (x, vx) in v.iter_mut().enumerate() {
-                // SAFETY: row rb*8+x, columns cb*8 .. +8 of the source block
-                // are readable (caller contract).
-                *vx = unsafe { _mm256_loadu_ps(src.add((rb * 8 + x) * src_ld + cb * 8)) };
-            }
-            for (y, vy) in transpose_8x8(v).into_iter().enumerate() {
-                // SAFETY: run cb*8+y, entries rb*8 .. +8 of the destination
-                // block are writable (caller contract).
-                unsafe { _mm256_storeu_ps(dst.add((cb * 8 + y) * dst_ld + rb * 8), vy) };
-            }
+            // SAFETY: rows rb*8 .. +8, columns cb*8 .. +8 of the source block
+            // are readable, runs cb*8 .. +8, entries rb*8 .. +8 of the
+            // destination block writable (caller contract).
+            unsafe {
+                transpose_block_8_avx2(
+                    src.add(rb * 8 * src_ld + cb * 8),
+                    src_ld as isize,
+                    8,
+                    dst.add(cb * 8 * dst_ld + rb * 8),
+                    dst_ld,
+                )
+            };
         }
+    }
+}
+
+/// Copies the 8 x 8 block at `src` (8 contiguous floats per row, rows
+/// `src_ld` apart, a negative stride allowed) transposed to `dst` (8 runs of 8, `dst_ld` apart):
+/// `dst[c * dst_ld + r] = src[r * src_ld + c]`, through [`transpose_8x8`].
+/// Rows `rows .. 8` are not read and are stored as zeros (a panel's padding).
+///
+/// # Safety
+/// The CPU must support AVX2; `rows <= 8`; the first `rows` rows at `src`
+/// must be readable (`src` is not read when `rows` is 0) and the 8 runs at
+/// `dst` writable, and the two blocks must not overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn transpose_block_8_avx2(
+    src: *const f32,
+    src_ld: isize,
+    rows: usize,
+    dst: *mut f32,
+    dst_ld: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(rows <= 8);
+    let mut v = [_mm256_setzero_ps(); 8];
+    for (r, vr) in v.iter_mut().enumerate().take(rows) {
+        // SAFETY: row r < rows of the source block is readable (caller contract).
+        *vr = unsafe { _mm256_loadu_ps(src.offset(r as isize * src_ld)) };
+    }
+    for (c, vc) in transpose_8x8(v).into_iter().enumerate() {
+        // SAFETY: run c of the destination block is writable (caller contract).
+        unsafe { _mm256_storeu_ps(dst.add(c * dst_ld), vc) };
     }
 }
 
