@@ -357,6 +357,24 @@ fn weights_made_infinite_by_the_caller() {
     }
 }
 
+/// Widths of the networks whose first layer (36,542 parameters) spans two
+/// chunks of the parallel updates and checks (32,768 each).
+const WIDE: [usize; 3] = [301, 121, 4];
+
+/// A Gaussian network of widths [`WIDE`] with a `hidden` layer and an
+/// identity output, and zero targets for `b` columns.
+fn wide_net(hidden: Activation, seed: u64, b: usize) -> (Mlp, Vec<f32>) {
+    let net = Mlp::new(
+        &WIDE,
+        &[hidden, Activation::Identity],
+        Likelihood::Gaussian,
+        Init::GlorotUniform,
+        seed,
+    )
+    .unwrap();
+    (net, vec![0.0; WIDE[2] * b])
+}
+
 /// A parameter an update overflows to infinity, and only that one (a weight
 /// the caller set to 8, weight decay 1 and a quarter of the largest
 /// learning rate: every other update stays below `f32::MAX`): the step is
@@ -366,7 +384,6 @@ fn weights_made_infinite_by_the_caller() {
 /// chunk left out of that check lets the forward pass skip its own.
 #[test]
 fn parameters_an_update_overflows_are_refused_by_the_next_forward_pass() {
-    let sizes = [301, 121, 4];
     let (b, lr, wd) = (8, f32::MAX / 4.0, 1.0);
     let sgd = |momentum, nesterov| SgdConfig {
         learning_rate: lr,
@@ -379,18 +396,10 @@ fn parameters_an_update_overflows_are_refused_by_the_next_forward_pass() {
         weight_decay: wd,
         ..AdamConfig::default()
     };
-    let x = data(sizes[0], b, 3);
-    let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
-    let y = vec![0.0; sizes[2] * b];
-    let ym = MatRef::from_column_major_slice(&y, sizes[2], b);
-    let proto = Mlp::new(
-        &sizes,
-        &[Activation::Tanh, Activation::Identity],
-        Likelihood::Gaussian,
-        Init::GlorotUniform,
-        5,
-    )
-    .unwrap();
+    let x = data(WIDE[0], b, 3);
+    let xm = MatRef::from_column_major_slice(&x, WIDE[0], b);
+    let (proto, y) = wide_net(Activation::Tanh, 5, b);
+    let ym = MatRef::from_column_major_slice(&y, WIDE[2], b);
     // Layer 0 has 36,542 parameters: two chunks of the update (32,768 and
     // 3,774); the last, a hidden unit's bias, in the vector loop's tail.
     for (layer, index) in [(0, 0), (0, 5), (0, 36_000), (0, 36_540)] {
@@ -435,21 +444,12 @@ fn parameters_an_update_overflows_are_refused_by_the_next_forward_pass() {
 /// reads the 36,542-entry gradient of the first layer in two chunks).
 #[test]
 fn gradients_that_overflow() {
-    let sizes = [301, 121, 4];
     let b = 8;
-    let mut x = data(sizes[0], b, 7);
+    let mut x = data(WIDE[0], b, 7);
     x.iter_mut().for_each(|v| *v *= 1e20);
-    let xm = MatRef::from_column_major_slice(&x, sizes[0], b);
-    let y = vec![0.0; sizes[2] * b];
-    let ym = MatRef::from_column_major_slice(&y, sizes[2], b);
-    let proto = Mlp::new(
-        &sizes,
-        &[Activation::Identity, Activation::Identity],
-        Likelihood::Gaussian,
-        Init::GlorotUniform,
-        6,
-    )
-    .unwrap();
+    let xm = MatRef::from_column_major_slice(&x, WIDE[0], b);
+    let (proto, y) = wide_net(Activation::Identity, 6, b);
+    let ym = MatRef::from_column_major_slice(&y, WIDE[2], b);
     for par in [Par::Seq, Par::rayon(2)] {
         let opts: Vec<Box<dyn Optimizer>> = vec![
             Box::new(Sgd::new(&proto, SgdConfig::default()).unwrap()),
