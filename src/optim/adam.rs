@@ -181,12 +181,7 @@ impl Adam {
                     .map(chunk)
                     .reduce(|| true, |a, b| a & b)
             } else {
-                w.chunks_mut(UPDATE_CHUNK)
-                    .zip(g.chunks(UPDATE_CHUNK))
-                    .zip(m.chunks_mut(UPDATE_CHUNK))
-                    .zip(v.chunks_mut(UPDATE_CHUNK))
-                    .map(chunk)
-                    .fold(true, |a, b| a & b)
+                chunk((((w, g), m), v))
             };
         }
         net.set_params_finite(finite);

@@ -135,8 +135,8 @@ impl Sgd {
         let mut finite = true;
         for (i, w) in net.params_mut().enumerate() {
             let g = &grads[i][..w.len()];
-            // Each chunk returns whether what it wrote is finite, checked
-            // while the chunk is in cache (see `Mlp::set_params_finite`).
+            // Each chunk returns whether what it wrote is finite (see
+            // `Mlp::set_params_finite`).
             finite &= if mu > 0.0 {
                 let v = &mut self.velocity[i][..w.len()];
                 let chunk = |((w, g), v): ((&mut [f32], &[f32]), &mut [f32])| {
@@ -153,11 +153,7 @@ impl Sgd {
                         .map(chunk)
                         .reduce(|| true, |a, b| a & b)
                 } else {
-                    w.chunks_mut(UPDATE_CHUNK)
-                        .zip(g.chunks(UPDATE_CHUNK))
-                        .zip(v.chunks_mut(UPDATE_CHUNK))
-                        .map(chunk)
-                        .fold(true, |a, b| a & b)
+                    chunk(((w, g), v))
                 }
             } else {
                 let chunk = |(w, g): (&mut [f32], &[f32])| {
@@ -174,10 +170,7 @@ impl Sgd {
                         .map(chunk)
                         .reduce(|| true, |a, b| a & b)
                 } else {
-                    w.chunks_mut(UPDATE_CHUNK)
-                        .zip(g.chunks(UPDATE_CHUNK))
-                        .map(chunk)
-                        .fold(true, |a, b| a & b)
+                    chunk((w, g))
                 }
             };
         }
