@@ -623,7 +623,10 @@ fn vectorised_activations_are_within_six_ulp_relative() {
                 // Below 2^-126 (sigmoid of x < -87) f32 cannot hold the value
                 // anyway: allow that absolute error.
                 let bound = 6.0 * U * exact.abs() + 2f64.powi(-126);
-                assert!(y.abs() <= 1.0 || !matches!(act, Activation::Tanh | Activation::Sigmoid));
+                assert!(
+                    y.abs() <= 1.0 || !matches!(act, Activation::Tanh | Activation::Sigmoid),
+                    "{isa:?} {act:?}({x}) = {y}, outside [-1, 1]"
+                );
                 assert!(
                     (y as f64 - exact).abs() <= bound,
                     "{isa:?} {act:?}({x}) = {y}, exact {exact}, error {:e} > {bound:e}",
