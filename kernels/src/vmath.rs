@@ -106,6 +106,19 @@ pub(crate) fn sigmoid<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     s.div_f32s(s.splat_f32s(1.0), s.add_f32s(s.splat_f32s(1.0), e))
 }
 
+/// The polynomial `c[0] + c[1] z + ... + c[n] z^n` (constant term first),
+/// lane-wise by Horner's rule: one multiply-add per coefficient after the
+/// highest. The empty polynomial is 0.
+#[inline(always)]
+fn horner<S: Simd>(s: S, coeffs: &[f32], z: S::f32s) -> S::f32s {
+    match coeffs.split_last() {
+        Some((&last, rest)) => rest.iter().rev().fold(s.splat_f32s(last), |p, &k| {
+            s.mul_add_e_f32s(p, z, s.splat_f32s(k))
+        }),
+        None => s.splat_f32s(0.0),
+    }
+}
+
 /// Numerator of [`tanh`]'s rational approximation, `P(z)` in `z = x^2`
 /// (constant term first).
 const TANH_P: [f32; 7] = [
@@ -140,14 +153,7 @@ pub(crate) fn tanh<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     let ax = s.abs_f32s(x);
     let c = s.min_f32s(s.splat_f32s(9.0), ax);
     let z = s.mul_f32s(c, c);
-    let mut p = s.splat_f32s(TANH_P[6]);
-    for &k in TANH_P[..6].iter().rev() {
-        p = s.mul_add_e_f32s(p, z, s.splat_f32s(k));
-    }
-    let mut q = s.splat_f32s(TANH_Q[3]);
-    for &k in TANH_Q[..3].iter().rev() {
-        q = s.mul_add_e_f32s(q, z, s.splat_f32s(k));
-    }
+    let (p, q) = (horner(s, &TANH_P, z), horner(s, &TANH_Q, z));
     let y = s.min_f32s(s.splat_f32s(1.0), s.div_f32s(s.mul_f32s(c, p), q));
     // Copy the sign of x onto y (y >= 0 here).
     let sign = s.and_u32s(s.transmute_u32s_f32s(x), s.splat_u32s(0x8000_0000));
